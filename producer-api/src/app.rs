@@ -1,0 +1,301 @@
+//! Assembles `todo-api`: the HTTP server, the outbox relay and their
+//! background tasks, so that `main` and the tests start it the same way.
+
+use crate::extract::{CorrelationId, CORRELATION_HEADER};
+use crate::state::{AppState, HttpMetrics};
+use crate::{idempotency, routes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use futures::FutureExt;
+use prometheus::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use todo_shared::auth::JwtKeys;
+use todo_shared::config::{ConfigError, Env, Settings};
+use todo_shared::ops::{self, Readiness};
+use todo_shared::outbox::OutboxSignal;
+use todo_shared::relay::{Relay, RelayConfig, RelayMetrics};
+use todo_shared::shutdown::Shutdown;
+use todo_shared::{db, kafka};
+use tokio::task::JoinHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+
+pub const DEFAULT_PORT: u16 = 8080;
+/// Largest request body accepted (a task is at most ~25 kB of JSON).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Knobs of `todo-api` beyond the shared settings.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    pub relay: RelayConfig,
+    /// Run the outbox relay in this process (one replica leads at a time).
+    pub run_relay: bool,
+    /// Origins allowed by CORS (`None`: any origin; tokens, not cookies,
+    /// authenticate, so a foreign page gains nothing it was not given).
+    pub cors_origins: Option<Vec<HeaderValue>>,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            relay: RelayConfig::default(),
+            run_relay: true,
+            cors_origins: None,
+        }
+    }
+}
+
+impl ApiOptions {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let env = Env::process();
+        let defaults = RelayConfig::default();
+        let batch_size: i64 = env.parse_or("OUTBOX_BATCH_SIZE", defaults.batch_size)?;
+        if !(1..=50_000).contains(&batch_size) {
+            return Err(ConfigError::Invalid {
+                var: "OUTBOX_BATCH_SIZE",
+                reason: "must be between 1 and 50000".into(),
+            });
+        }
+        let cors_origins = match env.get("CORS_ALLOWED_ORIGINS") {
+            None => None,
+            Some(list) if list.trim() == "*" => None,
+            Some(list) => Some(
+                list.split(',')
+                    .map(|o| {
+                        HeaderValue::from_str(o.trim()).map_err(|_| ConfigError::Invalid {
+                            var: "CORS_ALLOWED_ORIGINS",
+                            reason: format!("{o:?} is not a valid origin"),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(Self {
+            relay: RelayConfig {
+                batch_size,
+                poll_interval: env.millis_or("OUTBOX_POLL_INTERVAL_MS", defaults.poll_interval)?,
+                ..defaults
+            },
+            run_relay: env.parse_or("OUTBOX_RELAY_ENABLED", true)?,
+            cors_origins,
+        })
+    }
+}
+
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    state: AppState,
+    relay: Option<Relay>,
+}
+
+impl Application {
+    /// Binds `0.0.0.0:settings.port` (0: any free port), connects lazily to
+    /// the database and the broker, and migrates the database.
+    pub async fn build(settings: &Settings, options: ApiOptions) -> anyhow::Result<Application> {
+        let pool = db::pool(&settings.database)?;
+        wait_and_migrate(&pool).await?;
+        let producer = kafka::producer(&settings.kafka)?;
+        let registry = Registry::new();
+        let http = HttpMetrics::register(&registry)?;
+        let relay_metrics = RelayMetrics::register(&registry)?;
+        let signal = OutboxSignal::new();
+        let state = AppState {
+            pool: pool.clone(),
+            jwt: Arc::new(JwtKeys::new(&settings.jwt_secret)),
+            signal: signal.clone(),
+            producer: producer.clone(),
+            http: http.clone(),
+        };
+        let relay = options.run_relay.then(|| Relay {
+            pool: pool.clone(),
+            connect: db::connect_options(&settings.database).unwrap_or_default(),
+            producer: producer.clone(),
+            kafka: settings.kafka.clone(),
+            signal: signal.clone(),
+            config: options.relay.clone(),
+            metrics: relay_metrics,
+        });
+        let router = router(state.clone(), registry, &options, http);
+        let listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], settings.port))).await?;
+        Ok(Application {
+            listener,
+            router,
+            state,
+            relay,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown`; then finishes the requests in flight, stops
+    /// the relay (letting its batch in flight be acknowledged) and returns.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        if let Some(relay) = self.relay {
+            tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+        }
+        tasks.push(tokio::spawn(
+            self.state
+                .signal
+                .clone()
+                .forward_to_other_processes(self.state.pool.clone(), shutdown.clone()),
+        ));
+        tasks.push(tokio::spawn(prune_idempotency_keys(
+            self.state.pool.clone(),
+            shutdown.clone(),
+        )));
+        tracing::info!(
+            port = self.listener.local_addr()?.port(),
+            "todo-api listening"
+        );
+        let mut on_shutdown = shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { on_shutdown.recv().await })
+            .await?;
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.state.pool.close().await;
+        tracing::info!("todo-api stopped");
+        Ok(())
+    }
+}
+
+/// Waits up to a minute for the database, then applies the migrations.
+async fn wait_and_migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
+    loop {
+        match db::migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "database not ready for migrations; retrying");
+                tokio::time::sleep(todo_shared::relay::backoff(attempt)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("migrations failed: {e}")),
+        }
+    }
+}
+
+async fn prune_idempotency_keys(pool: sqlx::PgPool, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tick.tick() => {}
+        }
+        match idempotency::prune(&pool).await {
+            Ok(n) if n > 0 => tracing::info!(pruned = n, "expired idempotency keys removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not prune idempotency keys"),
+        }
+    }
+}
+
+fn router(state: AppState, registry: Registry, options: &ApiOptions, http: HttpMetrics) -> Router {
+    let ready_state = state.clone();
+    let ready: ops::ReadyCheck = Arc::new(move || {
+        let s = ready_state.clone();
+        async move {
+            let timeout = Duration::from_secs(2);
+            let (db_ok, broker_ok) = tokio::join!(
+                db::ping(&s.pool, timeout),
+                ops::broker_reachable(&s.producer, timeout)
+            );
+            // The API serves requests while the broker is away (events wait
+            // in the outbox), so only the database decides readiness.
+            Readiness::new()
+                .required("database", db_ok)
+                .informational("broker", broker_ok)
+        }
+        .boxed()
+    });
+    let cors = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::IF_MATCH,
+            axum::http::HeaderName::from_static("idempotency-key"),
+            axum::http::HeaderName::from_static(CORRELATION_HEADER),
+        ])
+        .expose_headers([
+            axum::http::header::ETAG,
+            axum::http::header::LOCATION,
+            axum::http::HeaderName::from_static(CORRELATION_HEADER),
+        ])
+        .max_age(Duration::from_secs(600))
+        .allow_origin(match &options.cors_origins {
+            None => AllowOrigin::any(),
+            Some(list) => AllowOrigin::list(list.clone()),
+        });
+    routes::router()
+        .route_layer(middleware::from_fn_with_state(http, record_metrics))
+        .with_state(state)
+        .merge(ops::router(registry, ready))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(correlate))
+        .layer(cors)
+}
+
+/// Gives every request a correlation id (the caller's or a new one), runs it
+/// in a span that carries the id, and echoes it in the response.
+async fn correlate(mut req: Request, next: Next) -> Response {
+    let id = CorrelationId::from_headers(req.headers());
+    req.extensions_mut().insert(id.clone());
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %id.0,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let mut response = next.run(req).instrument(span.clone()).await;
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert(CORRELATION_HEADER, v);
+    }
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::error!(status, "request failed");
+        } else if status >= 400 {
+            tracing::info!(status, "request refused");
+        } else {
+            tracing::debug!(status, "request served");
+        }
+    });
+    response
+}
+
+async fn record_metrics(State(http): State<HttpMetrics>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    http.duration
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    http.requests
+        .with_label_values(&[&method, &route, response.status().as_str()])
+        .inc();
+    response
+}

@@ -1,0 +1,172 @@
+//! The one error type of the HTTP edge, answered as RFC 9457
+//! `application/problem+json` that names the offending field.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use todo_shared::domain::FieldError;
+use todo_shared::tasks::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed request: {detail}")]
+    BadRequest {
+        detail: String,
+        field: Option<String>,
+    },
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("no such task")]
+    NotFound,
+    #[error("version mismatch: the task is at version {current}")]
+    PreconditionFailed { current: i64 },
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest { .. } => ("/problems/malformed-request", "Malformed request"),
+            ApiError::Validation(_) => ("/problems/validation", "Invalid request"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("/problems/unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::Unauthorized(_) => ("/problems/unauthorized", "Unauthorized"),
+            ApiError::NotFound => ("/problems/not-found", "Not found"),
+            ApiError::PreconditionFailed { .. } => {
+                ("/problems/version-mismatch", "The task has changed")
+            }
+            ApiError::IdempotencyKeyReused => {
+                ("/problems/idempotency-key-reused", "Idempotency-Key reused")
+            }
+            ApiError::Conflict(_) => ("/problems/conflict", "Conflict"),
+            ApiError::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
+            ApiError::Internal(_) => ("/problems/internal", "Internal error"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (kind, title) = self.kind();
+        let (detail, errors) = match &self {
+            ApiError::Validation(errors) => (
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                errors.clone(),
+            ),
+            ApiError::BadRequest {
+                detail,
+                field: Some(field),
+            } => (
+                detail.clone(),
+                vec![FieldError::new(field.clone(), detail.clone())],
+            ),
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed");
+                (
+                    "the request could not be completed; it was not applied".into(),
+                    vec![],
+                )
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "dependency unavailable");
+                ("the database is unavailable; retry later".into(), vec![])
+            }
+            other => (other.to_string(), vec![]),
+        };
+        let body = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let ApiError::Unauthorized(_) = self {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+            );
+        }
+        if let ApiError::Unavailable(_) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            _ if todo_shared::db::is_unique_violation(&e) => {
+                ApiError::Conflict("a resource with this identity already exists".into())
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(e.to_string())
+            }
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Db(db) => db.into(),
+            StoreError::Outbox(todo_shared::outbox::OutboxError::Db(db)) => db.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! `todo-api`: the REST API of the task platform, its authentication, and the
+//! outbox relay that publishes every change to Kafka.
+
+pub mod app;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod routes;
+pub mod state;

@@ -1,0 +1,40 @@
+//! The one application state every handler shares.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use std::sync::Arc;
+use todo_shared::auth::JwtKeys;
+use todo_shared::outbox::OutboxSignal;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub jwt: Arc<JwtKeys>,
+    pub signal: OutboxSignal,
+    pub producer: FutureProducer,
+    pub http: HttpMetrics,
+}
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["method", "route", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16)?),
+            &["method", "route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self { requests, duration })
+    }
+}

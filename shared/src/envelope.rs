@@ -1,0 +1,295 @@
+//! The CloudEvents 1.0 envelope (structured mode) every message carries, the
+//! event types, and the topics they travel on.
+
+use crate::domain::Task;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+pub const SPEC_VERSION: &str = "1.0";
+pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+
+/// The logical topics (without `KAFKA_TOPIC_PREFIX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    TaskEvents,
+    Reminders,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 2] = [Topic::TaskEvents, Topic::Reminders];
+
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Topic::TaskEvents => "task-events",
+            Topic::Reminders => "reminders",
+        }
+    }
+
+    pub fn from_base_name(name: &str) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.base_name() == name)
+    }
+}
+
+/// Topic names with the deployment's prefix applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+}
+
+impl TopicNames {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn name(&self, topic: Topic) -> String {
+        format!("{}{}", self.prefix, topic.base_name())
+    }
+
+    pub fn dlq(&self, topic: Topic) -> String {
+        format!("{}{}.dlq", self.prefix, topic.base_name())
+    }
+
+    /// Every topic the platform uses, dead-letter topics included.
+    pub fn all(&self) -> Vec<String> {
+        Topic::ALL
+            .into_iter()
+            .flat_map(|t| [self.name(t), self.dlq(t)])
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "task.created")]
+    TaskCreated,
+    #[serde(rename = "task.updated")]
+    TaskUpdated,
+    #[serde(rename = "task.completed")]
+    TaskCompleted,
+    #[serde(rename = "task.reopened")]
+    TaskReopened,
+    #[serde(rename = "task.deleted")]
+    TaskDeleted,
+    #[serde(rename = "reminder.scheduled")]
+    ReminderScheduled,
+    #[serde(rename = "reminder.cancelled")]
+    ReminderCancelled,
+    #[serde(rename = "reminder.triggered")]
+    ReminderTriggered,
+    #[serde(rename = "reminder.sent")]
+    ReminderSent,
+    #[serde(rename = "reminder.failed")]
+    ReminderFailed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 10] = [
+        EventType::TaskCreated,
+        EventType::TaskUpdated,
+        EventType::TaskCompleted,
+        EventType::TaskReopened,
+        EventType::TaskDeleted,
+        EventType::ReminderScheduled,
+        EventType::ReminderCancelled,
+        EventType::ReminderTriggered,
+        EventType::ReminderSent,
+        EventType::ReminderFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::TaskCreated => "task.created",
+            EventType::TaskUpdated => "task.updated",
+            EventType::TaskCompleted => "task.completed",
+            EventType::TaskReopened => "task.reopened",
+            EventType::TaskDeleted => "task.deleted",
+            EventType::ReminderScheduled => "reminder.scheduled",
+            EventType::ReminderCancelled => "reminder.cancelled",
+            EventType::ReminderTriggered => "reminder.triggered",
+            EventType::ReminderSent => "reminder.sent",
+            EventType::ReminderFailed => "reminder.failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn topic(self) -> Topic {
+        match self {
+            EventType::TaskCreated
+            | EventType::TaskUpdated
+            | EventType::TaskCompleted
+            | EventType::TaskReopened
+            | EventType::TaskDeleted => Topic::TaskEvents,
+            _ => Topic::Reminders,
+        }
+    }
+
+    /// The `dataschema` attribute: the payload's schema and its version.
+    pub fn data_schema(self) -> &'static str {
+        match self.topic() {
+            Topic::TaskEvents => "task-event/v1",
+            Topic::Reminders => "reminder-event/v1",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A CloudEvents 1.0 document in structured mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<D = serde_json::Value> {
+    pub specversion: String,
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub source: String,
+    pub time: DateTime<Utc>,
+    pub subject: String,
+    pub datacontenttype: String,
+    pub dataschema: String,
+    pub userid: String,
+    pub correlationid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationid: Option<String>,
+    pub sequence: i64,
+    pub data: D,
+}
+
+impl Envelope<serde_json::Value> {
+    /// Parses a message value, refusing anything that is not a 1.0 envelope.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let env: Envelope = serde_json::from_slice(bytes).map_err(EnvelopeError::Json)?;
+        if env.specversion != SPEC_VERSION {
+            return Err(EnvelopeError::SpecVersion(env.specversion));
+        }
+        Ok(env)
+    }
+
+    /// The payload as a typed value.
+    pub fn data_as<D: serde::de::DeserializeOwned>(&self) -> Result<D, EnvelopeError> {
+        D::deserialize(&self.data).map_err(EnvelopeError::Json)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not a CloudEvents envelope: {0}")]
+    Json(serde_json::Error),
+    #[error("unsupported specversion {0:?}, expected \"1.0\"")]
+    SpecVersion(String),
+}
+
+/// The payload of every `task.*` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEventData {
+    /// The task after the change (for `task.deleted`, as it was when deleted).
+    pub task: Task,
+    /// The task before the change (absent for `task.created`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Task>,
+    /// The fields that changed (absent for `task.created`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<String>>,
+}
+
+/// What a service knows when it records an event; the outbox adds the id,
+/// time and per-user sequence.
+#[derive(Debug, Clone)]
+pub struct EventDraft<D> {
+    pub event_type: EventType,
+    pub source: &'static str,
+    pub subject: String,
+    pub userid: String,
+    pub correlationid: String,
+    pub causationid: Option<String>,
+    pub data: D,
+}
+
+impl<D> EventDraft<D> {
+    pub fn into_envelope(self, id: Uuid, time: DateTime<Utc>, sequence: i64) -> Envelope<D> {
+        Envelope {
+            specversion: SPEC_VERSION.to_owned(),
+            id,
+            event_type: self.event_type,
+            source: self.source.to_owned(),
+            time,
+            subject: self.subject,
+            datacontenttype: DATA_CONTENT_TYPE.to_owned(),
+            dataschema: self.event_type.data_schema().to_owned(),
+            userid: self.userid,
+            correlationid: self.correlationid,
+            causationid: self.causationid,
+            sequence,
+            data: self.data,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_take_the_prefix_and_have_dead_letter_twins() {
+        let names = TopicNames::new("t1.");
+        assert_eq!(names.name(Topic::TaskEvents), "t1.task-events");
+        assert_eq!(
+            names.all(),
+            [
+                "t1.task-events",
+                "t1.task-events.dlq",
+                "t1.reminders",
+                "t1.reminders.dlq"
+            ]
+        );
+    }
+
+    #[test]
+    fn event_types_round_trip_and_route_to_their_topic() {
+        for t in EventType::ALL {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::TaskDeleted.topic(), Topic::TaskEvents);
+        assert_eq!(EventType::ReminderSent.topic(), Topic::Reminders);
+    }
+
+    #[test]
+    fn envelopes_refuse_other_spec_versions_and_garbage() {
+        assert!(Envelope::from_slice(b"not json").is_err());
+        let draft = EventDraft {
+            event_type: EventType::TaskCreated,
+            source: "todo-api",
+            subject: "s".into(),
+            userid: "alice".into(),
+            correlationid: "c".into(),
+            causationid: None,
+            data: serde_json::json!({}),
+        };
+        let mut env = draft.into_envelope(Uuid::nil(), Utc::now(), 1);
+        let ok = serde_json::to_vec(&env).unwrap();
+        assert_eq!(Envelope::from_slice(&ok).unwrap().sequence, 1);
+        env.specversion = "0.3".into();
+        let old = serde_json::to_vec(&env).unwrap();
+        assert!(matches!(
+            Envelope::from_slice(&old),
+            Err(EnvelopeError::SpecVersion(_))
+        ));
+    }
+}

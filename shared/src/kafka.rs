@@ -1,0 +1,161 @@
+//! Kafka client settings, built in one place for every producer, consumer and
+//! admin client of the platform, and topic creation.
+
+use crate::config::{KafkaSettings, SecurityProtocol};
+use crate::envelope::TopicNames;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use secrecy::ExposeSecret;
+use std::time::Duration;
+
+/// Settings every client shares: brokers and security.
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &settings.bootstrap_servers)
+        .set(
+            "security.protocol",
+            settings.security_protocol.as_librdkafka(),
+        )
+        .set("client.dns.lookup", "use_all_dns_ips");
+    if let Some(sasl) = &settings.sasl {
+        cfg.set("sasl.mechanism", sasl.mechanism.as_librdkafka())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.password.expose_secret());
+    }
+    if matches!(
+        settings.security_protocol,
+        SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
+    ) {
+        // Managed Kafka (Redpanda Cloud, Confluent, MSK) presents certificates
+        // signed by public CAs: verify them against the system's store.
+        cfg.set("ssl.endpoint.identification.algorithm", "https");
+    }
+    cfg
+}
+
+/// The producer of the platform: idempotent (no duplicates or reordering on
+/// retries), acks from all in-sync replicas, Java-compatible key hashing so
+/// that every client puts a user's events on the same partition.
+///
+/// `message.timeout.ms` is 0 (never give up): the relay keeps a batch in
+/// flight until the broker takes it, so an outage delays events but never
+/// fails them, and nothing behind a failed message can overtake it.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut cfg = client_config(settings);
+    cfg.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "2000");
+    cfg
+}
+
+/// A consumer in `group_id` that never commits on its own: the consumer
+/// runtime stores and commits offsets once the handler's work is durable.
+pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut cfg = client_config(settings);
+    cfg.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "2000");
+    cfg
+}
+
+pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    producer_config(settings).create()
+}
+
+pub fn admin(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(settings).create()
+}
+
+/// Creates every topic of the platform (dead-letter topics included) that
+/// does not exist yet. Existing topics are left as they are.
+pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
+    let names = TopicNames::new(settings.topic_prefix.clone()).all();
+    let admin = admin(settings)?;
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                settings.topic_partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new_topics, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(%topic, error = %code, "could not create topic");
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SaslMechanism, SaslSettings};
+    use secrecy::SecretString;
+
+    #[test]
+    fn plaintext_producer_is_idempotent_and_java_compatible() {
+        let cfg = producer_config(&KafkaSettings::plaintext("b:9092", ""));
+        assert_eq!(cfg.get("enable.idempotence"), Some("true"));
+        assert_eq!(cfg.get("acks"), Some("all"));
+        assert_eq!(cfg.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(cfg.get("security.protocol"), Some("plaintext"));
+        assert_eq!(cfg.get("sasl.mechanism"), None);
+    }
+
+    #[test]
+    fn managed_kafka_uses_sasl_ssl_with_scram() {
+        let mut settings = KafkaSettings::plaintext("seed.cloud.example:9092", "");
+        settings.security_protocol = SecurityProtocol::SaslSsl;
+        settings.sasl = Some(SaslSettings {
+            mechanism: SaslMechanism::ScramSha256,
+            username: "svc".into(),
+            password: SecretString::from("pw".to_string()),
+        });
+        for cfg in [producer_config(&settings), consumer_config(&settings, "g")] {
+            assert_eq!(cfg.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(cfg.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+            assert_eq!(cfg.get("sasl.username"), Some("svc"));
+            assert_eq!(cfg.get("sasl.password"), Some("pw"));
+            assert_eq!(
+                cfg.get("ssl.endpoint.identification.algorithm"),
+                Some("https")
+            );
+        }
+        // librdkafka itself accepts the combination (it needs its SSL build).
+        let producer: Result<FutureProducer, _> = producer_config(&settings).create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
+    fn consumers_commit_only_by_hand() {
+        let cfg = consumer_config(&KafkaSettings::plaintext("b:9092", ""), "todo-audit");
+        assert_eq!(cfg.get("group.id"), Some("todo-audit"));
+        assert_eq!(cfg.get("enable.auto.commit"), Some("false"));
+        assert_eq!(cfg.get("enable.auto.offset.store"), Some("false"));
+    }
+}

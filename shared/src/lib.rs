@@ -1,0 +1,21 @@
+//! What every todo service shares: the event envelope and domain types,
+//! configuration, Kafka and PostgreSQL helpers, the outbox and its relay,
+//! authentication, telemetry and the operations endpoints.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod envelope;
+pub mod kafka;
+pub mod ops;
+pub mod outbox;
+pub mod relay;
+pub mod shutdown;
+pub mod tasks;
+pub mod telemetry;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,373 @@
+//! The outbox relay: publishes committed outbox rows to Kafka, in id order,
+//! and deletes them once the broker has acknowledged them.
+//!
+//! Correctness with several replicas: one relay leads at a time, elected by a
+//! PostgreSQL session-level advisory lock held on the very connection it
+//! reads and deletes with. If that connection dies the lock is released and a
+//! standby takes over; rows whose acknowledgement was not yet recorded are
+//! published again (a redelivery, which consumers deduplicate by event id),
+//! never lost and never overtaken, since one batch is in flight at a time and
+//! the idempotent producer keeps a partition's order across its retries.
+//!
+//! Latency: the leader is woken in-process on a local commit, by `NOTIFY`
+//! for commits made in other processes, and polls as a fallback.
+
+use crate::config::KafkaSettings;
+use crate::envelope::{TopicNames, CONTENT_TYPE};
+use crate::outbox::{OutboxSignal, CHANNEL};
+use crate::shutdown::Shutdown;
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::time::{Duration, Instant};
+
+/// The advisory lock key that elects the leading relay ("todo_rel").
+pub const LEADER_LOCK_KEY: i64 = 0x746f_646f_5f72_656c;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows read and published per round.
+    pub batch_size: i64,
+    /// The fallback poll when no notification arrives.
+    pub poll_interval: Duration,
+    /// How often a standby tries to become the leader.
+    pub standby_interval: Duration,
+    /// On shutdown, how long to wait for the batch in flight to be acknowledged.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 2000,
+            poll_interval: Duration::from_millis(500),
+            standby_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RelayMetrics {
+    published: IntCounterVec,
+    failed: IntCounterVec,
+    latency: Histogram,
+    batch_duration: Histogram,
+    backlog: IntGauge,
+    leader: IntGauge,
+}
+
+impl RelayMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let published = IntCounterVec::new(
+            Opts::new(
+                "todo_events_published_total",
+                "Events acknowledged by the broker",
+            ),
+            &["type"],
+        )?;
+        let failed = IntCounterVec::new(
+            Opts::new(
+                "todo_events_publish_failed_total",
+                "Events the broker refused (retried)",
+            ),
+            &["type"],
+        )?;
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "todo_outbox_publish_latency_seconds",
+                "From the outbox row's commit to the broker's acknowledgement",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
+            ]),
+        )?;
+        let batch_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "todo_outbox_batch_duration_seconds",
+                "Time to publish one batch and record it",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+        )?;
+        let backlog = IntGauge::new("todo_outbox_backlog", "Outbox rows not yet acknowledged")?;
+        let leader = IntGauge::new(
+            "todo_outbox_relay_leader",
+            "1 while this process's relay leads",
+        )?;
+        registry.register(Box::new(published.clone()))?;
+        registry.register(Box::new(failed.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(batch_duration.clone()))?;
+        registry.register(Box::new(backlog.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        Ok(Self {
+            published,
+            failed,
+            latency,
+            batch_duration,
+            backlog,
+            leader,
+        })
+    }
+}
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub connect: PgConnectOptions,
+    pub producer: FutureProducer,
+    pub kafka: KafkaSettings,
+    pub signal: OutboxSignal,
+    pub config: RelayConfig,
+    pub metrics: RelayMetrics,
+}
+
+enum Outcome {
+    Standby,
+    Shutdown,
+}
+
+struct Row {
+    id: i64,
+    topic: String,
+    key: String,
+    event_type: String,
+    payload: Vec<u8>,
+    created_at: DateTime<Utc>,
+}
+
+impl Relay {
+    /// Runs until `shutdown`: stands by, leads when it can, recovers from
+    /// database and broker failures on its own.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let topics = TopicNames::new(self.kafka.topic_prefix.clone());
+        let mut failures = 0u32;
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            let wait = match self.lead(&topics, &mut shutdown).await {
+                Ok(Outcome::Shutdown) => return,
+                Ok(Outcome::Standby) => {
+                    failures = 0;
+                    self.config.standby_interval
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "outbox relay lost its footing; retrying");
+                    backoff(failures)
+                }
+            };
+            self.signal.set_leader_here(false);
+            self.metrics.leader.set(0);
+            tokio::select! {
+                _ = shutdown.recv() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn lead(&self, topics: &TopicNames, shutdown: &mut Shutdown) -> anyhow::Result<Outcome> {
+        let mut conn = PgConnection::connect_with(&self.connect).await?;
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if !leader {
+            return Ok(Outcome::Standby);
+        }
+        tracing::info!("outbox relay is the leader");
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        self.signal.set_leader_here(true);
+        self.metrics.leader.set(1);
+        let topics_ready = tokio::spawn(ensure_topics_until_done(
+            self.kafka.clone(),
+            shutdown.clone(),
+        ));
+
+        let mut last_backlog_check = Instant::now() - Duration::from_secs(60);
+        let mut failures = 0u32;
+        let outcome = loop {
+            let round = self.publish_batch(&mut conn, topics, shutdown).await?;
+            if shutdown.is_triggered() {
+                break Outcome::Shutdown;
+            }
+            if last_backlog_check.elapsed() > Duration::from_secs(1) {
+                let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                    .fetch_one(&mut conn)
+                    .await?;
+                self.metrics.backlog.set(backlog);
+                last_backlog_check = Instant::now();
+            }
+            if round.failed > 0 {
+                failures += 1;
+                tokio::select! {
+                    _ = shutdown.recv() => break Outcome::Shutdown,
+                    _ = tokio::time::sleep(backoff(failures)) => continue,
+                }
+            }
+            failures = 0;
+            if round.published as i64 >= self.config.batch_size {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.recv() => break Outcome::Shutdown,
+                _ = self.signal.local_commit() => {}
+                n = listener.recv() => { n?; }
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        };
+        topics_ready.abort();
+        // Closing the connection releases the advisory lock.
+        let _ = conn.close().await;
+        Ok(outcome)
+    }
+
+    async fn publish_batch(
+        &self,
+        conn: &mut PgConnection,
+        topics: &TopicNames,
+        shutdown: &mut Shutdown,
+    ) -> anyhow::Result<Round> {
+        let rows: Vec<(i64, String, String, String, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, topic, key, event_type, payload, created_at FROM outbox ORDER BY id LIMIT $1",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *conn)
+        .await?;
+        if rows.is_empty() {
+            self.metrics.backlog.set(0);
+            return Ok(Round::default());
+        }
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .map(|(id, topic, key, event_type, payload, created_at)| Row {
+                id,
+                topic,
+                key,
+                event_type,
+                payload,
+                created_at,
+            })
+            .collect();
+        let started = Instant::now();
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let topic = format!("{}{}", topics.prefix(), row.topic);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some(CONTENT_TYPE),
+            });
+            let mut record = FutureRecord::to(&topic)
+                .key(&row.key)
+                .payload(&row.payload)
+                .headers(headers);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+
+        let mut all = std::pin::pin!(join_all(deliveries));
+        let results = tokio::select! {
+            results = &mut all => results,
+            _ = shutdown.recv() => {
+                match tokio::time::timeout(self.config.shutdown_grace, &mut all).await {
+                    Ok(results) => results,
+                    // Unacknowledged rows stay in the outbox for the next leader.
+                    Err(_) => return Ok(Round::default()),
+                }
+            }
+        };
+
+        let now = Utc::now();
+        let mut acked = Vec::with_capacity(rows.len());
+        let mut round = Round::default();
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(Ok(_)) => {
+                    acked.push(row.id);
+                    self.metrics
+                        .published
+                        .with_label_values(&[&row.event_type])
+                        .inc();
+                    let age = (now - row.created_at).to_std().unwrap_or_default();
+                    self.metrics.latency.observe(age.as_secs_f64());
+                }
+                Ok(Err((e, _))) => {
+                    round.failed += 1;
+                    self.metrics
+                        .failed
+                        .with_label_values(&[&row.event_type])
+                        .inc();
+                    tracing::warn!(outbox_id = row.id, error = %e, "broker refused an event; it stays in the outbox");
+                }
+                Err(_) => {
+                    round.failed += 1;
+                    self.metrics
+                        .failed
+                        .with_label_values(&[&row.event_type])
+                        .inc();
+                }
+            }
+        }
+        if !acked.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(&acked)
+                .execute(&mut *conn)
+                .await?;
+        }
+        round.published = acked.len();
+        self.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(round)
+    }
+}
+
+#[derive(Default)]
+struct Round {
+    published: usize,
+    failed: usize,
+}
+
+/// Exponential backoff with full jitter, capped at 10 s.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_secs(10);
+    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(10));
+    let ceiling = base.min(cap);
+    let jitter = rand::random::<f64>();
+    ceiling.mul_f64(0.5 + jitter / 2.0)
+}
+
+async fn ensure_topics_until_done(kafka: KafkaSettings, mut shutdown: Shutdown) {
+    let mut attempt = 0;
+    loop {
+        match crate::kafka::ensure_topics(&kafka).await {
+            Ok(()) => return,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "topics not ensured yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tokio::time::sleep(backoff(attempt)) => {}
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Task persistence: every change writes the task and its event (via the
+//! outbox) in the caller's transaction. `todo-api` and `todo-recurring` (the
+//! only services that write tasks) both go through here.
+
+use crate::domain::{self, Priority, Recurrence, Reminder, Task, TaskSpec, UserId};
+use crate::envelope::{Envelope, EventDraft, EventType, TaskEventData};
+use crate::outbox::{self, OutboxError};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("stored task {id} is unreadable: {reason}")]
+    Corrupt { id: Uuid, reason: String },
+}
+
+/// Who causes a change, carried into its event.
+#[derive(Debug, Clone)]
+pub struct Actor<'a> {
+    pub user: &'a UserId,
+    pub correlation_id: &'a str,
+    pub causation_id: Option<String>,
+    pub source: &'static str,
+}
+
+pub type TaskEvent = Envelope<TaskEventData>;
+
+const COLUMNS: &str = "id, title, description, priority, tags, completed, completed_at, due_at, \
+                       recurrence, reminders, series_id, version, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: Uuid,
+    title: String,
+    description: Option<String>,
+    priority: String,
+    tags: Vec<String>,
+    completed: bool,
+    completed_at: Option<DateTime<Utc>>,
+    due_at: Option<DateTime<Utc>>,
+    recurrence: Option<Json<Recurrence>>,
+    reminders: Json<Vec<Reminder>>,
+    series_id: Option<Uuid>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TaskRow> for Task {
+    type Error = StoreError;
+    fn try_from(r: TaskRow) -> Result<Self, StoreError> {
+        let priority = r
+            .priority
+            .parse::<Priority>()
+            .map_err(|reason| StoreError::Corrupt { id: r.id, reason })?;
+        Ok(Task {
+            id: r.id,
+            title: r.title,
+            description: r.description,
+            priority,
+            tags: r.tags,
+            completed: r.completed,
+            completed_at: r.completed_at,
+            due_at: r.due_at,
+            recurrence: r.recurrence.map(|j| j.0),
+            reminders: r.reminders.0,
+            series_id: r.series_id,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+fn apply_spec(task: &mut Task, spec: TaskSpec) {
+    task.title = spec.title.into();
+    task.description = spec.description.map(String::from);
+    task.priority = spec.priority;
+    task.tags = spec.tags.into();
+    task.due_at = spec.due_at.map(domain::truncate_to_micros);
+    task.recurrence = spec.recurrence;
+    task.reminders = spec.reminders.into();
+}
+
+/// The writable fields of a stored task, for a partial update to start from.
+pub fn spec_of(task: &Task) -> Result<TaskSpec, String> {
+    Ok(TaskSpec {
+        title: task.title.clone().try_into()?,
+        description: task
+            .description
+            .clone()
+            .map(TryInto::try_into)
+            .transpose()?,
+        priority: task.priority,
+        tags: task.tags.clone().try_into()?,
+        due_at: task.due_at,
+        recurrence: task.recurrence.clone(),
+        reminders: task.reminders.clone().try_into()?,
+    })
+}
+
+async fn record(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    event_type: EventType,
+    data: TaskEventData,
+) -> Result<TaskEvent, StoreError> {
+    let draft = EventDraft {
+        event_type,
+        source: actor.source,
+        subject: data.task.id.to_string(),
+        userid: actor.user.as_str().to_owned(),
+        correlationid: actor.correlation_id.to_owned(),
+        causationid: actor.causation_id.clone(),
+        data,
+    };
+    Ok(outbox::append(conn, draft).await?)
+}
+
+/// Creates a task and its `task.created` event.
+pub async fn create(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    spec: TaskSpec,
+    series_id: Option<Uuid>,
+) -> Result<(Task, TaskEvent), StoreError> {
+    let now = domain::now();
+    let mut task = Task {
+        id: Uuid::now_v7(),
+        title: String::new(),
+        description: None,
+        priority: Priority::Medium,
+        tags: Vec::new(),
+        completed: false,
+        completed_at: None,
+        due_at: None,
+        recurrence: None,
+        reminders: Vec::new(),
+        series_id,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    apply_spec(&mut task, spec);
+    if task.recurrence.is_some() && task.series_id.is_none() {
+        // The first task of a series names it.
+        task.series_id = Some(task.id);
+    }
+    sqlx::query(
+        "INSERT INTO tasks (id, user_id, title, description, priority, tags, completed, completed_at,
+                            due_at, recurrence, reminders, series_id, version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(task.id)
+    .bind(actor.user.as_str())
+    .bind(&task.title)
+    .bind(&task.description)
+    .bind(task.priority.as_str())
+    .bind(&task.tags)
+    .bind(task.completed)
+    .bind(task.completed_at)
+    .bind(task.due_at)
+    .bind(task.recurrence.as_ref().map(Json))
+    .bind(Json(&task.reminders))
+    .bind(task.series_id)
+    .bind(task.version)
+    .bind(task.created_at)
+    .bind(task.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    let event = record(
+        conn,
+        actor,
+        EventType::TaskCreated,
+        TaskEventData {
+            task: task.clone(),
+            previous: None,
+            changed: None,
+        },
+    )
+    .await?;
+    Ok((task, event))
+}
+
+/// One of `user`'s tasks (another user's id is simply not found).
+pub async fn find<'e, E>(exec: E, user: &UserId, id: Uuid) -> Result<Option<Task>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let row: Option<TaskRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2"
+    ))
+    .bind(id)
+    .bind(user.as_str())
+    .fetch_optional(exec)
+    .await?;
+    row.map(Task::try_from).transpose()
+}
+
+/// Like [`find`], locking the row until the transaction ends.
+pub async fn find_for_update(
+    conn: &mut PgConnection,
+    user: &UserId,
+    id: Uuid,
+) -> Result<Option<Task>, StoreError> {
+    let row: Option<TaskRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(user.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(Task::try_from).transpose()
+}
+
+/// Writes `after` over `before` (version + 1) and records the event. Returns
+/// `None`, writing nothing, when nothing changed.
+async fn save_change(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    before: Task,
+    mut after: Task,
+    event_type: EventType,
+) -> Result<Option<(Task, TaskEvent)>, StoreError> {
+    let changed = before.changed_fields(&after);
+    if changed.is_empty() {
+        return Ok(None);
+    }
+    after.version = before.version + 1;
+    after.updated_at = domain::now().max(before.updated_at);
+    sqlx::query(
+        "UPDATE tasks SET title = $2, description = $3, priority = $4, tags = $5, completed = $6,
+                completed_at = $7, due_at = $8, recurrence = $9, reminders = $10, series_id = $11,
+                version = $12, updated_at = $13
+         WHERE id = $1",
+    )
+    .bind(after.id)
+    .bind(&after.title)
+    .bind(&after.description)
+    .bind(after.priority.as_str())
+    .bind(&after.tags)
+    .bind(after.completed)
+    .bind(after.completed_at)
+    .bind(after.due_at)
+    .bind(after.recurrence.as_ref().map(Json))
+    .bind(Json(&after.reminders))
+    .bind(after.series_id)
+    .bind(after.version)
+    .bind(after.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    let event = record(
+        conn,
+        actor,
+        event_type,
+        TaskEventData {
+            task: after.clone(),
+            previous: Some(before),
+            changed: Some(changed.into_iter().map(str::to_owned).collect()),
+        },
+    )
+    .await?;
+    Ok(Some((after, event)))
+}
+
+/// Replaces the writable fields (`task.updated`); `None` when nothing changed.
+pub async fn update(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    before: Task,
+    spec: TaskSpec,
+) -> Result<Option<(Task, TaskEvent)>, StoreError> {
+    let mut after = before.clone();
+    apply_spec(&mut after, spec);
+    if after.recurrence.is_some() && after.series_id.is_none() {
+        after.series_id = Some(after.id);
+    }
+    save_change(conn, actor, before, after, EventType::TaskUpdated).await
+}
+
+/// Marks the task done (`task.completed`); `None` if it already was.
+pub async fn complete(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    before: Task,
+) -> Result<Option<(Task, TaskEvent)>, StoreError> {
+    if before.completed {
+        return Ok(None);
+    }
+    let mut after = before.clone();
+    after.completed = true;
+    after.completed_at = Some(domain::now());
+    save_change(conn, actor, before, after, EventType::TaskCompleted).await
+}
+
+/// Marks the task open again (`task.reopened`); `None` if it was open.
+pub async fn reopen(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    before: Task,
+) -> Result<Option<(Task, TaskEvent)>, StoreError> {
+    if !before.completed {
+        return Ok(None);
+    }
+    let mut after = before.clone();
+    after.completed = false;
+    after.completed_at = None;
+    save_change(conn, actor, before, after, EventType::TaskReopened).await
+}
+
+/// Deletes the task (`task.deleted`, carrying the task as it was).
+pub async fn delete(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    task: Task,
+) -> Result<TaskEvent, StoreError> {
+    sqlx::query("DELETE FROM tasks WHERE id = $1")
+        .bind(task.id)
+        .execute(&mut *conn)
+        .await?;
+    record(
+        conn,
+        actor,
+        EventType::TaskDeleted,
+        TaskEventData {
+            task,
+            previous: None,
+            changed: None,
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    #[default]
+    All,
+    Open,
+    Completed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    CreatedAt,
+    UpdatedAt,
+    DueAt,
+    Priority,
+    Title,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub status: StatusFilter,
+    pub priority: Option<Priority>,
+    pub tag: Option<String>,
+    pub due_after: Option<DateTime<Utc>>,
+    pub due_before: Option<DateTime<Utc>>,
+    pub text: Option<String>,
+    pub sort: SortField,
+    pub descending: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            status: StatusFilter::All,
+            priority: None,
+            tag: None,
+            due_after: None,
+            due_before: None,
+            text: None,
+            sort: SortField::CreatedAt,
+            descending: true,
+            limit: 50,
+            offset: 0,
+        }
+    }
+}
+
+/// `text` as a LIKE pattern that matches it literally anywhere.
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// One page of `user`'s tasks.
+pub async fn list<'e, E>(exec: E, user: &UserId, q: &ListQuery) -> Result<Vec<Task>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM tasks WHERE user_id = "));
+    qb.push_bind(user.as_str());
+    match q.status {
+        StatusFilter::All => {}
+        StatusFilter::Open => {
+            qb.push(" AND NOT completed");
+        }
+        StatusFilter::Completed => {
+            qb.push(" AND completed");
+        }
+    }
+    if let Some(p) = q.priority {
+        qb.push(" AND priority = ").push_bind(p.as_str());
+    }
+    if let Some(tag) = &q.tag {
+        qb.push(" AND tags @> ARRAY[")
+            .push_bind(tag.clone())
+            .push("]::text[]");
+    }
+    if let Some(t) = q.due_after {
+        qb.push(" AND due_at >= ").push_bind(t);
+    }
+    if let Some(t) = q.due_before {
+        qb.push(" AND due_at < ").push_bind(t);
+    }
+    if let Some(text) = &q.text {
+        let pattern = contains_pattern(text);
+        qb.push(" AND (title ILIKE ")
+            .push_bind(pattern.clone())
+            .push(" OR description ILIKE ")
+            .push_bind(pattern)
+            .push(")");
+    }
+    let column = match q.sort {
+        SortField::CreatedAt => "created_at",
+        SortField::UpdatedAt => "updated_at",
+        SortField::DueAt => "due_at",
+        SortField::Priority => "array_position(ARRAY['low','medium','high','urgent'], priority)",
+        SortField::Title => "lower(title)",
+    };
+    let dir = if q.descending { "DESC" } else { "ASC" };
+    qb.push(format!(" ORDER BY {column} {dir} NULLS LAST, id {dir}"));
+    qb.push(" LIMIT ")
+        .push_bind(q.limit)
+        .push(" OFFSET ")
+        .push_bind(q.offset);
+    let rows: Vec<TaskRow> = qb.build_query_as().fetch_all(exec).await?;
+    rows.into_iter().map(Task::try_from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn like_patterns_match_wildcards_literally() {
+        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+}
