@@ -112,10 +112,10 @@ impl Application {
             producer: producer.clone(),
             http: http.clone(),
         };
+        let connect = db::connect_options(&settings.database)?;
         let relay = options.run_relay.then(|| Relay {
             pool: pool.clone(),
-            connect: db::connect_options(&settings.database).unwrap_or_default(),
-            producer: producer.clone(),
+            connect,
             kafka: settings.kafka.clone(),
             signal: signal.clone(),
             config: options.relay.clone(),

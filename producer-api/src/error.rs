@@ -16,6 +16,8 @@ pub enum ApiError {
     },
     #[error("invalid request")]
     Validation(Vec<FieldError>),
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
     #[error("unauthorized: {0}")]
@@ -45,6 +47,7 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -59,6 +62,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => ("/problems/malformed-request", "Malformed request"),
             ApiError::Validation(_) => ("/problems/validation", "Invalid request"),
+            ApiError::PayloadTooLarge { .. } => {
+                ("/problems/payload-too-large", "Payload too large")
+            }
             ApiError::UnsupportedMediaType(_) => {
                 ("/problems/unsupported-media-type", "Unsupported media type")
             }

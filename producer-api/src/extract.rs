@@ -144,12 +144,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 essence
             )));
         }
-        let raw = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest {
-                detail: e.body_text(),
-                field: None,
-            })?;
+        let too_large = ApiError::PayloadTooLarge {
+            limit: crate::app::MAX_BODY_BYTES,
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > crate::app::MAX_BODY_BYTES) {
+            return Err(too_large);
+        }
+        let raw = Bytes::from_request(req, state).await.map_err(|e| {
+            // A chunked body over the limit (axum answers some of those 400).
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
+                || e.body_text().contains("length limit exceeded")
+            {
+                too_large
+            } else {
+                ApiError::BadRequest {
+                    detail: e.body_text(),
+                    field: None,
+                }
+            }
+        })?;
         let value = parse_json(&raw)?;
         Ok(JsonBody { value, raw })
     }

@@ -33,6 +33,13 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
         // signed by public CAs: verify them against the system's store.
         cfg.set("ssl.endpoint.identification.algorithm", "https");
     }
+    // librdkafka's own debug contexts (e.g. `broker,topic,msg,eos`), for
+    // diagnosing a client: its lines go to the service's log.
+    if let Ok(contexts) = std::env::var("KAFKA_DEBUG") {
+        if !contexts.trim().is_empty() {
+            cfg.set("debug", contexts.trim());
+        }
+    }
     cfg
 }
 

@@ -39,6 +39,11 @@ pub struct RelayConfig {
     pub standby_interval: Duration,
     /// On shutdown, how long to wait for the batch in flight to be acknowledged.
     pub shutdown_grace: Duration,
+    /// A batch not acknowledged within this time gets a new producer (and a
+    /// new producer id): a broker that lost its state (restarted without its
+    /// data) refuses the old id forever. The rows are sent again from the
+    /// outbox, so this is at worst a redelivery.
+    pub stall_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -48,6 +53,7 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_millis(500),
             standby_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -120,11 +126,33 @@ impl RelayMetrics {
 pub struct Relay {
     pub pool: PgPool,
     pub connect: PgConnectOptions,
-    pub producer: FutureProducer,
     pub kafka: KafkaSettings,
     pub signal: OutboxSignal,
     pub config: RelayConfig,
     pub metrics: RelayMetrics,
+}
+
+/// The relay's own producer, replaced when it wedges.
+struct Publisher {
+    kafka: KafkaSettings,
+    producer: Option<FutureProducer>,
+}
+
+impl Publisher {
+    fn get(&mut self) -> Result<&FutureProducer, KafkaError> {
+        if self.producer.is_none() {
+            self.producer = Some(crate::kafka::producer(&self.kafka)?);
+        }
+        Ok(self.producer.as_ref().expect("just created"))
+    }
+
+    /// Drops the producer (purging what it holds) off the async runtime;
+    /// the next [`Publisher::get`] makes a new one.
+    async fn reset(&mut self) {
+        if let Some(old) = self.producer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+        }
+    }
 }
 
 enum Outcome {
@@ -146,13 +174,17 @@ impl Relay {
     /// database and broker failures on its own.
     pub async fn run(self, mut shutdown: Shutdown) {
         let topics = TopicNames::new(self.kafka.topic_prefix.clone());
+        let mut publisher = Publisher {
+            kafka: self.kafka.clone(),
+            producer: None,
+        };
         let mut failures = 0u32;
         loop {
             if shutdown.is_triggered() {
-                return;
+                break;
             }
-            let wait = match self.lead(&topics, &mut shutdown).await {
-                Ok(Outcome::Shutdown) => return,
+            let wait = match self.lead(&topics, &mut publisher, &mut shutdown).await {
+                Ok(Outcome::Shutdown) => break,
                 Ok(Outcome::Standby) => {
                     failures = 0;
                     self.config.standby_interval
@@ -166,13 +198,21 @@ impl Relay {
             self.signal.set_leader_here(false);
             self.metrics.leader.set(0);
             tokio::select! {
-                _ = shutdown.recv() => return,
+                _ = shutdown.recv() => break,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        self.signal.set_leader_here(false);
+        self.metrics.leader.set(0);
+        publisher.reset().await;
     }
 
-    async fn lead(&self, topics: &TopicNames, shutdown: &mut Shutdown) -> anyhow::Result<Outcome> {
+    async fn lead(
+        &self,
+        topics: &TopicNames,
+        publisher: &mut Publisher,
+        shutdown: &mut Shutdown,
+    ) -> anyhow::Result<Outcome> {
         let mut conn = PgConnection::connect_with(&self.connect).await?;
         let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK_KEY)
@@ -194,7 +234,9 @@ impl Relay {
         let mut last_backlog_check = Instant::now() - Duration::from_secs(60);
         let mut failures = 0u32;
         let outcome = loop {
-            let round = self.publish_batch(&mut conn, topics, shutdown).await?;
+            let round = self
+                .publish_batch(&mut conn, topics, publisher, shutdown)
+                .await?;
             if shutdown.is_triggered() {
                 break Outcome::Shutdown;
             }
@@ -233,6 +275,7 @@ impl Relay {
         &self,
         conn: &mut PgConnection,
         topics: &TopicNames,
+        publisher: &mut Publisher,
         shutdown: &mut Shutdown,
     ) -> anyhow::Result<Round> {
         let rows: Vec<(i64, String, String, String, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
@@ -257,6 +300,7 @@ impl Relay {
             })
             .collect();
         let started = Instant::now();
+        let producer = publisher.get()?;
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let topic = format!("{}{}", topics.prefix(), row.topic);
@@ -269,7 +313,7 @@ impl Relay {
                 .payload(&row.payload)
                 .headers(headers);
             loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => {
                         deliveries.push(delivery);
                         break;
@@ -286,6 +330,15 @@ impl Relay {
         let mut all = std::pin::pin!(join_all(deliveries));
         let results = tokio::select! {
             results = &mut all => results,
+            _ = tokio::time::sleep(self.config.stall_timeout) => {
+                tracing::warn!(
+                    rows = rows.len(),
+                    stalled_for = ?self.config.stall_timeout,
+                    "the broker has not acknowledged the batch; starting a new producer"
+                );
+                publisher.reset().await;
+                return Ok(Round { published: 0, failed: rows.len() });
+            }
             _ = shutdown.recv() => {
                 match tokio::time::timeout(self.config.shutdown_grace, &mut all).await {
                     Ok(results) => results,

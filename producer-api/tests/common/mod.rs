@@ -1,0 +1,239 @@
+//! A whole `todo-api` for a test: its own database, its own broker and topic
+//! prefix, and as many API instances (each with its relay) as the test wants.
+
+#![allow(dead_code)]
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+use todo_api::app::{ApiOptions, Application};
+use todo_shared::auth::JwtKeys;
+use todo_shared::config::{KafkaSettings, Settings};
+use todo_shared::domain::UserId;
+use todo_shared::envelope::{Topic, TopicNames};
+use todo_shared::relay::RelayConfig;
+use todo_shared::schema::EventSchemas;
+use todo_shared::shutdown::{self, ShutdownTrigger};
+use todo_shared::testing::{self, Broker, EventReader, Received, TestDatabase};
+use tokio::task::JoinHandle;
+
+pub struct Stack {
+    pub broker: Broker,
+    pub db: TestDatabase,
+    pub kafka: KafkaSettings,
+    pub jwt: JwtKeys,
+    pub http: reqwest::Client,
+}
+
+pub struct Api {
+    pub base: String,
+    trigger: Option<ShutdownTrigger>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    pub async fn new() -> Stack {
+        testing::init_logging();
+        let broker = Broker::start();
+        let kafka = testing::kafka_settings(&broker);
+        let db = TestDatabase::create().await;
+        Stack {
+            broker,
+            db,
+            kafka,
+            jwt: JwtKeys::new(&SecretString::from(testing::JWT_SECRET.to_string())),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            database: self.db.settings(),
+            kafka: self.kafka.clone(),
+            jwt_secret: SecretString::from(testing::JWT_SECRET.to_string()),
+            port: 0,
+        }
+    }
+
+    /// Starts one more `todo-api` on this stack's database and broker.
+    pub async fn spawn_api(&self) -> Api {
+        let options = ApiOptions {
+            relay: RelayConfig {
+                poll_interval: Duration::from_millis(200),
+                standby_interval: Duration::from_millis(200),
+                stall_timeout: Duration::from_secs(5),
+                ..RelayConfig::default()
+            },
+            ..ApiOptions::default()
+        };
+        let app = Application::build(&self.settings(), options)
+            .await
+            .expect("todo-api starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (trigger, shutdown) = shutdown::channel();
+        let handle = tokio::spawn(app.run(shutdown));
+        Api {
+            base,
+            trigger: Some(trigger),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        let user = UserId::try_from(user.to_string()).expect("user id");
+        self.jwt.mint(&user, Duration::from_secs(3600))
+    }
+
+    pub fn topic(&self, topic: Topic) -> String {
+        TopicNames::new(self.kafka.topic_prefix.clone()).name(topic)
+    }
+
+    /// A reader of `task-events` from its beginning.
+    pub async fn task_events(&self) -> EventReader {
+        EventReader::new(self.broker.bootstrap(), &self.topic(Topic::TaskEvents)).await
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Waits until the relay has published every outbox row.
+    pub async fn outbox_drained(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.count("outbox").await;
+            if n == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} outbox rows still unpublished after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn request(&self, api: &Api, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", api.base, path))
+            .bearer_auth(token)
+    }
+
+    /// Creates a task for the token's user and returns it (asserting 201).
+    pub async fn create(&self, api: &Api, token: &str, body: Value) -> Value {
+        let r = self
+            .request(api, Method::POST, "/tasks", token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /tasks");
+        let status = r.status();
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Sends a change and returns (status, body).
+    pub async fn call(
+        &self,
+        api: &Api,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.request(api, method, path, token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+}
+
+impl Api {
+    /// Shuts this instance down gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.trigger();
+        }
+        if let Some(h) = self.handle.take() {
+            h.await
+                .expect("todo-api task")
+                .expect("todo-api ran cleanly");
+        }
+    }
+
+    /// Whether this instance's relay currently leads (from its /metrics).
+    pub async fn relay_leads(&self, http: &reqwest::Client) -> bool {
+        let text = http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .any(|l| l.trim() == "todo_outbox_relay_leader 1")
+    }
+}
+
+/// Every event validated against its JSON Schema; panics naming the first
+/// that is not.
+pub fn assert_schema_valid(events: &[Received]) {
+    let schemas = EventSchemas::load().expect("schemas load");
+    for e in events {
+        if let Err(err) = schemas.validate(&e.value) {
+            panic!("{err}\nevent: {}", e.value);
+        }
+    }
+}
+
+/// Asserts that, per user (the Kafka key), events arrive with sequences
+/// 1, 2, 3, … and no event id twice; returns the count per user.
+pub fn assert_per_user_order(events: &[Received]) -> HashMap<String, i64> {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut partitions: HashMap<String, i32> = HashMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for e in events {
+        assert!(
+            ids.insert(e.id().to_owned()),
+            "event {} delivered twice",
+            e.id()
+        );
+        assert_eq!(
+            e.key,
+            e.value["userid"].as_str().unwrap_or_default(),
+            "key is the user id"
+        );
+        let p = *partitions.entry(e.key.clone()).or_insert(e.partition);
+        assert_eq!(p, e.partition, "user {} spread over partitions", e.key);
+        let prev = last.entry(e.key.clone()).or_insert(0);
+        assert_eq!(
+            e.sequence(),
+            *prev + 1,
+            "user {}: sequence {} arrived after {}",
+            e.key,
+            e.sequence(),
+            prev
+        );
+        *prev = e.sequence();
+    }
+    last
+}
