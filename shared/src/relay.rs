@@ -160,6 +160,7 @@ enum Outcome {
     Shutdown,
 }
 
+#[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
     topic: String,
@@ -278,7 +279,7 @@ impl Relay {
         publisher: &mut Publisher,
         shutdown: &mut Shutdown,
     ) -> anyhow::Result<Round> {
-        let rows: Vec<(i64, String, String, String, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, topic, key, event_type, payload, created_at FROM outbox ORDER BY id LIMIT $1",
         )
         .bind(self.config.batch_size)
@@ -288,17 +289,6 @@ impl Relay {
             self.metrics.backlog.set(0);
             return Ok(Round::default());
         }
-        let rows: Vec<Row> = rows
-            .into_iter()
-            .map(|(id, topic, key, event_type, payload, created_at)| Row {
-                id,
-                topic,
-                key,
-                event_type,
-                payload,
-                created_at,
-            })
-            .collect();
         let started = Instant::now();
         let producer = publisher.get()?;
         let mut deliveries = Vec::with_capacity(rows.len());
