@@ -325,42 +325,44 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         }
     }
 
-    // Malformed JSON and the wrong media type.
-    let r = stack
-        .http
-        .post(&url)
-        .bearer_auth(&alice)
-        .header("content-type", "application/json")
-        .body("{\"title\": ")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = stack
-        .http
-        .post(&url)
-        .bearer_auth(&alice)
-        .header("content-type", "text/plain")
-        .body("{\"title\": \"t\"}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let r = stack
-        .http
-        .post(&url)
-        .bearer_auth(&alice)
-        .header("content-type", "application/json")
-        .body(vec![b' '; 100 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "{:?}",
-        r.text().await
-    );
+    // Malformed JSON, the wrong media type, a body over the limit.
+    let raw = |content_type: &'static str, body: Vec<u8>| {
+        stack
+            .http
+            .post(&url)
+            .bearer_auth(&alice)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    for (name, content_type, body, expected) in [
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"title\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "text/plain",
+            "text/plain",
+            b"{\"title\": \"t\"}".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "100 kB body",
+            "application/json",
+            vec![b' '; 100 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let r = raw(content_type, body).await.unwrap();
+        assert_eq!(r.status(), expected, "{name}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{name}"
+        );
+    }
 
     // Tokens: missing, forged, expired, unsigned (alg=none).
     let forged = todo_shared::auth::JwtKeys::new(&secrecy::SecretString::from(

@@ -5,7 +5,7 @@
 //! line naming the variable; secrets are held in [`SecretString`] so they never
 //! reach a log line or a `Debug` print.
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -318,14 +318,10 @@ pub fn exit_on_config_error(binary: &str, err: &ConfigError) -> ! {
     std::process::exit(2)
 }
 
-/// Helper for the few places that must hand a secret to a library.
-pub fn expose(secret: &SecretString) -> &str {
-    secret.expose_secret()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use std::collections::HashMap;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";

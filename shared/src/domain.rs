@@ -151,11 +151,6 @@ impl Priority {
             Priority::Urgent => "urgent",
         }
     }
-
-    /// Sort rank: higher is more pressing.
-    pub fn rank(self) -> i16 {
-        self as i16
-    }
 }
 
 impl FromStr for Priority {
@@ -585,7 +580,6 @@ mod tests {
         let p: Priority = serde_json::from_str("\"urgent\"").unwrap();
         assert_eq!(p, Priority::Urgent);
         assert!(serde_json::from_str::<Priority>("\"critical\"").is_err());
-        assert!(Priority::Urgent.rank() > Priority::Low.rank());
     }
 
     #[test]

@@ -27,10 +27,6 @@ impl Topic {
             Topic::Reminders => "reminders",
         }
     }
-
-    pub fn from_base_name(name: &str) -> Option<Topic> {
-        Topic::ALL.into_iter().find(|t| t.base_name() == name)
-    }
 }
 
 /// Topic names with the deployment's prefix applied.
@@ -178,11 +174,6 @@ impl Envelope<serde_json::Value> {
             return Err(EnvelopeError::SpecVersion(env.specversion));
         }
         Ok(env)
-    }
-
-    /// The payload as a typed value.
-    pub fn data_as<D: serde::de::DeserializeOwned>(&self) -> Result<D, EnvelopeError> {
-        D::deserialize(&self.data).map_err(EnvelopeError::Json)
     }
 }
 

@@ -109,9 +109,8 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(%topic, error = %code, "could not create topic");
-                })
+                tracing::error!(%topic, error = %code, "could not create topic");
+                return Err(KafkaError::AdminOp(code));
             }
         }
     }
