@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 if [ -z "${TEST_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   scripts/install-broker.sh
 fi
-cargo test --workspace --features todo-shared/testing "$@"
+cargo test --workspace --all-features "$@"

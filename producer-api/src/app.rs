@@ -99,7 +99,7 @@ impl Application {
     /// the database and the broker, and migrates the database.
     pub async fn build(settings: &Settings, options: ApiOptions) -> anyhow::Result<Application> {
         let pool = db::pool(&settings.database)?;
-        wait_and_migrate(&pool).await?;
+        db::wait_and_migrate(&pool).await?;
         let producer = kafka::producer(&settings.kafka)?;
         let registry = Registry::new();
         let http = HttpMetrics::register(&registry)?;
@@ -167,23 +167,6 @@ impl Application {
         self.state.pool.close().await;
         tracing::info!("todo-api stopped");
         Ok(())
-    }
-}
-
-/// Waits up to a minute for the database, then applies the migrations.
-async fn wait_and_migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut attempt = 0;
-    loop {
-        match db::migrate(pool).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < deadline => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "database not ready for migrations; retrying");
-                tokio::time::sleep(todo_shared::relay::backoff(attempt)).await;
-            }
-            Err(e) => return Err(anyhow::anyhow!("migrations failed: {e}")),
-        }
     }
 }
 

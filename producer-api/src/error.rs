@@ -3,8 +3,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use todo_shared::domain::FieldError;
+use todo_shared::http::Problem;
 use todo_shared::tasks::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,8 +20,6 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
     #[error("no such task")]
     NotFound,
     #[error("version mismatch: the task is at version {current}")]
@@ -49,7 +47,6 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -68,7 +65,6 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 ("/problems/unsupported-media-type", "Unsupported media type")
             }
-            ApiError::Unauthorized(_) => ("/problems/unauthorized", "Unauthorized"),
             ApiError::NotFound => ("/problems/not-found", "Not found"),
             ApiError::PreconditionFailed { .. } => {
                 ("/problems/version-mismatch", "The task has changed")
@@ -81,17 +77,6 @@ impl ApiError {
             ApiError::Internal(_) => ("/problems/internal", "Internal error"),
         }
     }
-}
-
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    errors: Vec<FieldError>,
 }
 
 impl IntoResponse for ApiError {
@@ -127,27 +112,14 @@ impl IntoResponse for ApiError {
             }
             other => (other.to_string(), vec![]),
         };
-        let body = Problem {
-            kind,
-            title,
-            status: status.as_u16(),
-            detail,
-            errors,
-        };
-        let mut response = (status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let ApiError::Unauthorized(_) = self {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-            );
-        }
+        let mut response = Problem::new(status, kind, title)
+            .detail(detail)
+            .errors(errors)
+            .into_response();
         if let ApiError::Unavailable(_) = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

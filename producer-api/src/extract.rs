@@ -2,33 +2,11 @@
 //! with an [`ApiError`] that names what is wrong.
 
 use crate::error::ApiError;
-use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use todo_shared::auth::{bearer_token, AuthError};
-use todo_shared::domain::UserId;
-
-/// The authenticated user (`sub` of a valid HS256 bearer token).
-pub struct AuthUser(pub UserId);
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = bearer_token(header).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-        state.jwt.verify(token).map(AuthUser).map_err(|e| match e {
-            AuthError::Expired => ApiError::Unauthorized("the token has expired".into()),
-            other => ApiError::Unauthorized(other.to_string()),
-        })
-    }
-}
 
 /// The request's correlation id (from `X-Correlation-Id`, or generated).
 #[derive(Debug, Clone)]

@@ -7,3 +7,5 @@ pub mod extract;
 pub mod idempotency;
 pub mod routes;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;

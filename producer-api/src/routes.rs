@@ -3,7 +3,7 @@
 //! commit.
 
 use crate::error::ApiError;
-use crate::extract::{AuthUser, CorrelationId, IdempotencyKey, IfMatch, JsonBody};
+use crate::extract::{CorrelationId, IdempotencyKey, IfMatch, JsonBody};
 use crate::idempotency::{self, Claim};
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use todo_shared::domain::{
     Description, FieldError, Priority, Recurrence, Reminders, Tags, Task, TaskSpec, Title, UserId,
 };
+use todo_shared::http::AuthUser;
 use todo_shared::tasks::{self, Actor, ListQuery, SortField, StatusFilter};
 use uuid::Uuid;
 

@@ -16,6 +16,12 @@ pub struct AppState {
     pub http: HttpMetrics,
 }
 
+impl axum::extract::FromRef<AppState> for Arc<JwtKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.jwt.clone()
+    }
+}
+
 #[derive(Clone)]
 pub struct HttpMetrics {
     pub requests: IntCounterVec,

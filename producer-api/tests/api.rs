@@ -1,12 +1,10 @@
 //! The REST API against a real PostgreSQL and a real broker: each route, its
 //! event as a separate consumer reads it, and every refusal.
 
-mod common;
-
-use common::{assert_per_user_order, assert_schema_valid, Stack};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
+use todo_api::testing::{assert_per_user_order, assert_schema_valid, Stack};
 use todo_shared::domain::UserId;
 
 const WAIT: Duration = Duration::from_secs(30);

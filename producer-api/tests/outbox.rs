@@ -1,12 +1,10 @@
 //! The outbox relay against a real broker: per-user order under concurrent
 //! writers, a broker outage, and several relays on one database.
 
-mod common;
-
-use common::{assert_per_user_order, assert_schema_valid, Api, Stack};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
+use todo_api::testing::{assert_per_user_order, assert_schema_valid, Api, Stack};
 
 const WAIT: Duration = Duration::from_secs(60);
 

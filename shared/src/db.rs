@@ -5,7 +5,7 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The migrations in `migrations/`, embedded in every binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -27,6 +27,24 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Waits up to a minute for the database (a service may start first), then
+/// applies the migrations.
+pub async fn wait_and_migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
+    loop {
+        match migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "database not ready for migrations; retrying");
+                tokio::time::sleep(crate::retry::backoff(attempt)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("migrations failed: {e}")),
+        }
+    }
 }
 
 /// Whether the database answers, within `timeout`.

@@ -3,6 +3,7 @@
 
 use crate::config::{KafkaSettings, SecurityProtocol};
 use crate::envelope::TopicNames;
+use crate::shutdown::Shutdown;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -115,6 +116,25 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// [`ensure_topics`], retried with backoff until it succeeds (true) or
+/// `shutdown` comes first (false): a service may start before its broker.
+pub async fn ensure_topics_until_done(kafka: KafkaSettings, mut shutdown: Shutdown) -> bool {
+    let mut attempt = 0;
+    loop {
+        match ensure_topics(&kafka).await {
+            Ok(()) => return true,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "topics not ensured yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.recv() => return false,
+            _ = tokio::time::sleep(crate::retry::backoff(attempt)) => {}
+        }
+    }
 }
 
 #[cfg(test)]

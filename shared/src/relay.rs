@@ -15,6 +15,7 @@
 use crate::config::KafkaSettings;
 use crate::envelope::{TopicNames, CONTENT_TYPE};
 use crate::outbox::{OutboxSignal, CHANNEL};
+use crate::retry::backoff;
 use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
@@ -227,7 +228,7 @@ impl Relay {
         listener.listen(CHANNEL).await?;
         self.signal.set_leader_here(true);
         self.metrics.leader.set(1);
-        let topics_ready = tokio::spawn(ensure_topics_until_done(
+        let topics_ready = tokio::spawn(crate::kafka::ensure_topics_until_done(
             self.kafka.clone(),
             shutdown.clone(),
         ));
@@ -387,30 +388,4 @@ impl Relay {
 struct Round {
     published: usize,
     failed: usize,
-}
-
-/// Exponential backoff with full jitter, capped at 10 s.
-pub fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_secs(10);
-    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(10));
-    let ceiling = base.min(cap);
-    let jitter = rand::random::<f64>();
-    ceiling.mul_f64(0.5 + jitter / 2.0)
-}
-
-async fn ensure_topics_until_done(kafka: KafkaSettings, mut shutdown: Shutdown) {
-    let mut attempt = 0;
-    loop {
-        match crate::kafka::ensure_topics(&kafka).await {
-            Ok(()) => return,
-            Err(e) => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "topics not ensured yet; retrying");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tokio::time::sleep(backoff(attempt)) => {}
-        }
-    }
 }

@@ -1,14 +1,14 @@
-//! A whole `todo-api` for a test: its own database, its own broker and topic
-//! prefix, and as many API instances (each with its relay) as the test wants.
+//! The test harness of todo-api, also used by the consumers' end-to-end
+//! tests: a whole `todo-api` for a test, with its own database, its own
+//! broker and topic prefix, and as many API instances (each with its relay)
+//! as the test wants. Nothing is mocked.
 
-#![allow(dead_code)]
-
+use crate::app::{ApiOptions, Application};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
-use todo_api::app::{ApiOptions, Application};
 use todo_shared::auth::JwtKeys;
 use todo_shared::config::{KafkaSettings, Settings};
 use todo_shared::domain::UserId;
