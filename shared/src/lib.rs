@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod domain;
 pub mod envelope;
@@ -13,6 +14,7 @@ pub mod ops;
 pub mod outbox;
 pub mod relay;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;

@@ -61,6 +61,28 @@ impl TestDatabase {
         }
     }
 
+    /// Where the server listens (to put a [`super::TcpProxy`] in front).
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs;
+        let opts: sqlx::postgres::PgConnectOptions = self
+            .url
+            .parse()
+            .unwrap_or_else(|e| panic!("test database URL: {e}"));
+        (opts.get_host(), opts.get_port())
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("{} does not resolve", opts.get_host()))
+    }
+
+    /// Settings that reach this database through `127.0.0.1:port`.
+    pub fn settings_via(&self, port: u16) -> DatabaseSettings {
+        DatabaseSettings {
+            url: SecretString::from(with_host_port(&self.url, &format!("127.0.0.1:{port}"))),
+            max_connections: 10,
+        }
+    }
+
     pub fn settings(&self) -> DatabaseSettings {
         DatabaseSettings {
             url: SecretString::from(self.url.clone()),
@@ -95,9 +117,37 @@ impl Drop for TestDatabase {
     }
 }
 
+/// `url` with its host and port replaced, credentials kept.
+fn with_host_port(url: &str, host_port: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = url[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(url.len());
+    let authority = &url[scheme_end..path_start];
+    let userinfo = authority.rfind('@').map(|i| &authority[..=i]).unwrap_or("");
+    format!(
+        "{}{userinfo}{host_port}{}",
+        &url[..scheme_end],
+        &url[path_start..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{with_database, with_host_port};
+
+    #[test]
+    fn hosts_are_swapped_in_urls() {
+        assert_eq!(
+            with_host_port("postgres://u:p@db.example:5432/x?a=b", "127.0.0.1:9"),
+            "postgres://u:p@127.0.0.1:9/x?a=b"
+        );
+        assert_eq!(
+            with_host_port("postgres://h/x", "127.0.0.1:9"),
+            "postgres://127.0.0.1:9/x"
+        );
+    }
 
     #[test]
     fn database_names_are_swapped_in_urls() {

@@ -13,10 +13,12 @@
 mod broker;
 mod database;
 mod events;
+mod proxy;
 
 pub use broker::Broker;
 pub use database::TestDatabase;
 pub use events::{EventReader, Received};
+pub use proxy::TcpProxy;
 
 use crate::config::KafkaSettings;
 

@@ -1,0 +1,81 @@
+//! What a handler's failure means for the event: wait for a dependency,
+//! retry a bounded number of times, or dead-letter at once.
+
+use std::fmt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// A dependency does not answer (database down, connection lost). The
+    /// event is not at fault: it is retried, with backoff, until the
+    /// dependency is back, and never dead-lettered for this.
+    #[error("unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// The event cannot be processed as it is (its payload does not fit):
+    /// dead-lettered at once.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Anything else: retried with backoff, dead-lettered after the
+    /// runtime's `max_attempts`.
+    #[error("failed: {0:#}")]
+    Failed(anyhow::Error),
+}
+
+impl HandlerError {
+    pub fn rejected(reason: impl fmt::Display) -> Self {
+        HandlerError::Rejected(reason.to_string())
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, HandlerError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            HandlerError::Unavailable(e.into())
+        } else {
+            HandlerError::Failed(e.into())
+        }
+    }
+}
+
+/// Errors that say the database cannot be reached or is not accepting work,
+/// rather than that this statement is wrong.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many
+            // connections, disk full); 57P: the server is shutting down or
+            // starting; 58: system error.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code.starts_with("58")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_are_waited_out_and_bad_statements_are_not() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(HandlerError::from(io).is_unavailable());
+        assert!(HandlerError::from(sqlx::Error::PoolTimedOut).is_unavailable());
+        let decode = sqlx::Error::ColumnNotFound("x".into());
+        assert!(matches!(
+            HandlerError::from(decode),
+            HandlerError::Failed(_)
+        ));
+    }
+}

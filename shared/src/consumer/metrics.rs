@@ -1,0 +1,99 @@
+//! The consumer runtime's Prometheus metrics, labelled by consumer.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct ConsumerMetrics {
+    pub(crate) consumed: IntCounterVec,
+    pub(crate) duplicates: IntCounterVec,
+    pub(crate) failed: IntCounterVec,
+    pub(crate) dead_lettered: IntCounterVec,
+    pub(crate) processing: HistogramVec,
+    pub(crate) end_to_end: HistogramVec,
+    pub(crate) lag: IntGaugeVec,
+    pub(crate) assigned: IntGaugeVec,
+}
+
+impl ConsumerMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let consumed = IntCounterVec::new(
+            Opts::new(
+                "todo_events_consumed_total",
+                "Events whose effect was committed, by consumer and type",
+            ),
+            &["consumer", "type"],
+        )?;
+        let duplicates = IntCounterVec::new(
+            Opts::new(
+                "todo_events_duplicate_total",
+                "Redelivered events recognised as already processed",
+            ),
+            &["consumer"],
+        )?;
+        let failed = IntCounterVec::new(
+            Opts::new(
+                "todo_events_failed_total",
+                "Failed attempts to process an event, by consumer and type (unparsable: type=\"unknown\")",
+            ),
+            &["consumer", "type"],
+        )?;
+        let dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "todo_events_dead_lettered_total",
+                "Events sent to a dead-letter topic, by consumer and origin topic",
+            ),
+            &["consumer", "topic"],
+        )?;
+        let processing = HistogramVec::new(
+            HistogramOpts::new(
+                "todo_event_processing_duration_seconds",
+                "Time to process one batch of events, database commit included",
+            )
+            .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16)?),
+            &["consumer"],
+        )?;
+        let end_to_end = HistogramVec::new(
+            HistogramOpts::new(
+                "todo_event_end_to_end_seconds",
+                "From the event's time (its commit in the producer) to its effect's commit here",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
+            ]),
+            &["consumer"],
+        )?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "todo_consumer_lag",
+                "Messages between this consumer's position and the partition's end",
+            ),
+            &["consumer", "topic", "partition"],
+        )?;
+        let assigned = IntGaugeVec::new(
+            Opts::new(
+                "todo_consumer_assigned_partitions",
+                "Partitions currently assigned to this consumer",
+            ),
+            &["consumer"],
+        )?;
+        registry.register(Box::new(consumed.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(failed.clone()))?;
+        registry.register(Box::new(dead_lettered.clone()))?;
+        registry.register(Box::new(processing.clone()))?;
+        registry.register(Box::new(end_to_end.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(assigned.clone()))?;
+        Ok(Self {
+            consumed,
+            duplicates,
+            failed,
+            dead_lettered,
+            processing,
+            end_to_end,
+            lag,
+            assigned,
+        })
+    }
+}

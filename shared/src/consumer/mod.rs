@@ -1,0 +1,528 @@
+//! The consumer runtime every consumer service plugs a [`Handler`] into: the
+//! one place where consumer semantics live.
+//!
+//! - Joins the service's consumer group; rebalances commit finished work
+//!   before partitions move ([`context`]).
+//! - Reads a batch (what librdkafka has ready, up to `batch_size`), applies it
+//!   in **one database transaction** together with the record
+//!   "(consumer, event id) processed" ([`dedup`]), and only then stores and
+//!   commits the offsets: at-least-once delivery, effectively-once effects.
+//! - A dependency that is down ([`HandlerError::Unavailable`]) is waited out
+//!   with exponential backoff and jitter; the batch is retried as a whole, so
+//!   a partition's order is kept.
+//! - If a batch fails otherwise, its events are applied one by one: an event
+//!   that cannot be parsed, is rejected, or keeps failing past `max_attempts`
+//!   goes to `<topic>.dlq` with the error and its origin in headers
+//!   ([`dead_letters`]), and the consumer goes on.
+//! - On shutdown it finishes the batch in hand, commits, and leaves the group.
+
+mod context;
+pub mod dead_letters;
+mod dedup;
+mod error;
+mod metrics;
+
+pub use dead_letters::dlq_topic;
+pub use error::HandlerError;
+pub use metrics::ConsumerMetrics;
+
+use crate::config::{ConfigError, Env, KafkaSettings};
+use crate::envelope::{Envelope, TaskEventData, Topic, TopicNames};
+use crate::retry::backoff;
+use crate::shutdown::Shutdown;
+use context::RuntimeContext;
+use dead_letters::{DeadLetter, DeadLetters};
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// An event as a handler sees it: the envelope, and where it was read.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub envelope: Envelope,
+    /// The message value as published.
+    pub payload: Vec<u8>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Event {
+    /// The payload of a `task.*` event; one that does not fit is rejected
+    /// (dead-lettered), since retrying cannot fix it.
+    pub fn task_data(&self) -> Result<TaskEventData, HandlerError> {
+        TaskEventData::deserialize(&self.envelope.data)
+            .map_err(|e| HandlerError::rejected(format!("task event payload: {e}")))
+    }
+}
+
+/// What a service does with its events.
+///
+/// `handle` runs inside the transaction that also records the event as
+/// processed: whatever it writes through `conn` commits with that record, or
+/// not at all. It is called once per event id, however often the event is
+/// delivered.
+pub trait Handler: Send + Sync + 'static {
+    /// Whether this handler wants events of this type at all; others are
+    /// acknowledged without a transaction.
+    fn wants(&self, event_type: crate::envelope::EventType) -> bool {
+        let _ = event_type;
+        true
+    }
+
+    fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// The events of one batch, in order, none seen before. Override to
+    /// write them in bulk; the default calls [`Handler::handle`] for each.
+    fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Event],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            for event in events {
+                self.handle(conn, event).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Called after the transaction that applied `events` has committed
+    /// (e.g. to wake a scheduler). Must not block.
+    fn committed(&self, events: &[&Event]) {
+        let _ = events;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group, and the name its processed events are kept under.
+    pub name: String,
+    pub topics: Vec<Topic>,
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// Attempts at an event that keeps failing before it is dead-lettered
+    /// (waiting for an unavailable database does not count).
+    pub max_attempts: u32,
+    /// How long processed event ids are remembered; longer than the topics'
+    /// retention.
+    pub dedup_retention: Duration,
+    /// How long the group waits for a silent member (a crashed process)
+    /// before giving its partitions to the others.
+    pub session_timeout: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(name: impl Into<String>, topics: &[Topic]) -> Self {
+        Self {
+            name: name.into(),
+            topics: topics.to_vec(),
+            batch_size: 500,
+            max_attempts: 5,
+            dedup_retention: Duration::from_secs(14 * 24 * 3600),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// `CONSUMER_BATCH_SIZE`, `CONSUMER_MAX_ATTEMPTS`,
+    /// `CONSUMER_DEDUP_RETENTION_HOURS` and `CONSUMER_SESSION_TIMEOUT_MS` over
+    /// the defaults.
+    pub fn with_env<F: Fn(&str) -> Option<String>>(
+        mut self,
+        env: &Env<F>,
+    ) -> Result<Self, ConfigError> {
+        self.batch_size = env.parse_or("CONSUMER_BATCH_SIZE", self.batch_size)?;
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(ConfigError::Invalid {
+                var: "CONSUMER_BATCH_SIZE",
+                reason: "must be between 1 and 10000".into(),
+            });
+        }
+        self.max_attempts = env.parse_or("CONSUMER_MAX_ATTEMPTS", self.max_attempts)?;
+        if self.max_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                var: "CONSUMER_MAX_ATTEMPTS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let hours: u64 = env.parse_or(
+            "CONSUMER_DEDUP_RETENTION_HOURS",
+            self.dedup_retention.as_secs() / 3600,
+        )?;
+        self.dedup_retention = Duration::from_secs(hours * 3600);
+        self.session_timeout =
+            env.millis_or("CONSUMER_SESSION_TIMEOUT_MS", self.session_timeout)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.session_timeout) {
+            return Err(ConfigError::Invalid {
+                var: "CONSUMER_SESSION_TIMEOUT_MS",
+                reason: "must be between 1000 and 300000".into(),
+            });
+        }
+        Ok(self)
+    }
+}
+
+pub struct Runtime<H> {
+    pub config: ConsumerConfig,
+    pub kafka: KafkaSettings,
+    pub pool: PgPool,
+    pub handler: Arc<H>,
+    pub metrics: ConsumerMetrics,
+}
+
+/// Shutdown arrived while waiting; the batch in hand is left uncommitted
+/// (it is redelivered and recognised).
+struct Interrupted;
+
+type Flow = Result<(), Interrupted>;
+
+impl<H: Handler> Runtime<H> {
+    /// Consumes until `shutdown`; returns an error only if the consumer
+    /// cannot be set up.
+    pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        let names = TopicNames::new(self.kafka.topic_prefix.clone());
+        let topics: Vec<String> = self.config.topics.iter().map(|t| names.name(*t)).collect();
+        if !crate::kafka::ensure_topics_until_done(self.kafka.clone(), shutdown.clone()).await {
+            return Ok(());
+        }
+        let mut cfg = crate::kafka::consumer_config(&self.kafka, &self.config.name);
+        let session_ms = self.config.session_timeout.as_millis();
+        cfg.set("statistics.interval.ms", "5000")
+            .set("session.timeout.ms", session_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session_ms / 10).max(100).to_string(),
+            );
+        let consumer: Arc<StreamConsumer<RuntimeContext>> =
+            Arc::new(cfg.create_with_context(RuntimeContext {
+                name: self.config.name.clone(),
+                metrics: self.metrics.clone(),
+            })?);
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs)?;
+        let dead_letters = DeadLetters::new(&self.kafka, &self.config.name)?;
+        tracing::info!(consumer = %self.config.name, topics = ?topics, "consuming");
+
+        let pruner = tokio::spawn(prune_forever(
+            self.pool.clone(),
+            self.config.name.clone(),
+            self.config.dedup_retention,
+        ));
+        self.consume(&consumer, &dead_letters, &mut shutdown).await;
+        pruner.abort();
+
+        // Commit what is done and leave the group (both block on the broker).
+        let name = self.config.name.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(consumer = %name, error = %e, "final commit");
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+            tracing::info!(consumer = %name, "left the consumer group");
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        consumer: &StreamConsumer<RuntimeContext>,
+        dead_letters: &DeadLetters,
+        shutdown: &mut Shutdown,
+    ) {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.recv() => return,
+                m = consumer.recv() => m,
+            };
+            let mut batch = match first {
+                Ok(m) => vec![m.detach()],
+                Err(e) => {
+                    tracing::warn!(consumer = %self.config.name, error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            // Whatever else librdkafka already holds, without waiting.
+            while batch.len() < self.config.batch_size {
+                match consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(m.detach()),
+                    Some(Err(_)) | None => break,
+                }
+            }
+            if self.process(&batch, dead_letters, shutdown).await.is_err() {
+                return;
+            }
+            self.store_offsets(consumer, &batch);
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                tracing::debug!(consumer = %self.config.name, error = %e, "commit");
+            }
+        }
+    }
+
+    fn store_offsets(&self, consumer: &StreamConsumer<RuntimeContext>, batch: &[OwnedMessage]) {
+        let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for m in batch {
+            let slot = last.entry((m.topic(), m.partition())).or_insert(m.offset());
+            *slot = (*slot).max(m.offset());
+        }
+        for ((topic, partition), offset) in last {
+            // librdkafka stores offset + 1, the next one to read. It fails
+            // for a partition revoked meanwhile: its new owner redelivers.
+            if let Err(e) = consumer.store_offset(topic, partition, offset) {
+                tracing::debug!(consumer = %self.config.name, topic, partition, error = %e, "offset not stored");
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        dead_letters: &DeadLetters,
+        shutdown: &mut Shutdown,
+    ) -> Flow {
+        let started = Instant::now();
+        let mut events: Vec<(Event, &OwnedMessage)> = Vec::with_capacity(batch.len());
+        let mut poison: Vec<(&OwnedMessage, String)> = Vec::new();
+        let mut seen: HashSet<Uuid> = HashSet::with_capacity(batch.len());
+        for msg in batch {
+            match parse(msg) {
+                Ok(event) if !self.handler.wants(event.envelope.event_type) => {}
+                Ok(event) => {
+                    if seen.insert(event.envelope.id) {
+                        events.push((event, msg));
+                    } else {
+                        self.metrics
+                            .duplicates
+                            .with_label_values(&[&self.config.name])
+                            .inc();
+                    }
+                }
+                Err(reason) => {
+                    self.metrics
+                        .failed
+                        .with_label_values(&[&self.config.name, "unknown"])
+                        .inc();
+                    poison.push((msg, reason));
+                }
+            }
+        }
+
+        if !events.is_empty() {
+            let all: Vec<&Event> = events.iter().map(|(e, _)| e).collect();
+            if let Err(e) = self.apply_waiting(&all, shutdown).await? {
+                tracing::debug!(consumer = %self.config.name, error = %e, "batch failed; applying its events one by one");
+                for (event, msg) in &events {
+                    self.apply_one(event, msg, dead_letters, shutdown).await?;
+                }
+            }
+        }
+        for (msg, reason) in poison {
+            tracing::warn!(
+                consumer = %self.config.name, topic = msg.topic(), partition = msg.partition(),
+                offset = msg.offset(), error = %reason, "unparsable message; dead-lettering it"
+            );
+            let letter = DeadLetter {
+                message: msg,
+                error: &reason,
+                attempts: 1,
+            };
+            self.dead_letter(&letter, dead_letters, shutdown).await?;
+        }
+        self.metrics
+            .processing
+            .with_label_values(&[&self.config.name])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// One event on its own, retried up to `max_attempts`, then dead-lettered.
+    async fn apply_one(
+        &self,
+        event: &Event,
+        msg: &OwnedMessage,
+        dead_letters: &DeadLetters,
+        shutdown: &mut Shutdown,
+    ) -> Flow {
+        let mut attempts = 0;
+        loop {
+            let Err(e) = self.apply_waiting(&[event], shutdown).await? else {
+                return Ok(());
+            };
+            attempts += 1;
+            let event_type = event.envelope.event_type.as_str();
+            self.metrics
+                .failed
+                .with_label_values(&[&self.config.name, event_type])
+                .inc();
+            let give_up =
+                matches!(e, HandlerError::Rejected(_)) || attempts >= self.config.max_attempts;
+            if give_up {
+                tracing::error!(
+                    consumer = %self.config.name, event_id = %event.envelope.id, event_type,
+                    correlation_id = %event.envelope.correlationid, attempts, error = %e,
+                    "event failed; dead-lettering it"
+                );
+                let reason = e.to_string();
+                let letter = DeadLetter {
+                    message: msg,
+                    error: &reason,
+                    attempts,
+                };
+                return self.dead_letter(&letter, dead_letters, shutdown).await;
+            }
+            tracing::warn!(
+                consumer = %self.config.name, event_id = %event.envelope.id, event_type,
+                correlation_id = %event.envelope.correlationid, attempts, error = %e,
+                "event failed; retrying"
+            );
+            wait(backoff(attempts), shutdown).await?;
+        }
+    }
+
+    /// Applies `events` in one transaction, waiting out an unavailable
+    /// database; any other failure is returned for the caller to decide.
+    async fn apply_waiting(
+        &self,
+        events: &[&Event],
+        shutdown: &mut Shutdown,
+    ) -> Result<Result<(), HandlerError>, Interrupted> {
+        let mut outage = 0u32;
+        loop {
+            match self.apply(events).await {
+                Err(e) if e.is_unavailable() => {
+                    outage += 1;
+                    if outage == 1 || outage % 10 == 0 {
+                        tracing::warn!(consumer = %self.config.name, error = %e, attempt = outage, "database unavailable; waiting");
+                    }
+                    wait(backoff(outage), shutdown).await?;
+                }
+                other => {
+                    if outage > 0 {
+                        tracing::info!(consumer = %self.config.name, "database is back");
+                    }
+                    return Ok(other);
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, events: &[&Event]) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.envelope.id).collect();
+        let fresh: HashSet<Uuid> = dedup::claim(&mut tx, &self.config.name, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let todo: Vec<&Event> = events
+            .iter()
+            .copied()
+            .filter(|e| fresh.contains(&e.envelope.id))
+            .collect();
+        if !todo.is_empty() {
+            self.handler.handle_batch(&mut tx, &todo).await?;
+        }
+        tx.commit().await?;
+
+        let name = self.config.name.as_str();
+        let duplicates = events.len() - todo.len();
+        if duplicates > 0 {
+            self.metrics
+                .duplicates
+                .with_label_values(&[name])
+                .inc_by(duplicates as u64);
+        }
+        let now = chrono::Utc::now();
+        for e in &todo {
+            self.metrics
+                .consumed
+                .with_label_values(&[name, e.envelope.event_type.as_str()])
+                .inc();
+            let age = (now - e.envelope.time).to_std().unwrap_or_default();
+            self.metrics
+                .end_to_end
+                .with_label_values(&[name])
+                .observe(age.as_secs_f64());
+        }
+        self.handler.committed(&todo);
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        letter: &DeadLetter<'_>,
+        dead_letters: &DeadLetters,
+        shutdown: &mut Shutdown,
+    ) -> Flow {
+        let mut attempt = 0;
+        loop {
+            let sent = tokio::select! {
+                _ = shutdown.recv() => return Err(Interrupted),
+                r = dead_letters.send(letter) => r,
+            };
+            match sent {
+                Ok(()) => {
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[&self.config.name, letter.message.topic()])
+                        .inc();
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(consumer = %self.config.name, error = %e, attempt, "dead-letter topic refused the event; retrying");
+                    wait(backoff(attempt), shutdown).await?;
+                }
+            }
+        }
+    }
+}
+
+fn parse(msg: &OwnedMessage) -> Result<Event, String> {
+    let payload = msg.payload().ok_or("empty message (no payload)")?;
+    let envelope = Envelope::from_slice(payload).map_err(|e| e.to_string())?;
+    Ok(Event {
+        envelope,
+        payload: payload.to_vec(),
+        origin: Origin {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        },
+    })
+}
+
+async fn wait(delay: Duration, shutdown: &mut Shutdown) -> Flow {
+    tokio::select! {
+        _ = shutdown.recv() => Err(Interrupted),
+        _ = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
+async fn prune_forever(pool: PgPool, consumer: String, retention: Duration) {
+    loop {
+        match dedup::prune(&pool, &consumer, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(consumer, pruned = n, "forgot old processed-event ids"),
+            Err(e) => tracing::warn!(consumer, error = %e, "pruning processed events failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}

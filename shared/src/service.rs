@@ -1,0 +1,106 @@
+//! A consumer service as one unit: its [`Runtime`] and a small HTTP server
+//! (`/health`, `/ready`, `/metrics`, plus any routes of its own), started
+//! and stopped together, the same way by `main` and by the tests.
+
+use crate::config::Settings;
+use crate::consumer::{ConsumerConfig, ConsumerMetrics, Handler, Runtime};
+use crate::ops::{self, Readiness, ReadyCheck};
+use crate::shutdown::{self, Shutdown};
+use crate::{db, kafka};
+use axum::Router;
+use futures::FutureExt;
+use prometheus::Registry;
+use sqlx::PgPool;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ConsumerService<H> {
+    name: String,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    runtime: Runtime<H>,
+    pool: PgPool,
+}
+
+impl<H: Handler> ConsumerService<H> {
+    /// Binds `0.0.0.0:settings.port` (0: any free port). `routes` are the
+    /// service's own, already given their state; `registry` holds any metrics
+    /// of its own, and receives the runtime's.
+    pub async fn build(
+        settings: &Settings,
+        config: ConsumerConfig,
+        pool: PgPool,
+        registry: Registry,
+        handler: Arc<H>,
+        routes: Router,
+    ) -> anyhow::Result<Self> {
+        let metrics = ConsumerMetrics::register(&registry)?;
+        let probe = kafka::producer(&settings.kafka)?;
+        let ready_pool = pool.clone();
+        let ready: ReadyCheck = Arc::new(move || {
+            let (pool, probe) = (ready_pool.clone(), probe.clone());
+            async move {
+                let timeout = Duration::from_secs(2);
+                let (db_ok, broker_ok) = tokio::join!(
+                    db::ping(&pool, timeout),
+                    ops::broker_reachable(&probe, timeout)
+                );
+                // Without the broker the service has nothing new to do but
+                // loses nothing (it resumes from its committed offsets), and
+                // what it serves comes from the database.
+                Readiness::new()
+                    .required("database", db_ok)
+                    .informational("broker", broker_ok)
+            }
+            .boxed()
+        });
+        let router = routes.merge(ops::router(registry, ready));
+        let listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], settings.port))).await?;
+        Ok(Self {
+            name: config.name.clone(),
+            listener,
+            router,
+            runtime: Runtime {
+                config,
+                kafka: settings.kafka.clone(),
+                pool: pool.clone(),
+                handler,
+                metrics,
+            },
+            pool,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Consumes and serves until `shutdown` (or until the consumer cannot be
+    /// set up, which is returned as an error).
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let (stop_serving, mut serving_stopped) = shutdown::channel();
+        let mut external = shutdown.clone();
+        tracing::info!(service = %self.name, port = self.port(), "listening");
+        let server = tokio::spawn(
+            axum::serve(self.listener, self.router)
+                .with_graceful_shutdown(async move {
+                    tokio::select! {
+                        _ = external.recv() => {}
+                        _ = serving_stopped.recv() => {}
+                    }
+                })
+                .into_future(),
+        );
+        let consumed = self.runtime.run(shutdown).await;
+        stop_serving.trigger();
+        let served = server.await;
+        self.pool.close().await;
+        tracing::info!(service = %self.name, "stopped");
+        consumed?;
+        served??;
+        Ok(())
+    }
+}
