@@ -203,6 +203,27 @@ where
     row.map(Task::try_from).transpose()
 }
 
+/// Every user's tasks with their owners, in id order (for audits and
+/// replays, not for requests).
+pub async fn all<'e, E>(exec: E) -> Result<Vec<(String, Task)>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    #[derive(sqlx::FromRow)]
+    struct Owned {
+        user_id: String,
+        #[sqlx(flatten)]
+        row: TaskRow,
+    }
+    let rows: Vec<Owned> =
+        sqlx::query_as(&format!("SELECT user_id, {COLUMNS} FROM tasks ORDER BY id"))
+            .fetch_all(exec)
+            .await?;
+    rows.into_iter()
+        .map(|o| Ok((o.user_id, Task::try_from(o.row)?)))
+        .collect()
+}
+
 /// Like [`find`], locking the row until the transaction ends.
 pub async fn find_for_update(
     conn: &mut PgConnection,

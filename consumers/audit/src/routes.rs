@@ -1,0 +1,212 @@
+//! The audit's read API, with the JWT rule of todo-api: a user sees only
+//! their own events; another user's task answers 404.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::types::Json as DbJson;
+use sqlx::PgPool;
+use std::sync::Arc;
+use todo_shared::auth::JwtKeys;
+use todo_shared::domain::FieldError;
+use todo_shared::http::{AuthUser, Problem};
+use uuid::Uuid;
+
+/// Most events one `/events` page returns.
+pub const MAX_LIMIT: i64 = 1000;
+pub const DEFAULT_LIMIT: i64 = 100;
+
+#[derive(Clone)]
+pub struct AuditState {
+    pub pool: PgPool,
+    pub jwt: Arc<JwtKeys>,
+}
+
+impl FromRef<AuditState> for Arc<JwtKeys> {
+    fn from_ref(state: &AuditState) -> Self {
+        state.jwt.clone()
+    }
+}
+
+pub fn router(state: AuditState) -> Router {
+    Router::new()
+        .route("/tasks/{id}/history", get(history))
+        .route("/events", get(events))
+        .with_state(state)
+}
+
+/// The one error type of this HTTP edge.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("invalid query: {}: {}", .0.field, .0.message)]
+    BadQuery(FieldError),
+    #[error("no such task")]
+    NotFound,
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                AuditError::Unavailable(e)
+            }
+            other => AuditError::Internal(other),
+        }
+    }
+}
+
+impl IntoResponse for AuditError {
+    fn into_response(self) -> Response {
+        match self {
+            AuditError::BadQuery(field) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "/problems/malformed-request",
+                "Malformed request",
+            )
+            .detail(format!("{}: {}", field.field, field.message))
+            .errors(vec![field])
+            .into_response(),
+            AuditError::NotFound => {
+                Problem::new(StatusCode::NOT_FOUND, "/problems/not-found", "Not found")
+                    .detail("no such task")
+                    .into_response()
+            }
+            AuditError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "/problems/unavailable",
+                    "Service unavailable",
+                )
+                .detail("the database is unavailable; retry later")
+                .into_response()
+            }
+            AuditError::Internal(e) => {
+                tracing::error!(error = %e, "request failed");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "/problems/internal",
+                    "Internal error",
+                )
+                .detail("the request could not be completed")
+                .into_response()
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct History {
+    task_id: Uuid,
+    /// The task's events (task.* and reminder.*) in order, each the whole
+    /// CloudEvents envelope: `data.task`, `data.previous`, `data.changed`.
+    events: Vec<Box<RawValue>>,
+}
+
+async fn history(
+    State(state): State<AuditState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<History>, AuditError> {
+    // A string that is not a UUID names no task.
+    let task_id = Uuid::parse_str(&id).map_err(|_| AuditError::NotFound)?;
+    let events: Vec<DbJson<Box<RawValue>>> = sqlx::query_scalar(
+        "SELECT envelope FROM audit_events WHERE task_id = $1 AND user_id = $2 ORDER BY sequence",
+    )
+    .bind(task_id)
+    .bind(user.as_str())
+    .fetch_all(&state.pool)
+    .await?;
+    if events.is_empty() {
+        return Err(AuditError::NotFound);
+    }
+    Ok(Json(History {
+        task_id,
+        events: events.into_iter().map(|j| j.0).collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct Since {
+    since: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Log {
+    /// Events with sequence `since + 1, since + 2, …` without a gap.
+    events: Vec<Box<RawValue>>,
+    /// Pass as `since` next time: the last sequence returned (or `since`).
+    next_since: i64,
+    /// More events follow at once (the page was full). When it is false the
+    /// client is up to date, or the next event is still on its way.
+    has_more: bool,
+}
+
+/// The user's log after `since`, gap-free: events reach the audit from two
+/// topics, so a later sequence can be stored before an earlier one; the
+/// page stops before the first missing number, and a client that stores
+/// `next_since` gets every event exactly once.
+async fn events(
+    State(state): State<AuditState>,
+    AuthUser(user): AuthUser,
+    query: Result<Query<Since>, QueryRejection>,
+) -> Result<Json<Log>, AuditError> {
+    let Query(q) = query.map_err(|e| {
+        AuditError::BadQuery(FieldError::new(
+            "since",
+            format!("{e}; expected ?since=<sequence>&limit=<1..{MAX_LIMIT}>"),
+        ))
+    })?;
+    let since = q.since.unwrap_or(0);
+    if since < 0 {
+        return Err(AuditError::BadQuery(FieldError::new(
+            "since",
+            "must be 0 or more",
+        )));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(AuditError::BadQuery(FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )));
+    }
+    let rows: Vec<(i64, DbJson<Box<RawValue>>)> = sqlx::query_as(
+        "SELECT sequence, envelope FROM audit_events
+          WHERE user_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+    )
+    .bind(user.as_str())
+    .bind(since)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut next_since = since;
+    let mut has_more = false;
+    for (sequence, envelope) in rows {
+        if sequence != next_since + 1 {
+            break;
+        }
+        if events.len() as i64 == limit {
+            has_more = true;
+            break;
+        }
+        events.push(envelope.0);
+        next_since = sequence;
+    }
+    Ok(Json(Log {
+        events,
+        next_since,
+        has_more,
+    }))
+}

@@ -1,0 +1,272 @@
+//! todo-audit end to end: a random workload through the API, stored once,
+//! served as history and as an incremental log, replayed against `tasks`.
+
+mod common;
+
+use common::{by_task, stored_ids, wait_stored, Audit, WAIT};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use todo_api::testing::{Api, Stack};
+use todo_shared::testing::Received;
+
+/// `n` random changes by `user`: creates, edits, completions, reopenings and
+/// deletions of their own tasks.
+async fn random_changes(stack: &Stack, api: &Api, user: &str, n: usize, seed: u64) {
+    let token = stack.token(user);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut live: Vec<String> = Vec::new();
+    for i in 0..n {
+        let roll = rng.random_range(0..100);
+        if live.is_empty() || roll < 30 {
+            let task = stack
+                .create(
+                    api,
+                    &token,
+                    json!({"title": format!("{user} task {i}"), "tags": ["audit"]}),
+                )
+                .await;
+            live.push(task["id"].as_str().expect("id").to_owned());
+            continue;
+        }
+        let pick = rng.random_range(0..live.len());
+        let path = format!("/tasks/{}", live[pick]);
+        let (method, path, body, expect) = match roll {
+            30..=54 => (
+                Method::PATCH,
+                path,
+                Some(json!({"title": format!("{user} edit {i}"), "priority": "high"})),
+                StatusCode::OK,
+            ),
+            55..=69 => (
+                Method::POST,
+                format!("{path}/complete"),
+                None,
+                StatusCode::OK,
+            ),
+            70..=79 => (Method::POST, format!("{path}/reopen"), None, StatusCode::OK),
+            _ => {
+                live.swap_remove(pick);
+                (Method::DELETE, path, None, StatusCode::NO_CONTENT)
+            }
+        };
+        let (status, body) = stack.call(api, method, &path, &token, body).await;
+        assert_eq!(status, expect, "{path}: {body}");
+    }
+}
+
+/// Every event the relay published so far, read back from `task-events`.
+async fn published(stack: &Stack) -> Vec<Received> {
+    stack.outbox_drained(WAIT).await;
+    let total: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("sequences");
+    stack.task_events().await.take(total as usize, WAIT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_workload_is_stored_once_served_in_order_and_replays_clean() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    let users = ["ann", "ben", "cat", "dan"];
+    let seed: u64 = rand::random();
+    eprintln!("workload seed {seed}");
+    let work = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| random_changes(&stack, &api, u, 40, seed + i as u64));
+    futures::future::join_all(work).await;
+
+    let events = published(&stack).await;
+    wait_stored(&stack, events.len() as i64).await;
+
+    // Every published event is stored once, with its envelope as published.
+    let mut published_ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
+    published_ids.sort();
+    assert_eq!(stored_ids(&stack).await, published_ids);
+    let envelopes: HashMap<String, Value> =
+        sqlx::query_as::<_, (String, Value)>("SELECT event_id::text, envelope FROM audit_events")
+            .fetch_all(&stack.db.pool)
+            .await
+            .expect("envelopes")
+            .into_iter()
+            .collect();
+    for e in &events {
+        assert_eq!(envelopes[e.id()], e.value, "stored envelope of {}", e.id());
+    }
+
+    // Each task's history: its events in the order they happened.
+    for (task, expected) in by_task(&events) {
+        let owner = stack.token(&expected[0].key);
+        let (status, body) = audit
+            .get(&stack, &format!("/tasks/{task}/history"), &owner)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let got: Vec<&str> = body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["id"].as_str().unwrap_or_default())
+            .collect();
+        let want: Vec<&str> = expected.iter().map(|e| e.id()).collect();
+        assert_eq!(got, want, "history of {task}");
+        for e in body["events"].as_array().expect("events") {
+            if e["type"] == "task.updated" {
+                assert!(e["data"]["previous"].is_object(), "{e}");
+                assert!(e["data"]["changed"].is_array(), "{e}");
+            }
+        }
+    }
+
+    // Incremental sync in small pages: everything after `since`, once.
+    for user in users {
+        let token = stack.token(user);
+        let mut since = 0;
+        let mut got: Vec<String> = Vec::new();
+        loop {
+            let (status, page) = audit
+                .get(&stack, &format!("/events?since={since}&limit=7"), &token)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            for e in page["events"].as_array().expect("events") {
+                assert_eq!(e["userid"], user);
+                got.push(e["id"].as_str().unwrap_or_default().to_owned());
+            }
+            since = page["next_since"].as_i64().expect("next_since");
+            if page["has_more"] != true {
+                break;
+            }
+        }
+        let mut want: Vec<&Received> = events.iter().filter(|e| e.key == user).collect();
+        want.sort_by_key(|e| e.sequence());
+        let want: Vec<String> = want.iter().map(|e| e.id().to_owned()).collect();
+        assert_eq!(got, want, "log of {user}");
+        assert_eq!(since, want.len() as i64);
+        // Nothing new: an empty page that keeps the cursor.
+        let (_, page) = audit
+            .get(&stack, &format!("/events?since={since}"), &token)
+            .await;
+        assert_eq!(page["events"], json!([]));
+        assert_eq!(page["next_since"], since);
+    }
+
+    let report = todo_audit::replay::replay(&stack.db.pool)
+        .await
+        .expect("replay");
+    assert!(report.is_clean(), "{:#?}", report.differences);
+    assert_eq!(report.events, events.len() as u64);
+    assert_eq!(report.tasks_in_table as i64, stack.count("tasks").await);
+
+    audit.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reports_a_table_that_drifted_from_the_log_and_the_log_is_append_only() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    let token = stack.token("ann");
+    let kept = stack.create(&api, &token, json!({"title": "kept"})).await;
+    let gone = stack.create(&api, &token, json!({"title": "gone"})).await;
+    let events = published(&stack).await;
+    wait_stored(&stack, events.len() as i64).await;
+
+    let replay = |stack: &Stack| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_todo-audit"))
+            .arg("replay")
+            .env("DATABASE_URL", &stack.db.url)
+            .env("JWT_SECRET", todo_shared::testing::JWT_SECRET)
+            .output()
+            .expect("todo-audit replay runs")
+    };
+    let clean = replay(&stack);
+    assert!(clean.status.success(), "{clean:?}");
+    assert!(
+        String::from_utf8_lossy(&clean.stdout).contains("0 difference(s)"),
+        "{clean:?}"
+    );
+
+    // Changes behind the log's back.
+    sqlx::query("UPDATE tasks SET title = 'tampered' WHERE id = $1::uuid")
+        .bind(kept["id"].as_str())
+        .execute(&stack.db.pool)
+        .await
+        .expect("tamper");
+    sqlx::query("DELETE FROM tasks WHERE id = $1::uuid")
+        .bind(gone["id"].as_str())
+        .execute(&stack.db.pool)
+        .await
+        .expect("delete");
+    let drifted = replay(&stack);
+    let out = String::from_utf8_lossy(&drifted.stdout);
+    assert_eq!(drifted.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("task {}", kept["id"].as_str().unwrap_or_default()))
+            && out.contains("differs from the table in title"),
+        "{out}"
+    );
+    assert!(out.contains("in the log but not in the table"), "{out}");
+    assert!(out.contains("2 difference(s)"), "{out}");
+
+    // The log itself cannot be rewritten.
+    for statement in [
+        "DELETE FROM audit_events",
+        "UPDATE audit_events SET user_id = 'eve'",
+        "TRUNCATE audit_events",
+    ] {
+        let refused = sqlx::query(statement).execute(&stack.db.pool).await;
+        assert!(refused.is_err(), "{statement} was allowed");
+    }
+    audit.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_never_sees_another_users_history_or_events() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let task = stack.create(&api, &ann, json!({"title": "ann's"})).await;
+    stack.create(&api, &bob, json!({"title": "bob's"})).await;
+    let events = published(&stack).await;
+    wait_stored(&stack, events.len() as i64).await;
+    let history = format!("/tasks/{}/history", task["id"].as_str().unwrap_or_default());
+
+    let (status, body) = audit.get(&stack, &history, &ann).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = audit.get(&stack, &history, &bob).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["type"], "/problems/not-found");
+
+    let (_, log) = audit.get(&stack, "/events?since=0", &bob).await;
+    let owners: Vec<&str> = log["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["userid"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(owners, ["bob"]);
+
+    // No token, a forged token, nonsense queries.
+    let (status, _) = audit.get(&stack, "/events", "not-a-token").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = audit.get(&stack, "/events?since=-1", &ann).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errors"][0]["field"], "since");
+    let (status, body) = audit.get(&stack, "/events?limit=100000", &ann).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errors"][0]["field"], "limit");
+    let (status, _) = audit.get(&stack, "/events?since=abc", &ann).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = audit.get(&stack, "/tasks/not-a-uuid/history", &ann).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    audit.stop().await;
+    api.stop().await;
+}

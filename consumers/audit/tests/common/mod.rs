@@ -1,0 +1,164 @@
+//! todo-audit next to a whole todo-api (`todo_api::testing::Stack`): in
+//! process, or as a child process that a test can kill.
+
+#![allow(dead_code)]
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use todo_api::testing::Stack;
+use todo_audit::app;
+use todo_shared::config::{DatabaseSettings, Settings};
+use todo_shared::consumer::ConsumerConfig;
+use todo_shared::envelope::Topic;
+use todo_shared::shutdown::{self, ShutdownTrigger};
+use todo_shared::testing::{self, Received};
+use tokio::task::JoinHandle;
+
+pub const WAIT: Duration = Duration::from_secs(90);
+
+pub fn config() -> ConsumerConfig {
+    let mut config = ConsumerConfig::new(todo_audit::NAME, &[Topic::TaskEvents, Topic::Reminders]);
+    config.session_timeout = Duration::from_secs(6);
+    config.max_attempts = 3;
+    config
+}
+
+pub struct Audit {
+    pub base: String,
+    trigger: Option<ShutdownTrigger>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Audit {
+    /// Starts todo-audit in this process on the stack's database.
+    pub async fn spawn(stack: &Stack) -> Audit {
+        Self::spawn_with(stack, stack.db.settings()).await
+    }
+
+    /// Starts it with its own way to the database (e.g. through a proxy).
+    pub async fn spawn_with(stack: &Stack, database: DatabaseSettings) -> Audit {
+        let settings = Settings {
+            database,
+            ..stack.settings()
+        };
+        let audit = app::build(&settings, config())
+            .await
+            .expect("todo-audit starts");
+        let base = format!("http://127.0.0.1:{}", audit.port());
+        let (trigger, shutdown) = shutdown::channel();
+        Audit {
+            base,
+            trigger: Some(trigger),
+            handle: Some(tokio::spawn(audit.run(shutdown))),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.trigger();
+        }
+        if let Some(h) = self.handle.take() {
+            h.await
+                .expect("audit task")
+                .expect("todo-audit ran cleanly");
+        }
+    }
+
+    pub async fn get(&self, stack: &Stack, path: &str, token: &str) -> (StatusCode, Value) {
+        let r = stack
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metric(&self, stack: &Stack, line_prefix: &str) -> f64 {
+        let text = stack
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// The `todo-audit` binary as a child process (killed with the test).
+pub fn spawn_binary(stack: &Stack) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_todo-audit"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &stack.db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
+        .env("KAFKA_TOPIC_PREFIX", &stack.kafka.topic_prefix)
+        .env(
+            "KAFKA_TOPIC_PARTITIONS",
+            stack.kafka.topic_partitions.to_string(),
+        )
+        .env("JWT_SECRET", testing::JWT_SECRET)
+        .env("PORT", "0")
+        .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("todo-audit binary starts")
+}
+
+/// Rows in `audit_events`.
+pub async fn stored(stack: &Stack) -> i64 {
+    stack.count("audit_events").await
+}
+
+/// Waits until `audit_events` holds `n` rows (and no more arrive).
+pub async fn wait_stored(stack: &Stack, n: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let have = stored(stack).await;
+        assert!(have <= n, "{have} events stored, only {n} were published");
+        if have == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {have} of {n} events stored after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Events stored, by event id (each id at most once, by the primary key).
+pub async fn stored_ids(stack: &Stack) -> Vec<String> {
+    sqlx::query_scalar("SELECT event_id::text FROM audit_events ORDER BY event_id")
+        .fetch_all(&stack.db.pool)
+        .await
+        .expect("stored ids")
+}
+
+/// The published events grouped by subject (task id), in sequence order.
+pub fn by_task(events: &[Received]) -> HashMap<String, Vec<Received>> {
+    let mut out: HashMap<String, Vec<Received>> = HashMap::new();
+    for e in events {
+        out.entry(e.value["subject"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(e.clone());
+    }
+    for list in out.values_mut() {
+        list.sort_by_key(|e| e.sequence());
+    }
+    out
+}
