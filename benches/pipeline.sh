@@ -4,7 +4,9 @@
 #   2. POST /tasks at a fixed rate (open loop): latency without coordinated
 #      omission;
 #   3. outbox -> broker: a backlog written with the relay off, then drained;
-#   4. broker -> todo-audit: every event so far, consumed from the start.
+#   4. broker -> todo-audit: every event so far, consumed from the start;
+#   5. end to end: the API at a fixed rate with the audit running, and the
+#      delay from each event's time (its outbox write) to its audit row.
 # Reports land in target/bench/. Usage: benches/pipeline.sh [rate] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,4 +83,19 @@ t1=$(now)
 rate_store=$(sql "SELECT round(count(*) / extract(epoch FROM max(recorded_at) - min(recorded_at)))
                     FROM audit_events")
 python3 -c "n=$total; d=$t1-$t0; print(f'todo-audit stored {n} events in {d:.2f} s (group join included): {n/d:,.0f} events/s; first to last row: $rate_store events/s')"
-kill "$audit"; wait "$audit" 2>/dev/null || true
+
+echo "== 5. API commit -> audit row, at ${rate} creates/s (${seconds}s after 3 s of warm-up), everything running"
+PORT=18084 "$bin/todo-api" & api=$!; pids+=($api)
+wait_http http://127.0.0.1:18084/ready
+since=$(sql "SELECT now()")
+"$bin/todo-load" --url http://127.0.0.1:18084 --rate "$rate" --concurrency 512 \
+  --seconds "$seconds" --report "$out/end-to-end.json"
+total=$(sql "SELECT sum(last_sequence) FROM event_sequences")
+while [ "$(sql 'SELECT count(*) FROM audit_events')" != "$total" ]; do sleep 0.1; done
+sql "SELECT format('event time -> audit row: p50 %s ms, p99 %s ms, max %s ms over %s events',
+            round(percentile_cont(0.5) WITHIN GROUP (ORDER BY d)::numeric, 2),
+            round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d)::numeric, 2),
+            round(max(d)::numeric, 2), count(*))
+       FROM (SELECT extract(epoch FROM recorded_at - time) * 1000 AS d
+               FROM audit_events WHERE time > timestamptz '$since' + interval '3 s') x"
+kill "$api" "$audit"; wait "$api" "$audit" 2>/dev/null || true

@@ -14,7 +14,8 @@ CREATE TABLE audit_events (
     topic        text        NOT NULL,
     partition    integer     NOT NULL,
     kafka_offset bigint      NOT NULL,
-    recorded_at  timestamptz NOT NULL DEFAULT now()
+    -- When the row was written (clock time, not the transaction's start).
+    recorded_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
 -- A user's log, in order (incremental sync). Unique: two different events

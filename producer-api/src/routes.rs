@@ -16,6 +16,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::{PgConnection, Postgres, Transaction};
 use std::collections::HashMap;
+use todo_shared::db;
 use todo_shared::domain::{
     Description, FieldError, Priority, Recurrence, Reminders, Tags, Task, TaskSpec, Title, UserId,
 };
@@ -203,7 +204,7 @@ impl<'a> PostTx<'a> {
         uri: &Uri,
         body: &[u8],
     ) -> Result<Result<PostTx<'a>, Response>, ApiError> {
-        let mut tx = state.pool.begin().await?;
+        let mut tx = db::begin(&state.pool).await?;
         if let Some(k) = &key.0 {
             let fp = idempotency::fingerprint("POST", uri.path(), body);
             if let Claim::Replay { status, body } =
@@ -330,7 +331,7 @@ async fn update_with(
     if_match: IfMatch,
     new_spec: impl FnOnce(&Task) -> Result<TaskSpec, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = db::begin(&state.pool).await?;
     let current = tasks::find_for_update(&mut tx, user, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -442,7 +443,7 @@ async fn delete_task(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = db::begin(&state.pool).await?;
     let current = tasks::find_for_update(&mut tx, &user, id)
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -21,12 +21,27 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .max_connections(settings.max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
+        // No ping before every use (a round trip per request); a connection
+        // that died meanwhile is caught by `begin` instead.
+        .test_before_acquire(false)
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(connect_options(settings)?))
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Begins a transaction. A pooled connection that died since its last use
+/// (the server restarted, a proxy dropped it) fails on `BEGIN`, before any
+/// work: sqlx discards it and this retries once on a fresh connection.
+pub async fn begin(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    match pool.begin().await {
+        Err(sqlx::Error::Io(_) | sqlx::Error::Protocol(_)) => pool.begin().await,
+        other => other,
+    }
 }
 
 /// Waits up to a minute for the database (a service may start first), then

@@ -126,6 +126,10 @@ pub struct ConsumerConfig {
     /// How long the group waits for a silent member (a crashed process)
     /// before giving its partitions to the others.
     pub session_timeout: Duration,
+    /// Longest a fetch waits at the broker for new messages. Kafka and
+    /// Redpanda answer as soon as data arrives; brokers that hold the fetch
+    /// for the whole time (nisshi) add up to this much delay per event.
+    pub fetch_wait_max: Duration,
 }
 
 impl ConsumerConfig {
@@ -137,12 +141,13 @@ impl ConsumerConfig {
             max_attempts: 5,
             dedup_retention: Duration::from_secs(14 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
+            fetch_wait_max: Duration::from_millis(10),
         }
     }
 
     /// `CONSUMER_BATCH_SIZE`, `CONSUMER_MAX_ATTEMPTS`,
-    /// `CONSUMER_DEDUP_RETENTION_HOURS` and `CONSUMER_SESSION_TIMEOUT_MS` over
-    /// the defaults.
+    /// `CONSUMER_DEDUP_RETENTION_HOURS`, `CONSUMER_SESSION_TIMEOUT_MS` and
+    /// `CONSUMER_FETCH_WAIT_MAX_MS` over the defaults.
     pub fn with_env<F: Fn(&str) -> Option<String>>(
         mut self,
         env: &Env<F>,
@@ -172,6 +177,13 @@ impl ConsumerConfig {
             return Err(ConfigError::Invalid {
                 var: "CONSUMER_SESSION_TIMEOUT_MS",
                 reason: "must be between 1000 and 300000".into(),
+            });
+        }
+        self.fetch_wait_max = env.millis_or("CONSUMER_FETCH_WAIT_MAX_MS", self.fetch_wait_max)?;
+        if self.fetch_wait_max > Duration::from_secs(10) {
+            return Err(ConfigError::Invalid {
+                var: "CONSUMER_FETCH_WAIT_MAX_MS",
+                reason: "must be at most 10000".into(),
             });
         }
         Ok(self)
@@ -208,6 +220,10 @@ impl<H: Handler> Runtime<H> {
             .set(
                 "heartbeat.interval.ms",
                 (session_ms / 10).max(100).to_string(),
+            )
+            .set(
+                "fetch.wait.max.ms",
+                self.config.fetch_wait_max.as_millis().to_string(),
             );
         let consumer: Arc<StreamConsumer<RuntimeContext>> =
             Arc::new(cfg.create_with_context(RuntimeContext {
@@ -425,7 +441,7 @@ impl<H: Handler> Runtime<H> {
     }
 
     async fn apply(&self, events: &[&Event]) -> Result<(), HandlerError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.envelope.id).collect();
         let fresh: HashSet<Uuid> = dedup::claim(&mut tx, &self.config.name, &ids)
             .await?
