@@ -234,6 +234,7 @@ impl Relay {
         ));
 
         let mut last_backlog_check = Instant::now() - Duration::from_secs(60);
+        let mut vacuum = Vacuum::new();
         let mut failures = 0u32;
         let outcome = loop {
             let round = self
@@ -242,6 +243,7 @@ impl Relay {
             if shutdown.is_triggered() {
                 break Outcome::Shutdown;
             }
+            vacuum.after(round.published, &mut conn).await;
             if last_backlog_check.elapsed() > Duration::from_secs(1) {
                 let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
                     .fetch_one(&mut conn)
@@ -381,6 +383,50 @@ impl Relay {
             .batch_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(round)
+    }
+}
+
+/// Keeps the outbox small on disk. Every published row is deleted, so the
+/// table is all dead tuples unless vacuumed, and the relay's read slows
+/// down as they pile up (seen with autovacuum off: commit-to-ack latency went
+/// from 5 ms to 50 ms after 150,000 events). The relay vacuums it itself,
+/// cheaply, since the live table is tiny; with autovacuum on, the migration's
+/// per-table settings do the same.
+struct Vacuum {
+    deleted: usize,
+    last: Instant,
+    enabled: bool,
+}
+
+impl Vacuum {
+    const EVERY_ROWS: usize = 20_000;
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self {
+            deleted: 0,
+            last: Instant::now(),
+            enabled: true,
+        }
+    }
+
+    async fn after(&mut self, deleted: usize, conn: &mut PgConnection) {
+        self.deleted += deleted;
+        let due = self.deleted >= Self::EVERY_ROWS
+            || (self.deleted > 0 && self.last.elapsed() >= Self::EVERY);
+        if !self.enabled || !due {
+            return;
+        }
+        if let Err(e) = sqlx::query("VACUUM (SKIP_LOCKED) outbox")
+            .execute(&mut *conn)
+            .await
+        {
+            // E.g. not the table's owner: autovacuum has to do it.
+            tracing::warn!(error = %e, "cannot vacuum the outbox; leaving it to autovacuum");
+            self.enabled = false;
+        }
+        self.deleted = 0;
+        self.last = Instant::now();
     }
 }
 
