@@ -30,7 +30,9 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  if [ -z "${KEEP_DB:-}" ]; then
+    psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  fi
 }
 trap cleanup EXIT
 sql() { psql -qtA "$DATABASE_URL" -c "$1"; }
@@ -98,4 +100,6 @@ sql "SELECT format('event time -> audit row: p50 %s ms, p99 %s ms, max %s ms ove
             round(max(d)::numeric, 2), count(*))
        FROM (SELECT extract(epoch FROM recorded_at - time) * 1000 AS d
                FROM audit_events WHERE time > timestamptz '$since' + interval '3 s') x"
+benches/quantiles.py http://127.0.0.1:18084/metrics todo_outbox_publish_latency_seconds
+benches/quantiles.py http://127.0.0.1:18083/metrics todo_event_end_to_end_seconds consumer=todo-audit
 kill "$api" "$audit"; wait "$api" "$audit" 2>/dev/null || true
