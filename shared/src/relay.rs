@@ -22,7 +22,7 @@ use futures::future::join_all;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::{Duration, Instant};
@@ -145,6 +145,25 @@ impl Publisher {
             self.producer = Some(crate::kafka::producer(&self.kafka)?);
         }
         Ok(self.producer.as_ref().expect("just created"))
+    }
+
+    /// The fatal error the producer is stuck in, if any. An idempotent
+    /// producer that loses track of its sequence numbers (the broker forgot
+    /// or rejected them) fails every message from then on.
+    fn fatal_error(&self) -> Option<String> {
+        let (code, reason) = self.producer.as_ref()?.client().fatal_error()?;
+        Some(format!("{code}: {reason}"))
+    }
+
+    /// Replaces a producer stuck in a fatal error; true if it did. The rows
+    /// it failed to publish are still in the outbox and go out again.
+    async fn recover(&mut self) -> bool {
+        let Some(error) = self.fatal_error() else {
+            return false;
+        };
+        tracing::warn!(%error, "the producer hit a fatal error; starting a new one");
+        self.reset().await;
+        true
     }
 
     /// Drops the producer (purging what it holds) off the async runtime;
@@ -293,7 +312,7 @@ impl Relay {
             return Ok(Round::default());
         }
         let started = Instant::now();
-        let producer = publisher.get()?;
+        let producer = publisher.get()?.clone();
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let topic = format!("{}{}", topics.prefix(), row.topic);
@@ -315,11 +334,19 @@ impl Relay {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => return Err(e.into()),
+                    Err((e, _)) => {
+                        drop(deliveries);
+                        drop(producer);
+                        publisher.recover().await;
+                        return Err(e.into());
+                    }
                 }
             }
         }
 
+        // The deliveries do not need it; dropping it here keeps the last
+        // reference in `publisher`, whose reset drops it off the runtime.
+        drop(producer);
         let mut all = std::pin::pin!(join_all(deliveries));
         let results = tokio::select! {
             results = &mut all => results,
@@ -379,6 +406,9 @@ impl Relay {
                 .await?;
         }
         round.published = acked.len();
+        if round.failed > 0 {
+            publisher.recover().await;
+        }
         self.metrics
             .batch_duration
             .observe(started.elapsed().as_secs_f64());
