@@ -116,6 +116,13 @@ impl IntoResponse for ApiError {
             .detail(detail)
             .errors(errors)
             .into_response();
+        if let ApiError::PayloadTooLarge { .. } = self {
+            // The rest of the body was not read: the connection cannot carry
+            // another request, and a client that reused it would see it die.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::Unavailable(_) = self {
             response
                 .headers_mut()
