@@ -40,6 +40,17 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
+impl From<crate::tasks::StoreError> for HandlerError {
+    fn from(e: crate::tasks::StoreError) -> Self {
+        use crate::outbox::OutboxError;
+        use crate::tasks::StoreError;
+        match e {
+            StoreError::Db(db) | StoreError::Outbox(OutboxError::Db(db)) => db.into(),
+            other => HandlerError::Failed(other.into()),
+        }
+    }
+}
+
 /// Errors that say the database cannot be reached or is not accepting work,
 /// rather than that this statement is wrong.
 fn is_unavailable(e: &sqlx::Error) -> bool {

@@ -1,0 +1,75 @@
+//! Assembles todo-recurring (consumer, scheduler, outbox notifications) the
+//! same way for `main` and the tests.
+
+use crate::handler::Recurring;
+use crate::scheduler::Scheduler;
+use axum::Router;
+use prometheus::Registry;
+use std::sync::Arc;
+use todo_shared::config::{ConfigError, Env, Settings};
+use todo_shared::consumer::ConsumerConfig;
+use todo_shared::db;
+use todo_shared::envelope::Topic;
+use todo_shared::outbox::OutboxSignal;
+use todo_shared::service::ConsumerService;
+use todo_shared::shutdown::Shutdown;
+use tokio::sync::Notify;
+
+pub struct App {
+    service: ConsumerService<Recurring>,
+    scheduler: Scheduler,
+    signal: OutboxSignal,
+    pool: sqlx::PgPool,
+}
+
+pub fn consumer_config() -> Result<ConsumerConfig, ConfigError> {
+    ConsumerConfig::new(crate::NAME, &[Topic::TaskEvents]).with_env(&Env::process())
+}
+
+impl App {
+    pub async fn build(settings: &Settings, config: ConsumerConfig) -> anyhow::Result<App> {
+        let pool = db::pool(&settings.database)?;
+        db::wait_and_migrate(&pool).await?;
+        let changed = Arc::new(Notify::new());
+        let signal = OutboxSignal::new();
+        let handler = Recurring {
+            schedule_changed: changed.clone(),
+            signal: signal.clone(),
+        };
+        let service = ConsumerService::build(
+            settings,
+            config,
+            pool.clone(),
+            Registry::new(),
+            Arc::new(handler),
+            Router::new(),
+        )
+        .await?;
+        Ok(App {
+            service,
+            scheduler: Scheduler {
+                pool: pool.clone(),
+                changed,
+                signal: signal.clone(),
+            },
+            signal,
+            pool,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.service.port()
+    }
+
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let scheduler = tokio::spawn(self.scheduler.run(shutdown.clone()));
+        let notifier = tokio::spawn(
+            self.signal
+                .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
+        );
+        let result = self.service.run(shutdown).await;
+        let _ = scheduler.await;
+        let _ = notifier.await;
+        result
+    }
+}

@@ -1,0 +1,129 @@
+//! What task events mean for series: a recurring task starts (or restarts)
+//! its series, edits of the latest instance are copied forward, and the
+//! completion of an `on_completion` instance creates the next one.
+
+use crate::series;
+use chrono::Utc;
+use sqlx::PgConnection;
+use std::sync::Arc;
+use todo_shared::consumer::{Event, Handler, HandlerError};
+use todo_shared::domain::RecurrenceMode;
+use todo_shared::envelope::EventType;
+use todo_shared::outbox::OutboxSignal;
+use tokio::sync::Notify;
+
+pub struct Recurring {
+    /// Wakes the scheduler when a `schedule` series starts or changes.
+    pub schedule_changed: Arc<Notify>,
+    /// Wakes the outbox relay (in todo-api) when instances were written.
+    pub signal: OutboxSignal,
+}
+
+impl Handler for Recurring {
+    fn wants(&self, event_type: EventType) -> bool {
+        matches!(
+            event_type,
+            EventType::TaskCreated | EventType::TaskUpdated | EventType::TaskCompleted
+        )
+    }
+
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        let data = event.task_data()?;
+        let task = &data.task;
+        let (Some(series_id), Some(recurrence), Some(due_at)) =
+            (task.series_id, task.recurrence.as_ref(), task.due_at)
+        else {
+            // Not (or no longer) recurring.
+            if let (EventType::TaskUpdated, Some(series_id)) =
+                (event.envelope.event_type, task.series_id)
+            {
+                if data
+                    .changed
+                    .as_ref()
+                    .is_some_and(|c| c.iter().any(|f| f == "recurrence"))
+                {
+                    series::stop(conn, series_id).await?;
+                }
+            }
+            return Ok(());
+        };
+        let user = &event.envelope.userid;
+        match event.envelope.event_type {
+            EventType::TaskCreated => {
+                // The first task of a series names it; instances created here
+                // are already recorded.
+                let known = series::find(conn, series_id).await?.is_some();
+                if !known {
+                    series::start(conn, user, series_id, task, recurrence, due_at).await?;
+                }
+            }
+            EventType::TaskUpdated => {
+                let changed = data.changed.as_deref().unwrap_or_default();
+                if changed.iter().any(|f| f == "recurrence") {
+                    series::start(conn, user, series_id, task, recurrence, due_at).await?;
+                } else {
+                    series::set_template(conn, series_id, task).await?;
+                }
+            }
+            EventType::TaskCompleted if recurrence.mode == RecurrenceMode::OnCompletion => {
+                let series = match series::find(conn, series_id).await? {
+                    Some(s) => s,
+                    None => {
+                        // Its start was never seen (e.g. it predates this
+                        // service): this instance starts it.
+                        series::start(conn, user, series_id, task, recurrence, due_at).await?;
+                        series::find(conn, series_id)
+                            .await?
+                            .ok_or_else(|| HandlerError::rejected("series vanished"))?
+                    }
+                };
+                if !series.active {
+                    return Ok(());
+                }
+                // No backlog: the first occurrence after the later of the due
+                // time and the completion.
+                let after = task.completed_at.unwrap_or_else(Utc::now).max(due_at);
+                match series.rule()?.next_after(after) {
+                    Some(next) => {
+                        let created = series::create_instance(
+                            conn,
+                            &series,
+                            next,
+                            &event.envelope.correlationid,
+                            Some(event.envelope.id.to_string()),
+                        )
+                        .await?;
+                        if let Some(created) = created {
+                            tracing::info!(
+                                series_id = %series_id, task_id = %created.id, due_at = %next,
+                                correlation_id = %event.envelope.correlationid,
+                                "next instance created"
+                            );
+                        }
+                    }
+                    None => series::stop(conn, series_id).await?,
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn committed(&self, events: &[&Event]) {
+        let touches_schedule = events.iter().any(|e| {
+            matches!(
+                e.envelope.event_type,
+                EventType::TaskCreated | EventType::TaskUpdated
+            ) && e.envelope.data["task"]["recurrence"]["mode"] == "schedule"
+        });
+        if touches_schedule {
+            self.schedule_changed.notify_one();
+        }
+        if events
+            .iter()
+            .any(|e| e.envelope.event_type == EventType::TaskCompleted)
+        {
+            self.signal.committed();
+        }
+    }
+}

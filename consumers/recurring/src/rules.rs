@@ -1,0 +1,332 @@
+//! When a series' instances fall: an RFC 5545 rule (evaluated by the `rrule`
+//! crate) in the task's time zone.
+//!
+//! The rule runs on the wall clock of the series' zone (its DTSTART's local
+//! time, as if the zone had no offsets), and every occurrence is then placed
+//! in the zone: so "every Monday 09:00 Europe/Berlin" is 09:00 local on both
+//! sides of a DST change. A local time that does not exist (the spring-forward
+//! gap) moves forward by the gap; an ambiguous one (fall back) takes the
+//! first, i.e. the earlier instant.
+//!
+//! A plain monthly rule anchored on day 29–31 lands on the month's last day
+//! when the month is shorter and keeps its anchor afterwards (Jan 31 → Feb 28
+//! → Mar 31); a plain yearly rule anchored on Feb 29 lands on Feb 28 in
+//! common years. (RFC 5545 alone would skip those months and years.)
+
+use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, TimeZone as _, Utc};
+use rrule::{Frequency, RRule, RRuleSet, Tz, Unvalidated};
+use todo_shared::domain::{RecurrenceRule, TimeZone};
+
+/// Most occurrences looked at to answer one question (a daily rule started
+/// 270 years ago); a rule that needs more is treated as ended.
+const MAX_STEPS: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    set: RRuleSet,
+    tz: chrono_tz::Tz,
+}
+
+impl Series {
+    /// The series of `rule` starting at `dtstart` (the first instance's due
+    /// time), in `zone`.
+    pub fn new(
+        rule: &RecurrenceRule,
+        zone: &TimeZone,
+        dtstart: DateTime<Utc>,
+    ) -> Result<Self, String> {
+        let tz = zone.tz();
+        let local_start = dtstart.with_timezone(&tz).naive_local();
+        let mut parsed: RRule<Unvalidated> = rule.parse()?;
+        if let Some(until) = parsed.get_until() {
+            // UNTIL is an instant; on the wall clock it is its local time.
+            let local_until = until.with_timezone(&tz).naive_local();
+            parsed = parsed.until(floating(local_until));
+        }
+        let parsed = anchor_month_end(parsed, local_start);
+        let set = parsed
+            .build(floating(local_start))
+            .map_err(|e| e.to_string())?;
+        Ok(Series { set, tz })
+    }
+
+    /// Every occurrence, as instants, in order.
+    fn occurrences(&self) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        self.set
+            .clone()
+            .into_iter()
+            .take(MAX_STEPS)
+            .map(|wall| place(self.tz, wall.naive_utc()))
+    }
+
+    /// The first occurrence strictly after `t`, if the series has one.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.occurrences().find(|o| *o > t)
+    }
+
+    /// The latest occurrence at or before `t` (what is due now).
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.occurrences().take_while(|o| *o <= t).last()
+    }
+}
+
+/// A wall-clock time as the rule crate's "UTC", which has no DST.
+fn floating(local: NaiveDateTime) -> DateTime<Tz> {
+    Tz::UTC.from_utc_datetime(&local)
+}
+
+/// The instant of a wall-clock time in `tz`: the first of two in a fall-back
+/// overlap; shifted forward by the gap in a spring-forward gap.
+fn place(tz: chrono_tz::Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    match tz.from_local_datetime(&local) {
+        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        chrono::LocalResult::None => {
+            // Read it with the offset in force before the gap: 02:30 in a
+            // 02:00→03:00 gap becomes 03:30.
+            let before = local - TimeDelta::hours(6);
+            let offset = tz
+                .offset_from_local_datetime(&before)
+                .earliest()
+                .map(|o| chrono::Offset::fix(&o))
+                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("zero offset"));
+            (local - TimeDelta::seconds(i64::from(offset.local_minus_utc()))).and_utc()
+        }
+    }
+}
+
+/// Month-end anchoring for plain monthly rules on days 29–31 and plain
+/// yearly rules on Feb 29: "day d, or the month's last day if it has none".
+fn anchor_month_end(rule: RRule<Unvalidated>, start: NaiveDateTime) -> RRule<Unvalidated> {
+    let plain = rule.get_by_month_day().is_empty()
+        && rule.get_by_weekday().is_empty()
+        && rule.get_by_set_pos().is_empty()
+        && rule.get_by_year_day().is_empty()
+        && rule.get_by_week_no().is_empty();
+    if !plain {
+        return rule;
+    }
+    let day = start.day() as i8;
+    match rule.get_freq() {
+        Frequency::Monthly if day >= 29 && rule.get_by_month().is_empty() => {
+            rule.by_month_day(vec![day, -1]).by_set_pos(vec![1])
+        }
+        Frequency::Yearly if start.month() == 2 && day == 29 && rule.get_by_month().is_empty() => {
+            rule.by_month(&[chrono::Month::February])
+                .by_month_day(vec![29, -1])
+                .by_set_pos(vec![1])
+        }
+        _ => rule,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .with_timezone(&Utc)
+    }
+
+    fn series(rule: &str, zone: &str, start: &str) -> Series {
+        let rule = RecurrenceRule::try_from(rule.to_owned()).expect("valid rule");
+        let zone = TimeZone::try_from(zone.to_owned()).expect("valid zone");
+        Series::new(&rule, &zone, at(start)).expect("series")
+    }
+
+    /// The occurrences after `start`, one after the other.
+    fn following(s: &Series, start: &str, n: usize) -> Vec<String> {
+        let mut t = at(start);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            match s.next_after(t) {
+                Some(next) => {
+                    out.push(next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    t = next;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// (rule, zone, first instance's due time, the next ones, written out by hand)
+    const CASES: &[(&str, &str, &str, &[&str])] = &[
+        // Jan 31 monthly: the last day of shorter months, then the 31st again
+        // (09:00 Berlin: CET +1 until Mar 29 2026, CEST +2 after).
+        (
+            "FREQ=MONTHLY",
+            "Europe/Berlin",
+            "2026-01-31T08:00:00Z",
+            &[
+                "2026-02-28T08:00:00Z",
+                "2026-03-31T07:00:00Z",
+                "2026-04-30T07:00:00Z",
+                "2026-05-31T07:00:00Z",
+            ],
+        ),
+        // The 30th: Feb 28, then the 30th.
+        (
+            "FREQ=MONTHLY",
+            "UTC",
+            "2027-01-30T12:00:00Z",
+            &["2027-02-28T12:00:00Z", "2027-03-30T12:00:00Z"],
+        ),
+        // Feb 29 yearly: Feb 28 in common years, Feb 29 in the next leap year.
+        (
+            "FREQ=YEARLY",
+            "UTC",
+            "2028-02-29T10:00:00Z",
+            &[
+                "2029-02-28T10:00:00Z",
+                "2030-02-28T10:00:00Z",
+                "2031-02-28T10:00:00Z",
+                "2032-02-29T10:00:00Z",
+            ],
+        ),
+        // Monday, Wednesday, Friday.
+        (
+            "FREQ=WEEKLY;BYDAY=MO,WE,FR",
+            "UTC",
+            "2026-11-23T09:00:00Z",
+            &[
+                "2026-11-25T09:00:00Z",
+                "2026-11-27T09:00:00Z",
+                "2026-11-30T09:00:00Z",
+            ],
+        ),
+        // Every other Monday.
+        (
+            "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO",
+            "UTC",
+            "2026-11-23T09:00:00Z",
+            &["2026-12-07T09:00:00Z", "2026-12-21T09:00:00Z"],
+        ),
+        // The last Friday of each month.
+        (
+            "FREQ=MONTHLY;BYDAY=-1FR",
+            "UTC",
+            "2026-11-27T17:00:00Z",
+            &[
+                "2026-12-25T17:00:00Z",
+                "2027-01-29T17:00:00Z",
+                "2027-02-26T17:00:00Z",
+            ],
+        ),
+        // The last weekday of each month (BYSETPOS).
+        (
+            "FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1",
+            "UTC",
+            "2026-11-30T09:00:00Z",
+            &[
+                "2026-12-31T09:00:00Z",
+                "2027-01-29T09:00:00Z",
+                "2027-02-26T09:00:00Z",
+            ],
+        ),
+        // The 31st only where it exists, when asked for explicitly.
+        (
+            "FREQ=MONTHLY;BYMONTHDAY=31",
+            "UTC",
+            "2027-01-31T09:00:00Z",
+            &["2027-03-31T09:00:00Z", "2027-05-31T09:00:00Z"],
+        ),
+        // COUNT=3: the first instance and two more, then nothing.
+        (
+            "FREQ=DAILY;COUNT=3",
+            "UTC",
+            "2026-11-23T09:00:00Z",
+            &["2026-11-24T09:00:00Z", "2026-11-25T09:00:00Z"],
+        ),
+        // UNTIL is inclusive.
+        (
+            "FREQ=DAILY;UNTIL=20261125T090000Z",
+            "UTC",
+            "2026-11-23T09:00:00Z",
+            &["2026-11-24T09:00:00Z", "2026-11-25T09:00:00Z"],
+        ),
+        // Every Monday 09:00 Berlin, across the spring change (Mar 28 2027)...
+        (
+            "FREQ=WEEKLY;BYDAY=MO",
+            "Europe/Berlin",
+            "2027-03-22T08:00:00Z",
+            &["2027-03-29T07:00:00Z", "2027-04-05T07:00:00Z"],
+        ),
+        // ... and the autumn one (Oct 25 2026).
+        (
+            "FREQ=WEEKLY;BYDAY=MO",
+            "Europe/Berlin",
+            "2026-10-19T07:00:00Z",
+            &["2026-10-26T08:00:00Z", "2026-11-02T08:00:00Z"],
+        ),
+        // Daily 09:00 New York across Mar 8 2026 (EST→EDT) ...
+        (
+            "FREQ=DAILY",
+            "America/New_York",
+            "2026-03-07T14:00:00Z",
+            &["2026-03-08T13:00:00Z", "2026-03-09T13:00:00Z"],
+        ),
+        // ... and Nov 1 2026 (EDT→EST).
+        (
+            "FREQ=DAILY",
+            "America/New_York",
+            "2026-10-31T13:00:00Z",
+            &["2026-11-01T14:00:00Z", "2026-11-02T14:00:00Z"],
+        ),
+        // 02:30 Berlin daily: on Mar 29 2026 02:30 does not exist; it moves
+        // forward by the gap to 03:30 CEST (01:30Z). Then 02:30 CEST again.
+        (
+            "FREQ=DAILY",
+            "Europe/Berlin",
+            "2026-03-28T01:30:00Z",
+            &["2026-03-29T01:30:00Z", "2026-03-30T00:30:00Z"],
+        ),
+        // On Oct 25 2026 02:30 happens twice; the first (CEST, 00:30Z) counts.
+        (
+            "FREQ=DAILY",
+            "Europe/Berlin",
+            "2026-10-24T00:30:00Z",
+            &["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+        ),
+    ];
+
+    #[test]
+    fn the_hand_written_table() {
+        for (rule, zone, start, expected) in CASES {
+            let s = series(rule, zone, start);
+            let got = following(&s, start, expected.len() + 1);
+            let want: Vec<String> = expected.iter().map(|e| e.to_string()).collect();
+            let ended = rule.contains("COUNT") || rule.contains("UNTIL");
+            let got_head: Vec<String> = got.iter().take(expected.len()).cloned().collect();
+            assert_eq!(got_head, want, "{rule} in {zone} from {start}");
+            if ended {
+                assert_eq!(got.len(), expected.len(), "{rule}: the series ends");
+            }
+        }
+    }
+
+    #[test]
+    fn late_completion_skips_the_missed_occurrences() {
+        // Weekly on Monday; the Nov 23 instance is completed on Wednesday
+        // Dec 9: the next one is Monday Dec 14, not the missed Nov 30 or Dec 7.
+        let s = series("FREQ=WEEKLY;BYDAY=MO", "UTC", "2026-11-23T09:00:00Z");
+        let after = at("2026-12-09T15:00:00Z");
+        assert_eq!(s.next_after(after), Some(at("2026-12-14T09:00:00Z")));
+    }
+
+    #[test]
+    fn the_latest_due_occurrence_is_the_one_to_create_after_downtime() {
+        let s = series("FREQ=DAILY", "UTC", "2026-11-20T09:00:00Z");
+        assert_eq!(
+            s.latest_at_or_before(at("2026-11-25T08:59:59Z")),
+            Some(at("2026-11-24T09:00:00Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(at("2026-11-25T09:00:00Z")),
+            Some(at("2026-11-25T09:00:00Z"))
+        );
+        assert_eq!(s.latest_at_or_before(at("2026-11-19T00:00:00Z")), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! The service's record of each series, and the creation of instances.
+
+use crate::rules::Series as Rule;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::PgConnection;
+use todo_shared::consumer::HandlerError;
+use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, UserId};
+use todo_shared::tasks::{self, Actor};
+use uuid::Uuid;
+
+pub const SOURCE: &str = "todo-recurring";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct SeriesRow {
+    pub series_id: Uuid,
+    pub user_id: String,
+    pub recurrence: Json<Recurrence>,
+    pub dtstart: DateTime<Utc>,
+    pub template: Json<Task>,
+    pub active: bool,
+}
+
+impl SeriesRow {
+    pub fn rule(&self) -> Result<Rule, HandlerError> {
+        let r = &self.recurrence.0;
+        Rule::new(&r.rule, &r.timezone, self.dtstart)
+            .map_err(|e| HandlerError::rejected(format!("series {}: {e}", self.series_id)))
+    }
+}
+
+fn mode_name(mode: RecurrenceMode) -> &'static str {
+    match mode {
+        RecurrenceMode::OnCompletion => "on_completion",
+        RecurrenceMode::Schedule => "schedule",
+    }
+}
+
+pub async fn find(
+    conn: &mut PgConnection,
+    series_id: Uuid,
+) -> Result<Option<SeriesRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT series_id, user_id, recurrence, dtstart, template, active
+           FROM recurring_series WHERE series_id = $1 FOR UPDATE",
+    )
+    .bind(series_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records `task` as the start of its series, or (the recurrence changed) as
+/// a new start; the task's own occurrence counts as taken.
+pub async fn start(
+    conn: &mut PgConnection,
+    user: &str,
+    series_id: Uuid,
+    task: &Task,
+    recurrence: &Recurrence,
+    due_at: DateTime<Utc>,
+) -> Result<(), HandlerError> {
+    let rule = Rule::new(&recurrence.rule, &recurrence.timezone, due_at)
+        .map_err(HandlerError::rejected)?;
+    let next_at = match recurrence.mode {
+        RecurrenceMode::Schedule => rule.next_after(due_at),
+        RecurrenceMode::OnCompletion => None,
+    };
+    sqlx::query(
+        "INSERT INTO recurring_series (series_id, user_id, recurrence, mode, dtstart, template, active, next_at)
+         VALUES ($1, $2, $3, $4, $5, $6, true, $7)
+         ON CONFLICT (series_id) DO UPDATE
+            SET recurrence = EXCLUDED.recurrence, mode = EXCLUDED.mode, dtstart = EXCLUDED.dtstart,
+                template = EXCLUDED.template, active = true, next_at = EXCLUDED.next_at,
+                updated_at = now()",
+    )
+    .bind(series_id)
+    .bind(user)
+    .bind(Json(recurrence))
+    .bind(mode_name(recurrence.mode))
+    .bind(due_at)
+    .bind(Json(task))
+    .bind(next_at)
+    .execute(&mut *conn)
+    .await?;
+    claim(conn, series_id, due_at, Some(task.id)).await?;
+    Ok(())
+}
+
+/// The latest instance is the one the next copies.
+pub async fn set_template(
+    conn: &mut PgConnection,
+    series_id: Uuid,
+    task: &Task,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE recurring_series SET template = $2, updated_at = now()
+          WHERE series_id = $1 AND (template->>'id')::uuid = $3",
+    )
+    .bind(series_id)
+    .bind(Json(task))
+    .bind(task.id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn stop(conn: &mut PgConnection, series_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE recurring_series SET active = false, next_at = NULL, updated_at = now()
+          WHERE series_id = $1",
+    )
+    .bind(series_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes an occurrence for an instance; false if it already has one.
+async fn claim(
+    conn: &mut PgConnection,
+    series_id: Uuid,
+    occurrence: DateTime<Utc>,
+    task_id: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "INSERT INTO recurring_instances (series_id, occurrence_at, task_id) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(series_id)
+    .bind(occurrence)
+    .bind(task_id)
+    .execute(conn)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// Creates the instance of `series` due at `occurrence`, unless that
+/// occurrence already has one: a copy of the latest instance (title,
+/// description, priority, tags, recurrence, reminders moved with the due
+/// time), incomplete, through the same task + outbox code as todo-api.
+pub async fn create_instance(
+    conn: &mut PgConnection,
+    series: &SeriesRow,
+    occurrence: DateTime<Utc>,
+    correlation_id: &str,
+    causation_id: Option<String>,
+) -> Result<Option<Task>, HandlerError> {
+    if !claim(conn, series.series_id, occurrence, None).await? {
+        return Ok(None);
+    }
+    let template = &series.template.0;
+    let mut spec = tasks::spec_of(template).map_err(HandlerError::rejected)?;
+    let shift = template
+        .due_at
+        .map(|due| occurrence - due)
+        .unwrap_or_default();
+    let moved: Vec<Reminder> = template
+        .reminders
+        .iter()
+        .map(|r| match r {
+            Reminder::At(at) => Reminder::At(*at + shift),
+            other => other.clone(),
+        })
+        .collect();
+    spec.reminders = moved.try_into().map_err(HandlerError::rejected)?;
+    spec.due_at = Some(occurrence);
+    spec.recurrence = Some(series.recurrence.0.clone());
+    let user = UserId::try_from(series.user_id.clone()).map_err(HandlerError::rejected)?;
+    let actor = Actor {
+        user: &user,
+        correlation_id,
+        causation_id,
+        source: SOURCE,
+    };
+    let (task, _event) = tasks::create(conn, &actor, spec, Some(series.series_id)).await?;
+    sqlx::query(
+        "UPDATE recurring_instances SET task_id = $3 WHERE series_id = $1 AND occurrence_at = $2",
+    )
+    .bind(series.series_id)
+    .bind(occurrence)
+    .bind(task.id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE recurring_series SET template = $2, updated_at = now() WHERE series_id = $1",
+    )
+    .bind(series.series_id)
+    .bind(Json(&task))
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(task))
+}

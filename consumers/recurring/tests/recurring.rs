@@ -1,0 +1,382 @@
+//! todo-recurring end to end: through todo-api and a real broker.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rdkafka::producer::FutureRecord;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+use todo_api::testing::{Api, Stack};
+use todo_recurring::app::App;
+use todo_shared::consumer::ConsumerConfig;
+use todo_shared::envelope::Topic;
+use todo_shared::shutdown::{self, ShutdownTrigger};
+use todo_shared::testing::Received;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Recurring {
+    trigger: ShutdownTrigger,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Recurring {
+    /// A todo-recurring in consumer group `group` (services in different
+    /// groups both see every event: the hardest case for duplicates).
+    async fn spawn(stack: &Stack, group: &str) -> Recurring {
+        let mut config = ConsumerConfig::new(group, &[Topic::TaskEvents]);
+        config.session_timeout = Duration::from_secs(6);
+        let app = App::build(&stack.settings(), config)
+            .await
+            .expect("todo-recurring starts");
+        let (trigger, shutdown) = shutdown::channel();
+        Recurring {
+            trigger,
+            handle: tokio::spawn(app.run(shutdown)),
+        }
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        self.handle
+            .await
+            .expect("task")
+            .expect("todo-recurring ran cleanly");
+    }
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .with_timezone(&Utc)
+}
+
+fn due_of(task: &Value) -> DateTime<Utc> {
+    at(task["due_at"].as_str().expect("due_at"))
+}
+
+/// The instances of a series other than `origin`, oldest due first.
+async fn instances(stack: &Stack, series: &str) -> Vec<(Uuid, DateTime<Utc>)> {
+    sqlx::query_as(
+        "SELECT id, due_at FROM tasks WHERE series_id = $1::uuid AND id <> series_id ORDER BY due_at",
+    )
+    .bind(series)
+    .fetch_all(&stack.db.pool)
+    .await
+    .expect("instances")
+}
+
+async fn wait_instances(stack: &Stack, series: &str, n: usize) -> Vec<(Uuid, DateTime<Utc>)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = instances(stack, series).await;
+        assert!(
+            found.len() <= n,
+            "{series}: {} instances, expected {n}: {found:?}",
+            found.len()
+        );
+        if found.len() == n {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series}: {} of {n} instances",
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `group` has processed `event_id` (and, the partition being
+/// ordered, everything of that user before it).
+async fn processed(stack: &Stack, group: &str, event_id: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let done: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2::uuid)",
+        )
+        .bind(group)
+        .bind(event_id)
+        .fetch_one(&stack.db.pool)
+        .await
+        .expect("processed");
+        if done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{group} never processed {event_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn complete(stack: &Stack, api: &Api, token: &str, id: &str) -> Value {
+    let (status, body) = stack
+        .call(
+            api,
+            Method::POST,
+            &format!("/tasks/{id}/complete"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// The published event of `type` about `task_id`.
+async fn event_of(stack: &Stack, kind: &str, task_id: &str) -> Received {
+    let reader = stack.task_events().await;
+    loop {
+        let e = reader.next(WAIT).await.expect("event");
+        if e.event_type() == kind && e.value["subject"] == task_id {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_an_instance_creates_the_next_one_in_the_tasks_zone() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    // Mondays 09:00 in Berlin; the first is Monday Jan 7 2030 (CET, 08:00Z).
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({
+                "title": "Team sync", "description": "weekly", "priority": "high", "tags": ["work"],
+                "due_at": "2030-01-07T08:00:00Z",
+                "recurrence": {"rule": "FREQ=WEEKLY;BYDAY=MO", "timezone": "Europe/Berlin", "mode": "on_completion"},
+                "reminders": [{"before": "PT1H"}, {"at": "2030-01-06T18:00:00Z"}]
+            }),
+        )
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    assert_eq!(task["series_id"], task["id"]);
+    complete(&stack, &api, &ann, &id).await;
+    let completion = event_of(&stack, "task.completed", &id).await;
+
+    let next = wait_instances(&stack, &id, 1).await;
+    assert_eq!(next[0].1, at("2030-01-14T08:00:00Z"));
+    let next_id = next[0].0.to_string();
+    let (status, next_task) = stack
+        .call(&api, Method::GET, &format!("/tasks/{next_id}"), &ann, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next_task}");
+    for field in [
+        "title",
+        "description",
+        "priority",
+        "tags",
+        "recurrence",
+        "series_id",
+    ] {
+        assert_eq!(next_task[field], task[field], "{field} is kept");
+    }
+    assert_eq!(next_task["completed"], false);
+    assert_eq!(
+        next_task["reminders"],
+        json!([{"before": "PT1H"}, {"at": "2030-01-13T18:00:00Z"}]),
+        "an absolute reminder moves with the due time"
+    );
+    // Its event names the completion as its cause and keeps the correlation.
+    let created = event_of(&stack, "task.created", &next_id).await;
+    assert_eq!(created.value["source"], "todo-recurring");
+    assert_eq!(created.value["causationid"], completion.value["id"]);
+    assert_eq!(
+        created.value["correlationid"],
+        completion.value["correlationid"]
+    );
+    assert_eq!(created.key, "ann");
+
+    // Completing the new instance continues the series.
+    complete(&stack, &api, &ann, &next_id).await;
+    let both = wait_instances(&stack, &id, 2).await;
+    assert_eq!(both[1].1, at("2030-01-21T08:00:00Z"));
+    recurring.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_and_repeated_completions_create_one_instance() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "Daily", "due_at": "2030-03-01T07:00:00Z",
+                   "recurrence": {"rule": "FREQ=DAILY;COUNT=2", "timezone": "UTC", "mode": "on_completion"}}),
+        )
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    complete(&stack, &api, &ann, &id).await;
+    let completion = event_of(&stack, "task.completed", &id).await;
+    wait_instances(&stack, &id, 1).await;
+
+    // The completion event delivered twice more ...
+    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let raw = serde_json::to_vec(&completion.value).expect("json");
+    for _ in 0..2 {
+        producer
+            .send(
+                FutureRecord::to(&stack.topic(Topic::TaskEvents))
+                    .key("ann")
+                    .payload(&raw),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    // ... and the instance reopened and completed again (a new event).
+    let (status, body) = stack
+        .call(
+            &api,
+            Method::POST,
+            &format!("/tasks/{id}/reopen"),
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    complete(&stack, &api, &ann, &id).await;
+    // Completing the last instance of COUNT=2 creates nothing.
+    let second = instances(&stack, &id).await[0].0.to_string();
+    complete(&stack, &api, &ann, &second).await;
+    let marker = stack.create(&api, &ann, json!({"title": "marker"})).await;
+    let marker_event = event_of(
+        &stack,
+        "task.created",
+        marker["id"].as_str().unwrap_or_default(),
+    )
+    .await;
+    processed(&stack, "todo-recurring", marker_event.id()).await;
+
+    let all = instances(&stack, &id).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].1, at("2030-03-02T07:00:00Z"));
+    recurring.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_seeing_every_completion_create_one_instance_each() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let a = Recurring::spawn(&stack, "todo-recurring").await;
+    let b = Recurring::spawn(&stack, "todo-recurring-replica").await;
+    let users = ["ann", "ben", "cat"];
+    let mut series = Vec::new();
+    for (i, user) in users.iter().cycle().take(15).enumerate() {
+        let token = stack.token(user);
+        let task = stack
+            .create(
+                &api,
+                &token,
+                json!({"title": format!("chore {i}"), "due_at": "2030-05-31T10:00:00Z",
+                       "recurrence": {"rule": "FREQ=MONTHLY", "timezone": "UTC", "mode": "on_completion"}}),
+            )
+            .await;
+        let id = task["id"].as_str().expect("id").to_owned();
+        complete(&stack, &api, &token, &id).await;
+        series.push(id);
+    }
+    for id in &series {
+        let next = wait_instances(&stack, id, 1).await;
+        // May 31 monthly: June has 30 days.
+        assert_eq!(next[0].1, at("2030-06-30T10:00:00Z"));
+    }
+    // Both services have seen everything by now; still one instance each.
+    let last = stack
+        .create(&api, &stack.token("ann"), json!({"title": "marker"}))
+        .await;
+    let marker = event_of(
+        &stack,
+        "task.created",
+        last["id"].as_str().unwrap_or_default(),
+    )
+    .await;
+    for group in ["todo-recurring", "todo-recurring-replica"] {
+        processed(&stack, group, marker.id()).await;
+    }
+    for id in &series {
+        assert_eq!(instances(&stack, id).await.len(), 1, "series {id}");
+    }
+    a.stop().await;
+    b.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_mode_creates_instances_when_they_come_due_and_only_the_latest_missed() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    let now = Utc::now();
+    let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+
+    // Daily, first due a day ago plus 4 s: the next occurrence is 4 s away.
+    let soon = (now + TimeDelta::seconds(4)).with_nanosecond_zero();
+    let upcoming = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "water plants", "due_at": secs(soon - TimeDelta::days(1)),
+                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
+        )
+        .await;
+    // Daily, first due three days and an hour ago: two occurrences were
+    // missed "during downtime"; only the latest (an hour ago) is created.
+    let long_ago = (now - TimeDelta::days(3) - TimeDelta::hours(1)).with_nanosecond_zero();
+    let missed = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "feed cat", "due_at": secs(long_ago),
+                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
+        )
+        .await;
+
+    let caught_up = wait_instances(&stack, missed["id"].as_str().expect("id"), 1).await;
+    assert_eq!(caught_up[0].1, long_ago + TimeDelta::days(3));
+
+    let due = wait_instances(&stack, upcoming["id"].as_str().expect("id"), 1).await;
+    assert_eq!(due[0].1, soon);
+    let created_at: DateTime<Utc> =
+        sqlx::query_scalar("SELECT created_at FROM tasks WHERE id = $1")
+            .bind(due[0].0)
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("created_at");
+    assert!(
+        created_at >= soon,
+        "created at {created_at}, before its occurrence {soon}"
+    );
+    eprintln!(
+        "schedule: instance created {} ms after its occurrence",
+        (created_at - soon).num_milliseconds()
+    );
+    assert_eq!(due_of(&upcoming), soon - TimeDelta::days(1));
+    recurring.stop().await;
+    api.stop().await;
+}
+
+trait NoNanos {
+    fn with_nanosecond_zero(self) -> Self;
+}
+
+impl NoNanos for DateTime<Utc> {
+    fn with_nanosecond_zero(self) -> Self {
+        use chrono::Timelike;
+        self.with_nanosecond(0).unwrap_or(self)
+    }
+}
