@@ -53,6 +53,10 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Create recurring tasks (daily, Europe/Berlin, `on_completion`), so
+    /// that completions make todo-recurring create the next instances.
+    #[arg(long)]
+    recurring: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -133,6 +137,7 @@ struct Target {
     base: String,
     users: Vec<User>,
     mix: Mix,
+    recurring: bool,
 }
 
 struct Sample {
@@ -182,12 +187,17 @@ impl Target {
 
     async fn create(&self, user: &User) -> Result<(), String> {
         let due = due_tomorrow();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "title": "Buy milk and bread on the way home",
             "priority": "high",
             "tags": ["home", "errand"],
             "due_at": due,
         });
+        if self.recurring {
+            body["recurrence"] = serde_json::json!({
+                "rule": "FREQ=DAILY", "timezone": "Europe/Berlin", "mode": "on_completion"
+            });
+        }
         let response = check(
             self.client
                 .post(format!("{}/tasks", self.base))
@@ -323,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
         base,
         users,
         mix: args.mix.clone(),
+        recurring: args.recurring,
     });
 
     let (tx, rx) = mpsc::unbounded_channel::<Sample>();
