@@ -226,6 +226,23 @@ mod tests {
                 "2027-02-26T09:00:00Z",
             ],
         ),
+        // The last day of each month, and the day before it (negative days).
+        (
+            "FREQ=MONTHLY;BYMONTHDAY=-1",
+            "UTC",
+            "2027-01-31T09:00:00Z",
+            &[
+                "2027-02-28T09:00:00Z",
+                "2027-03-31T09:00:00Z",
+                "2027-04-30T09:00:00Z",
+            ],
+        ),
+        (
+            "FREQ=MONTHLY;BYMONTHDAY=-2",
+            "UTC",
+            "2028-01-30T09:00:00Z",
+            &["2028-02-28T09:00:00Z", "2028-03-30T09:00:00Z"],
+        ),
         // The 31st only where it exists, when asked for explicitly.
         (
             "FREQ=MONTHLY;BYMONTHDAY=31",
