@@ -60,7 +60,7 @@ stop() {
   if [ -n "$pid" ]; then kill "$pid"; wait "$pid" 2>/dev/null || true; unset "running[$1]"; fi
 }
 # Waits until a consumer has partitions and no known lag (its /metrics; lag is
-# reported every 5 s, and not at all for partitions with nothing to read).
+# reported every second, and not at all for partitions with nothing to read).
 caught_up() {
   for _ in $(seq 1 600); do
     if curl -fs "$1/metrics" | python3 -c '

@@ -198,6 +198,26 @@ pub struct TaskEventData {
     pub changed: Option<Vec<String>>,
 }
 
+/// The payload of every `reminder.*` event. Which optional fields are set
+/// depends on the type: `reason` (cancelled, failed), `fired_at` and
+/// `late_ms` (triggered), `sent_at` (sent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReminderEventData {
+    pub task_id: Uuid,
+    pub reminder_id: Uuid,
+    pub remind_at: DateTime<Utc>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
 /// What a service knows when it records an event; the outbox adds the id,
 /// time and per-user sequence.
 #[derive(Debug, Clone)]

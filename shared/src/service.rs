@@ -69,9 +69,15 @@ impl<H: Handler> ConsumerService<H> {
                 pool: pool.clone(),
                 handler,
                 metrics,
+                progress: Arc::default(),
             },
             pool,
         })
+    }
+
+    /// Whether the consumer has caught up since it started.
+    pub fn progress(&self) -> Arc<crate::consumer::Progress> {
+        self.runtime.progress.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -7,26 +7,75 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 pub struct RuntimeContext {
     pub(crate) name: String,
     pub(crate) metrics: ConsumerMetrics,
+    pub(crate) progress: Arc<Progress>,
+}
+
+/// Whether the consumer has read everything that was there when it started
+/// (all its partitions at their end once). A service that acts on time, not
+/// only on events, waits for it after a start: a reminder that came due
+/// while it was down must not fire before the completion that cancelled it
+/// has been read.
+#[derive(Debug, Default)]
+pub struct Progress {
+    caught_up: AtomicBool,
+    notify: Notify,
+}
+
+impl Progress {
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the consumer has caught up (at once if it has).
+    pub async fn caught_up(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_caught_up() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn mark(&self) {
+        if !self.caught_up.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
 }
 
 impl ClientContext for RuntimeContext {
     fn stats(&self, statistics: Statistics) {
+        let (mut assigned, mut behind) = (0, 0);
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; a lag
-                // of -1 means not known (not assigned, no position yet).
-                if *partition < 0 || p.consumer_lag < 0 {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if *partition < 0 || p.fetch_state == "none" {
                     continue;
                 }
-                self.metrics
-                    .lag
-                    .with_label_values(&[&self.name, topic, &partition.to_string()])
-                    .set(p.consumer_lag);
+                assigned += 1;
+                // A lag of -1 means not known yet; known only to be nothing
+                // when the partition is empty.
+                if p.consumer_lag > 0 || (p.consumer_lag < 0 && p.hi_offset > 0) {
+                    behind += 1;
+                }
+                if p.consumer_lag >= 0 {
+                    self.metrics
+                        .lag
+                        .with_label_values(&[&self.name, topic, &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
             }
+        }
+        if assigned > 0 && behind == 0 {
+            self.progress.mark();
         }
     }
 }

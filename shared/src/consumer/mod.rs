@@ -22,6 +22,7 @@ mod dedup;
 mod error;
 mod metrics;
 
+pub use context::Progress;
 pub use dead_letters::dlq_topic;
 pub use error::HandlerError;
 pub use metrics::ConsumerMetrics;
@@ -196,6 +197,7 @@ pub struct Runtime<H> {
     pub pool: PgPool,
     pub handler: Arc<H>,
     pub metrics: ConsumerMetrics,
+    pub progress: Arc<Progress>,
 }
 
 /// Shutdown arrived while waiting; the batch in hand is left uncommitted
@@ -215,7 +217,7 @@ impl<H: Handler> Runtime<H> {
         }
         let mut cfg = crate::kafka::consumer_config(&self.kafka, &self.config.name);
         let session_ms = self.config.session_timeout.as_millis();
-        cfg.set("statistics.interval.ms", "5000")
+        cfg.set("statistics.interval.ms", "1000")
             .set("session.timeout.ms", session_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
@@ -229,6 +231,7 @@ impl<H: Handler> Runtime<H> {
             Arc::new(cfg.create_with_context(RuntimeContext {
                 name: self.config.name.clone(),
                 metrics: self.metrics.clone(),
+                progress: self.progress.clone(),
             })?);
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs)?;

@@ -1,0 +1,205 @@
+//! The reminder schedule, kept from task events: created and updated tasks
+//! schedule or move their reminders, completion and deletion cancel them,
+//! reopening reschedules those still in the future. Every change is
+//! published as a `reminder.*` event through the outbox, in the transaction
+//! that makes it.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use std::collections::HashMap;
+use std::sync::Arc;
+use todo_shared::consumer::{Event, Handler, HandlerError};
+use todo_shared::domain::{Reminder, Task};
+use todo_shared::envelope::{EventDraft, EventType, ReminderEventData};
+use todo_shared::outbox::{self, OutboxSignal};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub const SOURCE: &str = "todo-notifier";
+
+/// A reminder keeps its id while its definition stays on the task.
+pub fn reminder_id(task_id: Uuid, reminder: &Reminder) -> Uuid {
+    let spec = serde_json::to_string(reminder).unwrap_or_default();
+    Uuid::new_v5(&task_id, spec.as_bytes())
+}
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    reminder_id: Uuid,
+    remind_at: DateTime<Utc>,
+    state: String,
+}
+
+pub struct Schedule {
+    /// Wakes the clock when a reminder is scheduled or moved.
+    pub changed: Arc<Notify>,
+    /// Wakes the outbox relay (in todo-api).
+    pub signal: OutboxSignal,
+}
+
+/// Where a reminder.* event comes from: the task event that caused it.
+pub struct Cause<'a> {
+    pub user: &'a str,
+    pub correlation_id: &'a str,
+    pub causation_id: Option<String>,
+}
+
+pub async fn publish(
+    conn: &mut PgConnection,
+    cause: &Cause<'_>,
+    event_type: EventType,
+    data: ReminderEventData,
+) -> Result<(), HandlerError> {
+    outbox::append(
+        conn,
+        EventDraft {
+            event_type,
+            source: SOURCE,
+            subject: data.reminder_id.to_string(),
+            userid: cause.user.to_owned(),
+            correlationid: cause.correlation_id.to_owned(),
+            causationid: cause.causation_id.clone(),
+            data,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        outbox::OutboxError::Db(db) => db.into(),
+        other => HandlerError::Failed(other.into()),
+    })?;
+    Ok(())
+}
+
+fn data(task: &Task, id: Uuid, remind_at: DateTime<Utc>) -> ReminderEventData {
+    ReminderEventData {
+        task_id: task.id,
+        reminder_id: id,
+        remind_at,
+        due_at: task.due_at,
+        title: task.title.clone(),
+        reason: None,
+        fired_at: None,
+        late_ms: None,
+        sent_at: None,
+    }
+}
+
+impl Handler for Schedule {
+    fn wants(&self, event_type: EventType) -> bool {
+        event_type.topic() == todo_shared::envelope::Topic::TaskEvents
+    }
+
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        let task = event.task_data()?.task;
+        let env = &event.envelope;
+        let cause = Cause {
+            user: &env.userid,
+            correlation_id: &env.correlationid,
+            causation_id: Some(env.id.to_string()),
+        };
+        let stored: Vec<Stored> = sqlx::query_as(
+            "SELECT reminder_id, remind_at, state FROM reminders WHERE task_id = $1 FOR UPDATE",
+        )
+        .bind(task.id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut stored: HashMap<Uuid, Stored> =
+            stored.into_iter().map(|s| (s.reminder_id, s)).collect();
+
+        let ends = match env.event_type {
+            EventType::TaskDeleted => Some("task deleted"),
+            _ if task.completed => Some("task completed"),
+            _ => None,
+        };
+        if let Some(reason) = ends {
+            for s in stored.values().filter(|s| s.state == "scheduled") {
+                cancel(conn, &cause, &task, s, reason).await?;
+            }
+            return Ok(());
+        }
+
+        let now = Utc::now();
+        for reminder in &task.reminders {
+            // A lead time without a due date has no time to fire at.
+            let Some(remind_at) = reminder.fire_at(task.due_at) else {
+                continue;
+            };
+            let id = reminder_id(task.id, reminder);
+            let schedule = match stored.remove(&id) {
+                None => true,
+                // Moved with its task's due time.
+                Some(s) if s.remind_at != remind_at => true,
+                // Reopened: those still in the future come back.
+                Some(s) => s.state == "cancelled" && remind_at > now,
+            };
+            if schedule {
+                sqlx::query(
+                    "INSERT INTO reminders (reminder_id, task_id, user_id, spec, title, due_at,
+                                            remind_at, state, attempts, attempt_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', 0, $7)
+                     ON CONFLICT (reminder_id) DO UPDATE
+                        SET title = EXCLUDED.title, due_at = EXCLUDED.due_at,
+                            remind_at = EXCLUDED.remind_at, state = 'scheduled', attempts = 0,
+                            attempt_at = EXCLUDED.attempt_at, updated_at = now()",
+                )
+                .bind(id)
+                .bind(task.id)
+                .bind(&env.userid)
+                .bind(sqlx::types::Json(reminder))
+                .bind(&task.title)
+                .bind(task.due_at)
+                .bind(remind_at)
+                .execute(&mut *conn)
+                .await?;
+                publish(
+                    conn,
+                    &cause,
+                    EventType::ReminderScheduled,
+                    data(&task, id, remind_at),
+                )
+                .await?;
+            } else {
+                // Same time: keep what it shows up to date.
+                sqlx::query(
+                    "UPDATE reminders SET title = $2, due_at = $3, updated_at = now()
+                      WHERE reminder_id = $1",
+                )
+                .bind(id)
+                .bind(&task.title)
+                .bind(task.due_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        // Reminders no longer on the task.
+        for s in stored.values().filter(|s| s.state == "scheduled") {
+            cancel(conn, &cause, &task, s, "removed from the task").await?;
+        }
+        Ok(())
+    }
+
+    fn committed(&self, events: &[&Event]) {
+        if !events.is_empty() {
+            self.changed.notify_one();
+            self.signal.committed();
+        }
+    }
+}
+
+async fn cancel(
+    conn: &mut PgConnection,
+    cause: &Cause<'_>,
+    task: &Task,
+    stored: &Stored,
+    reason: &str,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "UPDATE reminders SET state = 'cancelled', updated_at = now() WHERE reminder_id = $1",
+    )
+    .bind(stored.reminder_id)
+    .execute(&mut *conn)
+    .await?;
+    let mut data = data(task, stored.reminder_id, stored.remind_at);
+    data.reason = Some(reason.to_owned());
+    publish(conn, cause, EventType::ReminderCancelled, data).await
+}
