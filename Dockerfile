@@ -27,17 +27,23 @@ WORKDIR /src
 # ---- the recipe: manifests and lock file only ---------------------------------
 FROM chef AS planner
 COPY . .
-RUN cargo chef prepare --recipe-path recipe.json
+# The image needs the services only: the benchmarks crate (and whatever it
+# depends on) leaves the workspace (.dockerignore drops benches/ too). Cargo
+# then prunes its packages from Cargo.lock and keeps every other version as
+# locked.
+RUN sed -i -E '/^\s*"benches",?\s*$/d' Cargo.toml \
+ && cargo chef prepare --recipe-path recipe.json
 
 # ---- build -------------------------------------------------------------------
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 # Cached until Cargo.toml/Cargo.lock change. It builds the same package set
-# as the final build below (the whole workspace), so feature unification is
-# identical and nothing is compiled twice.
+# as the final build below (the whole trimmed workspace), so feature
+# unification is identical and nothing is compiled twice.
 RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --workspace --bins \
+RUN sed -i -E '/^\s*"benches",?\s*$/d' Cargo.toml \
+ && cargo build --release --workspace --bins \
  && mkdir -p /out \
  && for bin in todo-api todo-recurring todo-notifier todo-audit todo-realtime; do \
       install -m 0755 "target/release/$bin" "/out/$bin"; \
