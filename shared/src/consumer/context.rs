@@ -44,7 +44,7 @@ impl Progress {
         }
     }
 
-    fn mark(&self) {
+    pub(crate) fn mark(&self) {
         if !self.caught_up.swap(true, Ordering::AcqRel) {
             self.notify.notify_waiters();
         }

@@ -21,11 +21,13 @@ pub mod dead_letters;
 mod dedup;
 mod error;
 mod metrics;
+mod tail;
 
 pub use context::Progress;
 pub use dead_letters::dlq_topic;
 pub use error::HandlerError;
 pub use metrics::ConsumerMetrics;
+pub use tail::{Tail, TailConfig};
 
 use crate::config::{ConfigError, Env, KafkaSettings};
 use crate::envelope::{Envelope, TaskEventData, Topic, TopicNames};

@@ -1,0 +1,499 @@
+//! Every user's recent events and live connections, kept per replica.
+//!
+//! A user's events carry a `sequence` that grows by one with each of them,
+//! across both topics (`task-events`, `reminders`). The hub hands them to the
+//! user's connections strictly in that order: an event that arrives before
+//! its predecessor (the two topics are read side by side) is held until the
+//! predecessor comes, or until `reorder_wait` says it never will; then the
+//! connections are told to `resync`, since they missed something.
+//!
+//! Each user's delivered events stay in a window (at most `max_events`, none
+//! older than `window`), so a client that reconnects with the last sequence
+//! it saw gets exactly what came after it. When that point is older than the
+//! window, or the hub cannot prove it holds everything after it (a user it
+//! has not heard of), the answer is `resync`: fetch the state over REST.
+//!
+//! Locking: users are spread over shards, each a plain mutex held only for
+//! in-memory work (never across an await), so one user's traffic does not
+//! wait on another's.
+
+use axum::extract::ws::Utf8Bytes;
+use chrono::{DateTime, Utc};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const SHARDS: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long a user's events stay available for a resume.
+    pub window: Duration,
+    /// At most this many events per user stay available for a resume.
+    pub max_events: usize,
+    /// How long an event that came before its predecessor is held.
+    pub reorder_wait: Duration,
+    /// How long the cursor of a user with no events and no connection is
+    /// kept (so that a quiet user's reconnect needs no resync).
+    pub idle_cursor: Duration,
+}
+
+/// An event ready to send: its sequence, when it happened, and its frame.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub sequence: u64,
+    pub time: DateTime<Utc>,
+    pub text: Utf8Bytes,
+}
+
+/// Where a new connection starts.
+#[derive(Debug)]
+pub enum Start {
+    /// What it missed (possibly nothing), in order; live events follow.
+    Backlog(Vec<Utf8Bytes>),
+    /// The hub cannot serve everything after the requested sequence.
+    Resync,
+}
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: u64,
+    pub start: Start,
+    /// The latest sequence the hub has delivered for this user.
+    pub latest: Option<u64>,
+}
+
+/// What a connection receives after its start.
+#[derive(Debug, Clone)]
+pub enum Live {
+    Event(Utf8Bytes),
+    /// Events were lost for this user (a gap in the log): refetch the state.
+    Resync,
+}
+
+/// Counts reported to the caller, which owns the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub sent: u64,
+    /// Connections dropped because their send buffer was full.
+    pub dropped: u64,
+}
+
+struct Subscriber {
+    id: u64,
+    /// Events up to this sequence are already known to the client.
+    after: u64,
+    tx: mpsc::Sender<Live>,
+}
+
+struct Feed {
+    /// The sequence expected next; everything before it was delivered.
+    /// 0 until the first event (sequences start at 1).
+    next: u64,
+    /// Delivered events, sequences `next - history.len() .. next`.
+    history: VecDeque<Pushed>,
+    /// Events that arrived before their predecessor, with their arrival.
+    held: BTreeMap<u64, (Instant, Pushed)>,
+    subscribers: Vec<Subscriber>,
+    last_activity: Instant,
+}
+
+impl Feed {
+    fn empty(now: Instant) -> Feed {
+        Feed {
+            next: 0,
+            history: VecDeque::new(),
+            held: BTreeMap::new(),
+            subscribers: Vec::new(),
+            last_activity: now,
+        }
+    }
+
+    /// The lowest `since` this feed can serve (none before its first event).
+    fn floor(&self) -> Option<u64> {
+        (self.next > 0).then(|| self.next - 1 - self.history.len() as u64)
+    }
+
+    fn latest(&self) -> Option<u64> {
+        (self.next > 1).then(|| self.next - 1)
+    }
+
+    fn deliver(&mut self, event: Pushed, config: &HubConfig, counts: &mut Delivered) {
+        let sequence = event.sequence;
+        self.subscribers.retain(|s| {
+            if sequence <= s.after {
+                return true;
+            }
+            match s.tx.try_send(Live::Event(event.text.clone())) {
+                Ok(()) => {
+                    counts.sent += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    counts.dropped += 1;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        self.next = sequence + 1;
+        self.history.push_back(event);
+        while self.history.len() > config.max_events {
+            self.history.pop_front();
+        }
+    }
+
+    /// Delivers held events that are now next in line.
+    fn drain_held(&mut self, config: &HubConfig, counts: &mut Delivered) {
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() != self.next {
+                break;
+            }
+            let (_, event) = entry.remove();
+            self.deliver(event, config, counts);
+        }
+    }
+
+    fn trim(&mut self, oldest: DateTime<Utc>) {
+        while self.history.front().is_some_and(|e| e.time < oldest) {
+            self.history.pop_front();
+        }
+    }
+}
+
+pub struct Hub {
+    config: HubConfig,
+    shards: Vec<Mutex<HashMap<String, Feed>>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Hub {
+        Hub {
+            config,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Feed>> {
+        let mut h = DefaultHasher::new();
+        user.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        // Nothing panics while holding a shard, but if it did, the map is
+        // still consistent enough to go on with.
+        shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes one event of `user` from the log.
+    pub fn publish(&self, user: &str, event: Pushed, now: Instant) -> Delivered {
+        let mut counts = Delivered::default();
+        let mut shard = self.shard(user);
+        let feed = feed_of(&mut shard, user, now);
+        if feed.next == 0 {
+            feed.next = event.sequence;
+        }
+        let oldest = Utc::now() - self.config.window;
+        if event.sequence < feed.next {
+            // Redelivered, or older than where this replica started.
+        } else if event.sequence == feed.next {
+            feed.deliver(event, &self.config, &mut counts);
+            feed.drain_held(&self.config, &mut counts);
+        } else {
+            feed.held.entry(event.sequence).or_insert((now, event));
+        }
+        feed.trim(oldest);
+        counts
+    }
+
+    /// Gives up on events that never came: for every user whose oldest held
+    /// event has waited `reorder_wait`, skips the missing ones, tells the
+    /// live connections to resync, and delivers what was held.
+    pub fn expire_held(&self, now: Instant) -> Delivered {
+        let mut counts = Delivered::default();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (user, feed) in shard.iter_mut() {
+                let Some((&first, (since, _))) = feed.held.first_key_value() else {
+                    continue;
+                };
+                if now.duration_since(*since) < self.config.reorder_wait {
+                    continue;
+                }
+                tracing::warn!(
+                    user,
+                    missing_from = feed.next,
+                    missing_to = first - 1,
+                    "events never arrived; connections told to resync"
+                );
+                feed.subscribers
+                    .retain(|s| s.tx.try_send(Live::Resync).is_ok());
+                // What came before the gap cannot be served to a resume
+                // anymore: the history restarts after it.
+                feed.history.clear();
+                feed.next = first;
+                feed.drain_held(&self.config, &mut counts);
+            }
+        }
+        counts
+    }
+
+    /// Forgets what is older than the window, and users with nothing left.
+    pub fn sweep(&self, now: Instant) {
+        let oldest = Utc::now() - self.config.window;
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.retain(|_, feed| {
+                feed.trim(oldest);
+                feed.subscribers.retain(|s| !s.tx.is_closed());
+                !feed.history.is_empty()
+                    || !feed.held.is_empty()
+                    || !feed.subscribers.is_empty()
+                    || now.duration_since(feed.last_activity) < self.config.idle_cursor
+            });
+        }
+    }
+
+    /// Registers a connection of `user` that has seen everything up to
+    /// `since` (nothing, if `None`: it gets live events only).
+    pub fn subscribe(
+        &self,
+        user: &str,
+        since: Option<u64>,
+        tx: mpsc::Sender<Live>,
+        now: Instant,
+    ) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.shard(user);
+        let feed = feed_of(&mut shard, user, now);
+        let live_only = feed.next.saturating_sub(1);
+        let (start, after) = match (since, feed.floor()) {
+            (None, _) => (Start::Backlog(Vec::new()), live_only),
+            // Nothing known of this user: a client that says it saw
+            // something cannot be proven up to date.
+            (Some(0), None) => (Start::Backlog(Vec::new()), 0),
+            (Some(_), None) => (Start::Resync, 0),
+            (Some(s), Some(floor)) if s < floor => (Start::Resync, live_only),
+            (Some(s), Some(_)) => {
+                let backlog = feed
+                    .history
+                    .iter()
+                    .filter(|e| e.sequence > s)
+                    .map(|e| e.text.clone())
+                    .collect();
+                // A client ahead of this replica skips what it has seen.
+                (Start::Backlog(backlog), s.max(live_only))
+            }
+        };
+        feed.subscribers.push(Subscriber { id, after, tx });
+        Subscription {
+            id,
+            start,
+            latest: feed.latest(),
+        }
+    }
+
+    pub fn unsubscribe(&self, user: &str, id: u64) {
+        if let Some(feed) = self.shard(user).get_mut(user) {
+            feed.subscribers.retain(|s| s.id != id);
+        }
+    }
+}
+
+fn feed_of<'a>(shard: &'a mut HashMap<String, Feed>, user: &str, now: Instant) -> &'a mut Feed {
+    let feed = shard
+        .entry(user.to_owned())
+        .or_insert_with(|| Feed::empty(now));
+    feed.last_activity = now;
+    feed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(max_events: usize) -> Hub {
+        Hub::new(HubConfig {
+            window: Duration::from_secs(3600),
+            max_events,
+            reorder_wait: Duration::from_secs(1),
+            idle_cursor: Duration::from_secs(60),
+        })
+    }
+
+    fn event(sequence: u64) -> Pushed {
+        Pushed {
+            sequence,
+            time: Utc::now(),
+            text: Utf8Bytes::from(sequence.to_string()),
+        }
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Live>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(live) = rx.try_recv() {
+            out.push(match live {
+                Live::Event(text) => text.to_string(),
+                Live::Resync => "resync".into(),
+            });
+        }
+        out
+    }
+
+    fn backlog(sub: &Subscription) -> Vec<String> {
+        match &sub.start {
+            Start::Backlog(events) => events.iter().map(|e| e.to_string()).collect(),
+            Start::Resync => vec!["resync".into()],
+        }
+    }
+
+    #[test]
+    fn events_reach_only_their_users_connections() {
+        let (hub, now) = (hub(100), Instant::now());
+        let (a1, mut ra1) = mpsc::channel(10);
+        let (a2, mut ra2) = mpsc::channel(10);
+        let (b, mut rb) = mpsc::channel(10);
+        hub.subscribe("alice", None, a1, now);
+        hub.subscribe("alice", None, a2, now);
+        hub.subscribe("bob", None, b, now);
+        let counts = hub.publish("alice", event(1), now);
+        assert_eq!(counts.sent, 2);
+        assert_eq!(received(&mut ra1), ["1"]);
+        assert_eq!(received(&mut ra2), ["1"]);
+        assert!(received(&mut rb).is_empty());
+    }
+
+    #[test]
+    fn a_resume_gets_exactly_what_came_after_its_sequence() {
+        let (hub, now) = (hub(100), Instant::now());
+        for s in 1..=30 {
+            hub.publish("alice", event(s), now);
+        }
+        let (tx, mut rx) = mpsc::channel(10);
+        let sub = hub.subscribe("alice", Some(10), tx, now);
+        let expected: Vec<String> = (11..=30).map(|s| s.to_string()).collect();
+        assert_eq!(backlog(&sub), expected);
+        assert_eq!(sub.latest, Some(30));
+        hub.publish("alice", event(30), now); // redelivered: nothing
+        hub.publish("alice", event(31), now);
+        assert_eq!(received(&mut rx), ["31"]);
+    }
+
+    #[test]
+    fn a_resume_older_than_the_window_or_from_a_stranger_is_a_resync() {
+        let (hub, now) = (hub(10), Instant::now());
+        for s in 1..=30 {
+            hub.publish("alice", event(s), now);
+        }
+        let (tx, _rx) = mpsc::channel(10);
+        assert_eq!(
+            backlog(&hub.subscribe("alice", Some(19), tx.clone(), now)),
+            ["resync"]
+        );
+        assert_eq!(
+            backlog(&hub.subscribe("alice", Some(20), tx.clone(), now)).len(),
+            10
+        );
+        assert_eq!(
+            backlog(&hub.subscribe("carol", Some(5), tx.clone(), now)),
+            ["resync"]
+        );
+        assert!(backlog(&hub.subscribe("dave", Some(0), tx, now)).is_empty());
+    }
+
+    #[test]
+    fn events_out_of_order_are_held_until_their_predecessor_comes() {
+        let (hub, now) = (hub(100), Instant::now());
+        let (tx, mut rx) = mpsc::channel(10);
+        hub.publish("alice", event(1), now);
+        hub.subscribe("alice", Some(1), tx, now);
+        hub.publish("alice", event(3), now);
+        hub.publish("alice", event(4), now);
+        assert!(received(&mut rx).is_empty());
+        hub.publish("alice", event(2), now);
+        assert_eq!(received(&mut rx), ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn a_gap_that_never_fills_is_skipped_with_a_resync() {
+        let (hub, now) = (hub(100), Instant::now());
+        let (tx, mut rx) = mpsc::channel(10);
+        hub.publish("alice", event(1), now);
+        hub.subscribe("alice", None, tx, now);
+        hub.publish("alice", event(3), now);
+        hub.expire_held(now + Duration::from_millis(500));
+        assert!(received(&mut rx).is_empty());
+        hub.expire_held(now + Duration::from_secs(2));
+        assert_eq!(received(&mut rx), ["resync", "3"]);
+        // A resume from before the gap cannot be served any more.
+        let (tx, _rx) = mpsc::channel(10);
+        assert_eq!(
+            backlog(&hub.subscribe("alice", Some(1), tx, now)),
+            ["resync"]
+        );
+    }
+
+    #[test]
+    fn a_client_ahead_of_the_replica_skips_what_it_has_seen() {
+        let (hub, now) = (hub(100), Instant::now());
+        hub.publish("alice", event(1), now);
+        let (tx, mut rx) = mpsc::channel(10);
+        let sub = hub.subscribe("alice", Some(3), tx, now);
+        assert!(backlog(&sub).is_empty());
+        for s in 2..=4 {
+            hub.publish("alice", event(s), now);
+        }
+        assert_eq!(received(&mut rx), ["4"]);
+    }
+
+    #[test]
+    fn a_slow_connection_is_dropped_and_does_not_hold_up_others() {
+        let (hub, now) = (hub(100), Instant::now());
+        let (slow, mut slow_rx) = mpsc::channel(2);
+        let (fast, mut fast_rx) = mpsc::channel(100);
+        hub.subscribe("alice", None, slow, now);
+        hub.subscribe("alice", None, fast, now);
+        let mut dropped = 0;
+        for s in 1..=5 {
+            dropped += hub.publish("alice", event(s), now).dropped;
+        }
+        assert_eq!(dropped, 1);
+        assert_eq!(received(&mut fast_rx).len(), 5);
+        assert_eq!(received(&mut slow_rx), ["1", "2"]);
+        // Its sender is gone: the connection sees the channel closed.
+        assert_eq!(
+            slow_rx.try_recv().err(),
+            Some(mpsc::error::TryRecvError::Disconnected)
+        );
+    }
+
+    #[test]
+    fn quiet_users_are_forgotten_after_the_idle_time() {
+        let (hub, now) = (hub(100), Instant::now());
+        hub.publish("alice", event(1), now);
+        let old = Utc::now() - Duration::from_secs(7200);
+        hub.publish(
+            "bob",
+            Pushed {
+                time: old,
+                ..event(1)
+            },
+            now,
+        );
+        hub.sweep(now + Duration::from_secs(120));
+        let (tx, _rx) = mpsc::channel(10);
+        // alice's event is in the window; bob's is not and bob is forgotten.
+        assert!(backlog(&hub.subscribe("alice", Some(0), tx.clone(), now)).len() == 1);
+        assert_eq!(backlog(&hub.subscribe("bob", Some(1), tx, now)), ["resync"]);
+    }
+}

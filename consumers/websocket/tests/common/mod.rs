@@ -1,0 +1,141 @@
+//! What the realtime tests share: todo-realtime in-process, and a WebSocket
+//! client that reads JSON frames.
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use futures::StreamExt;
+use serde_json::Value;
+use std::time::Duration;
+use todo_api::testing::{Api, Stack};
+use todo_realtime::app::{App, Options};
+use todo_shared::config::Env;
+use todo_shared::shutdown::{self, ShutdownTrigger};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Realtime {
+    pub base: String,
+    trigger: ShutdownTrigger,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Realtime {
+    /// Starts todo-realtime with `vars` over the defaults, and waits until it
+    /// has read the log (ready).
+    pub async fn spawn(stack: &Stack, api: &Api, vars: &[(&str, &str)]) -> Realtime {
+        let mut map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.insert("REALTIME_API_URL".into(), api.base.clone());
+        let options =
+            Options::from_lookup(&Env::new(move |k: &str| map.get(k).cloned())).expect("options");
+        let app = App::build(&stack.settings(), options)
+            .await
+            .expect("todo-realtime starts");
+        let base = format!("127.0.0.1:{}", app.port());
+        let (trigger, shutdown) = shutdown::channel();
+        let handle = tokio::spawn(app.run(shutdown));
+        let ready = format!("http://{base}/ready");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ok = stack
+                .http
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "todo-realtime never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Realtime {
+            base,
+            trigger,
+            handle,
+        }
+    }
+
+    pub fn url(&self, token: &str, since: Option<u64>) -> String {
+        match since {
+            Some(s) => format!("ws://{}/ws?token={token}&since={s}", self.base),
+            None => format!("ws://{}/ws?token={token}", self.base),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        self.handle
+            .await
+            .expect("task")
+            .expect("todo-realtime ran cleanly");
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket connects");
+        Client { ws }
+    }
+
+    /// The next JSON frame, or None if none comes within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match msg.expect("frame") {
+                Message::Text(text) => {
+                    return Some(serde_json::from_str(&text).expect("JSON frame"))
+                }
+                Message::Close(frame) => panic!("closed by the server: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Frames up to (without) the `ready` that ends a connection's start;
+    /// and the sequence `ready` reports.
+    pub async fn start(&mut self) -> (Vec<Value>, Value) {
+        let mut before = Vec::new();
+        loop {
+            let frame = self.next(WAIT).await.expect("ready frame");
+            if frame["type"] == "ready" {
+                return (before, frame["sequence"].clone());
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Event frames until `n` have arrived.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match self.next(WAIT).await {
+                Some(f) => got.push(f),
+                None => panic!("{} of {n} frames arrived: {got:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

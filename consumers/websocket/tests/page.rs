@@ -1,0 +1,209 @@
+//! The live task page in a real browser (Debian's headless Chromium, driven
+//! by chromedriver): two tabs of one user; what one does, the other shows.
+//!
+//! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/run`
+//! installs them); `CHROMEDRIVER` and `CHROMIUM` override their paths.
+
+mod common;
+
+use common::Realtime;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use todo_api::testing::Stack;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let binary =
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {binary} ({e}): install the Debian packages chromium and chromium-driver")
+            });
+        // Dropping the driver (also on a panic below) stops chromedriver.
+        let driver = Driver { child, port };
+        let status = format!("http://127.0.0.1:{port}/status");
+        for _ in 0..100 {
+            if reqwest::get(&status).await.is_ok() {
+                return driver;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not answer on port {port}");
+    }
+
+    async fn browser(&self, profile: &std::path::Path) -> Client {
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }),
+        );
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens the page in the current tab and connects with `token`.
+async fn open(browser: &Client, url: &str, token: &str) {
+    browser.goto(url).await.expect("page loads");
+    let field = browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Id("token"))
+        .await
+        .expect("token field");
+    field.send_keys(token).await.expect("type the token");
+    browser
+        .find(Locator::Id("connect"))
+        .await
+        .expect("connect button")
+        .click()
+        .await
+        .expect("click connect");
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#status.live"))
+        .await
+        .expect("the page goes live");
+}
+
+fn task_titled(title: &str, done: bool) -> String {
+    let is_done = "contains(concat(' ', @class, ' '), ' done ')";
+    let state = if done {
+        is_done.to_owned()
+    } else {
+        format!("not({is_done})")
+    };
+    format!("//ul[@id='tasks']/li[{state}][span[@class='title' and text()='{title}']]")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_added_in_one_tab_appears_in_the_other() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let ann = stack.token("ann");
+    // A task from before the page opens is loaded over REST.
+    stack
+        .create(&api, &ann, json!({"title": "already there"}))
+        .await;
+
+    let driver = Driver::start().await;
+    let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
+    let browser = driver.browser(&profile).await;
+    let page = format!("http://{}/", rt.base);
+    open(&browser, &page, &ann).await;
+    let first = browser.window().await.expect("first tab");
+    let second = browser.new_window(true).await.expect("second tab").handle;
+    browser
+        .switch_to_window(second.clone())
+        .await
+        .expect("switch");
+    open(&browser, &page, &ann).await;
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(&task_titled("already there", false)))
+        .await
+        .expect("the existing task is listed");
+
+    // Add in the second tab...
+    browser
+        .find(Locator::Id("new-title"))
+        .await
+        .expect("title field")
+        .send_keys("buy oat milk")
+        .await
+        .expect("type");
+    browser
+        .find(Locator::Id("add"))
+        .await
+        .expect("add button")
+        .click()
+        .await
+        .expect("click add");
+    // ...it shows in the first, pushed over its socket.
+    browser.switch_to_window(first).await.expect("switch back");
+    let added = browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(&task_titled("buy oat milk", false)))
+        .await
+        .expect("the task added in the other tab appears");
+
+    // Complete it here; the second tab shows it done.
+    added
+        .find(Locator::Css("input.toggle"))
+        .await
+        .expect("checkbox")
+        .click()
+        .await
+        .expect("complete");
+    browser.switch_to_window(second).await.expect("switch");
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(&task_titled("buy oat milk", true)))
+        .await
+        .expect("the completion shows in the other tab");
+
+    let (status, tasks) = stack
+        .call(&api, reqwest::Method::GET, "/tasks", &ann, None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let titles: Vec<&str> = tasks["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["title"].as_str())
+        .collect();
+    assert!(titles.contains(&"buy oat milk"), "{titles:?}");
+
+    // For a look at the page: PAGE_SCREENSHOT=/tmp/page.png cargo test ...
+    if let Ok(path) = std::env::var("PAGE_SCREENSHOT") {
+        let png = browser.screenshot().await.expect("screenshot");
+        std::fs::write(&path, png).expect("write the screenshot");
+    }
+    browser.close().await.expect("browser closes");
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&profile);
+    rt.stop().await;
+    api.stop().await;
+}

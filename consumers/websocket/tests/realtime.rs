@@ -1,0 +1,244 @@
+//! todo-realtime end to end: changes through todo-api, events through a real
+//! broker, frames over real WebSocket connections.
+
+mod common;
+
+use common::{Client, Realtime, WAIT};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+use todo_api::testing::{Api, Stack};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+fn sequences(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| f["sequence"].as_u64().expect("sequence"))
+        .collect()
+}
+
+async fn rename(stack: &Stack, api: &Api, token: &str, task: &Value, title: &str) {
+    let path = format!("/tasks/{}", task["id"].as_str().expect("id"));
+    let (status, body) = stack
+        .call(
+            api,
+            Method::PATCH,
+            &path,
+            token,
+            Some(json!({ "title": title })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_every_connection_of_its_user_and_no_one_else() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let mut ann1 = Client::connect(&rt.url(&ann, None)).await;
+    let mut ann2 = Client::connect(&rt.url(&ann, None)).await;
+    let mut bob1 = Client::connect(&rt.url(&bob, None)).await;
+    for c in [&mut ann1, &mut ann2, &mut bob1] {
+        let (before, _) = c.start().await;
+        assert!(
+            before.is_empty(),
+            "a fresh connection gets live events only"
+        );
+    }
+
+    let correlation = uuid::Uuid::new_v4().to_string();
+    let response = stack
+        .request(&api, Method::POST, "/tasks", &ann)
+        .header("X-Correlation-Id", &correlation)
+        .json(&json!({"title": "water the plants", "priority": "high"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let task: Value = response.json().await.expect("task");
+    for c in [&mut ann1, &mut ann2] {
+        let frame = &c.events(1).await[0];
+        assert_eq!(frame["type"], "task.created");
+        assert_eq!(frame["subject"], task["id"]);
+        assert_eq!(frame["correlationid"], correlation.as_str());
+        assert_eq!(frame["data"]["task"]["title"], "water the plants");
+        assert!(frame["sequence"].as_u64().is_some_and(|s| s >= 1));
+        assert!(frame["time"].is_string() && frame["id"].is_string());
+    }
+    // bob hears only his own change, not ann's before it.
+    stack.create(&api, &bob, json!({"title": "bob's"})).await;
+    let frame = &bob1.events(1).await[0];
+    assert_eq!(frame["data"]["task"]["title"], "bob's");
+    assert!(bob1.next(Duration::from_millis(500)).await.is_none());
+
+    for c in [ann1, ann2, bob1] {
+        c.close().await;
+    }
+    rt.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_gets_exactly_what_it_missed_or_a_resync_when_too_old() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[("REALTIME_RESUME_MAX_EVENTS", "25")]).await;
+    let ann = stack.token("ann");
+    let mut client = Client::connect(&rt.url(&ann, None)).await;
+    client.start().await;
+    let task = stack.create(&api, &ann, json!({"title": "v0"})).await;
+    let last = sequences(&client.events(1).await)[0];
+    client.close().await;
+
+    for i in 1..=20 {
+        rename(&stack, &api, &ann, &task, &format!("v{i}")).await;
+    }
+    stack.outbox_drained(WAIT).await;
+    let mut client = Client::connect(&rt.url(&ann, Some(last))).await;
+    let (missed, latest) = client.start().await;
+    assert_eq!(
+        sequences(&missed),
+        (last + 1..=last + 20).collect::<Vec<_>>()
+    );
+    let titles: Vec<&str> = missed
+        .iter()
+        .map(|f| f["data"]["task"]["title"].as_str().expect("title"))
+        .collect();
+    assert_eq!(
+        titles,
+        (1..=20).map(|i| format!("v{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(latest, json!(last + 20));
+    // Then live, with neither a gap nor a repeat.
+    rename(&stack, &api, &ann, &task, "live").await;
+    let live = client.events(1).await;
+    assert_eq!(sequences(&live), [last + 21]);
+    assert!(client.next(Duration::from_millis(300)).await.is_none());
+    client.close().await;
+
+    // 30 more: `last` is now older than the 25 events kept.
+    for i in 0..30 {
+        rename(&stack, &api, &ann, &task, &format!("w{i}")).await;
+    }
+    stack.outbox_drained(WAIT).await;
+    let mut client = Client::connect(&rt.url(&ann, Some(last))).await;
+    let (start, latest) = client.start().await;
+    assert_eq!(start.len(), 1, "{start:?}");
+    assert_eq!(start[0]["type"], "resync");
+    assert_eq!(latest, json!(last + 51));
+    client.close().await;
+
+    // A restarted replica rebuilds its window from the log.
+    rt.stop().await;
+    let rt = Realtime::spawn(&stack, &api, &[("REALTIME_RESUME_MAX_EVENTS", "25")]).await;
+    let mut client = Client::connect(&rt.url(&ann, Some(last + 45))).await;
+    let (missed, _) = client.start().await;
+    assert_eq!(
+        sequences(&missed),
+        (last + 46..=last + 51).collect::<Vec<_>>()
+    );
+    client.close().await;
+    rt.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_before_the_upgrade_and_browsers_may_use_the_subprotocol() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let ann = stack.token("ann");
+    let forged = {
+        let mut t = ann.clone();
+        t.pop();
+        t.push(if ann.ends_with('A') { 'B' } else { 'A' });
+        t
+    };
+    let expired = stack.jwt.mint_expired(
+        &todo_shared::domain::UserId::try_from("ann".to_string()).expect("user"),
+        Duration::from_secs(120),
+    );
+    let cases = [
+        format!("ws://{}/ws", rt.base),
+        rt.url(&forged, None),
+        rt.url(&expired, None),
+        // alg=none, sub=ann, far-future exp, no signature.
+        rt.url(
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbm4iLCJleHAiOjk5OTk5OTk5OTl9.",
+            None,
+        ),
+    ];
+    for url in cases {
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status(), 401, "{url}");
+            }
+            other => panic!("{url}: expected 401, got {:?}", other.map(|_| ())),
+        }
+    }
+    let mut request = format!("ws://{}/ws", rt.base)
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("bearer, {ann}").parse().expect("header"),
+    );
+    let (ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("subprotocol token accepted");
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"bearer"[..])
+    );
+    let mut client = Client { ws };
+    client.start().await;
+    stack
+        .create(&api, &ann, json!({"title": "via subprotocol"}))
+        .await;
+    assert_eq!(client.events(1).await[0]["type"], "task.created");
+    client.close().await;
+    rt.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_all_receive_their_events() {
+    const USERS: usize = 100;
+    const PER_USER: usize = 10;
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let tokens: Vec<String> = (0..USERS).map(|u| stack.token(&format!("u{u}"))).collect();
+    let mut clients = Vec::with_capacity(USERS * PER_USER);
+    for token in &tokens {
+        for _ in 0..PER_USER {
+            clients.push(Client::connect(&rt.url(token, None)).await);
+        }
+    }
+    for c in clients.iter_mut() {
+        c.start().await;
+    }
+    for (u, token) in tokens.iter().enumerate() {
+        stack
+            .create(&api, token, json!({ "title": format!("task of u{u}") }))
+            .await;
+    }
+    let received = futures::future::join_all(clients.iter_mut().map(|c| c.events(1))).await;
+    for (i, frames) in received.iter().enumerate() {
+        let user = i / PER_USER;
+        assert_eq!(
+            frames[0]["data"]["task"]["title"],
+            format!("task of u{user}"),
+            "connection {i}"
+        );
+    }
+    futures::future::join_all(clients.into_iter().map(Client::close)).await;
+    rt.stop().await;
+    api.stop().await;
+}
