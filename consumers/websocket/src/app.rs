@@ -40,6 +40,7 @@ impl Options {
     ) -> Result<Options, ConfigError> {
         let window: u64 = env.parse_or("REALTIME_RESUME_WINDOW_SECS", 3600)?;
         let max_events: usize = env.parse_or("REALTIME_RESUME_MAX_EVENTS", 1000)?;
+        let max_mib: usize = env.parse_or("REALTIME_RESUME_MAX_MIB", 256)?;
         let send_buffer: usize = env.parse_or("REALTIME_SEND_BUFFER", 256)?;
         let ping: u64 = env.parse_or("REALTIME_PING_INTERVAL_SECS", 20)?;
         let reorder = env.millis_or("REALTIME_REORDER_WAIT_MS", Duration::from_secs(5))?;
@@ -62,6 +63,12 @@ impl Options {
                 "must be between 1 and 1000000",
             ));
         }
+        if !(1..=1_000_000).contains(&max_mib) {
+            return Err(invalid(
+                "REALTIME_RESUME_MAX_MIB",
+                "must be between 1 and 1000000",
+            ));
+        }
         if !(1..=100_000).contains(&send_buffer) {
             return Err(invalid(
                 "REALTIME_SEND_BUFFER",
@@ -80,6 +87,7 @@ impl Options {
                 max_events,
                 reorder_wait: reorder,
                 idle_cursor: Duration::from_secs(window.max(24 * 3600)),
+                max_bytes: max_mib * 1024 * 1024,
             },
             session: SessionConfig {
                 send_buffer,
@@ -222,6 +230,9 @@ async fn housekeeping(hub: Arc<Hub>, metrics: Metrics) {
         metrics.slow_dropped(counts.dropped);
         if ticks % 240 == 0 {
             hub.sweep(Instant::now());
+        }
+        if ticks % 4 == 0 {
+            metrics.resume_buffer(hub.buffered_bytes(), hub.window());
         }
     }
 }

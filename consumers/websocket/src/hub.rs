@@ -9,7 +9,9 @@
 //!
 //! Each user's delivered events stay in a window (at most `max_events`, none
 //! older than `window`), so a client that reconnects with the last sequence
-//! it saw gets exactly what came after it. When that point is older than the
+//! it saw gets exactly what came after it. All users' windows together stay
+//! under `max_bytes`: past it, the window is shortened for everyone (and
+//! lengthened again, up to `window`, once there is room). When that point is older than the
 //! window, or the hub cannot prove it holds everything after it (a user it
 //! has not heard of), the answer is `resync`: fetch the state over REST.
 //!
@@ -22,7 +24,7 @@ use chrono::{DateTime, Utc};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -40,6 +42,8 @@ pub struct HubConfig {
     /// How long the cursor of a user with no events and no connection is
     /// kept (so that a quiet user's reconnect needs no resync).
     pub idle_cursor: Duration,
+    /// Most bytes of frames kept for resumes, all users together.
+    pub max_bytes: usize,
 }
 
 /// An event ready to send: its sequence, when it happened, and its frame.
@@ -122,7 +126,7 @@ impl Feed {
         (self.next > 1).then(|| self.next - 1)
     }
 
-    fn deliver(&mut self, event: Pushed, config: &HubConfig, counts: &mut Delivered) {
+    fn deliver(&mut self, event: Pushed, ledger: &Ledger<'_>, counts: &mut Delivered) {
         let sequence = event.sequence;
         self.subscribers.retain(|s| {
             if sequence <= s.after {
@@ -141,43 +145,85 @@ impl Feed {
             }
         });
         self.next = sequence + 1;
+        ledger.bytes.fetch_add(event.text.len(), Ordering::Relaxed);
         self.history.push_back(event);
-        while self.history.len() > config.max_events {
-            self.history.pop_front();
+        while self.history.len() > ledger.config.max_events {
+            self.pop_oldest(ledger.bytes);
+        }
+    }
+
+    fn pop_oldest(&mut self, bytes: &AtomicUsize) {
+        if let Some(e) = self.history.pop_front() {
+            bytes.fetch_sub(e.text.len(), Ordering::Relaxed);
         }
     }
 
     /// Delivers held events that are now next in line.
-    fn drain_held(&mut self, config: &HubConfig, counts: &mut Delivered) {
+    fn drain_held(&mut self, ledger: &Ledger<'_>, counts: &mut Delivered) {
         while let Some(entry) = self.held.first_entry() {
             if *entry.key() != self.next {
                 break;
             }
             let (_, event) = entry.remove();
-            self.deliver(event, config, counts);
+            self.deliver(event, ledger, counts);
         }
     }
 
-    fn trim(&mut self, oldest: DateTime<Utc>) {
+    fn trim(&mut self, oldest: DateTime<Utc>, bytes: &AtomicUsize) {
         while self.history.front().is_some_and(|e| e.time < oldest) {
-            self.history.pop_front();
+            self.pop_oldest(bytes);
         }
     }
+}
+
+/// What a feed needs to keep its history within bounds.
+struct Ledger<'a> {
+    config: &'a HubConfig,
+    /// Bytes of history, all feeds together.
+    bytes: &'a AtomicUsize,
 }
 
 pub struct Hub {
     config: HubConfig,
     shards: Vec<Mutex<HashMap<String, Feed>>>,
     next_id: AtomicU64,
+    bytes: AtomicUsize,
+    /// The window in force: `config.window`, or shorter while over budget.
+    window_ms: AtomicU64,
+    shrinking: AtomicBool,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Hub {
         Hub {
-            config,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             next_id: AtomicU64::new(1),
+            bytes: AtomicUsize::new(0),
+            window_ms: AtomicU64::new(config_window_ms(&config)),
+            shrinking: AtomicBool::new(false),
+            config,
         }
+    }
+
+    fn ledger(&self) -> Ledger<'_> {
+        Ledger {
+            config: &self.config,
+            bytes: &self.bytes,
+        }
+    }
+
+    /// Bytes of frames kept for resumes.
+    pub fn buffered_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// How far back a resume can reach now.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms.load(Ordering::Relaxed))
+    }
+
+    fn oldest_kept(&self) -> DateTime<Utc> {
+        Utc::now() - self.window()
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -203,17 +249,48 @@ impl Hub {
         if feed.next == 0 {
             feed.next = event.sequence;
         }
-        let oldest = Utc::now() - self.config.window;
+        let ledger = self.ledger();
         if event.sequence < feed.next {
             // Redelivered, or older than where this replica started.
         } else if event.sequence == feed.next {
-            feed.deliver(event, &self.config, &mut counts);
-            feed.drain_held(&self.config, &mut counts);
+            feed.deliver(event, &ledger, &mut counts);
+            feed.drain_held(&ledger, &mut counts);
         } else {
             feed.held.entry(event.sequence).or_insert((now, event));
         }
-        feed.trim(oldest);
+        feed.trim(self.oldest_kept(), &self.bytes);
+        drop(shard);
+        if self.buffered_bytes() > self.config.max_bytes {
+            self.shrink();
+        }
         counts
+    }
+
+    /// Shortens the window until everything kept fits `max_bytes` again.
+    fn shrink(&self) {
+        if self.shrinking.swap(true, Ordering::AcqRel) {
+            return; // another thread is at it
+        }
+        while self.buffered_bytes() > self.config.max_bytes {
+            let shorter = (self.window_ms.load(Ordering::Relaxed) * 3 / 4).max(1);
+            self.window_ms.store(shorter, Ordering::Relaxed);
+            let oldest = self.oldest_kept();
+            for shard in &self.shards {
+                let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                for feed in shard.values_mut() {
+                    feed.trim(oldest, &self.bytes);
+                }
+            }
+            if shorter == 1 {
+                break;
+            }
+        }
+        tracing::warn!(
+            window_ms = self.window_ms.load(Ordering::Relaxed),
+            bytes = self.buffered_bytes(),
+            "resume window shortened to stay within REALTIME_RESUME_MAX_BYTES"
+        );
+        self.shrinking.store(false, Ordering::Release);
     }
 
     /// Gives up on events that never came: for every user whose oldest held
@@ -240,21 +317,30 @@ impl Hub {
                     .retain(|s| s.tx.try_send(Live::Resync).is_ok());
                 // What came before the gap cannot be served to a resume
                 // anymore: the history restarts after it.
-                feed.history.clear();
+                while !feed.history.is_empty() {
+                    feed.pop_oldest(&self.bytes);
+                }
                 feed.next = first;
-                feed.drain_held(&self.config, &mut counts);
+                feed.drain_held(&self.ledger(), &mut counts);
             }
         }
         counts
     }
 
-    /// Forgets what is older than the window, and users with nothing left.
+    /// Forgets what is older than the window, and users with nothing left;
+    /// lengthens a shortened window again while there is room.
     pub fn sweep(&self, now: Instant) {
-        let oldest = Utc::now() - self.config.window;
+        let full = config_window_ms(&self.config);
+        let current = self.window_ms.load(Ordering::Relaxed);
+        if current < full && self.buffered_bytes() < self.config.max_bytes / 2 {
+            self.window_ms
+                .store((current * 2).min(full), Ordering::Relaxed);
+        }
+        let oldest = self.oldest_kept();
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             shard.retain(|_, feed| {
-                feed.trim(oldest);
+                feed.trim(oldest, &self.bytes);
                 feed.subscribers.retain(|s| !s.tx.is_closed());
                 !feed.history.is_empty()
                     || !feed.held.is_empty()
@@ -310,6 +396,10 @@ impl Hub {
     }
 }
 
+fn config_window_ms(config: &HubConfig) -> u64 {
+    u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn feed_of<'a>(shard: &'a mut HashMap<String, Feed>, user: &str, now: Instant) -> &'a mut Feed {
     let feed = shard
         .entry(user.to_owned())
@@ -328,6 +418,7 @@ mod tests {
             max_events,
             reorder_wait: Duration::from_secs(1),
             idle_cursor: Duration::from_secs(60),
+            max_bytes: 1 << 20,
         })
     }
 
@@ -495,5 +586,32 @@ mod tests {
         // alice's event is in the window; bob's is not and bob is forgotten.
         assert!(backlog(&hub.subscribe("alice", Some(0), tx.clone(), now)).len() == 1);
         assert_eq!(backlog(&hub.subscribe("bob", Some(1), tx, now)), ["resync"]);
+    }
+
+    #[test]
+    fn past_the_byte_budget_the_oldest_events_go_first() {
+        let hub = Hub::new(HubConfig {
+            max_bytes: 1000,
+            ..hub(1000).config.clone()
+        });
+        let now = Instant::now();
+        // 100 events of 100 bytes, one a second, the last one now.
+        for s in 1..=100u64 {
+            let e = Pushed {
+                sequence: s,
+                time: Utc::now() - Duration::from_secs(100 - s),
+                text: Utf8Bytes::from(format!("{s:0>100}")),
+            };
+            hub.publish("alice", e, now);
+        }
+        assert!(hub.buffered_bytes() <= 1000, "{}", hub.buffered_bytes());
+        assert!(hub.window() < Duration::from_secs(3600));
+        let (tx, _rx) = mpsc::channel(10);
+        assert_eq!(
+            backlog(&hub.subscribe("alice", Some(50), tx.clone(), now)),
+            ["resync"]
+        );
+        let recent = backlog(&hub.subscribe("alice", Some(97), tx, now));
+        assert_eq!(recent.len(), 3, "the newest stay");
     }
 }

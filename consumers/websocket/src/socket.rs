@@ -48,6 +48,8 @@ pub struct Metrics {
     sent: IntCounter,
     closed: IntCounterVec,
     resyncs: IntCounter,
+    buffered: IntGauge,
+    window: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -68,6 +70,16 @@ impl Metrics {
             "realtime_resyncs_total",
             "Resync frames sent (resume too old, or events lost)",
         )?;
+        let buffered = IntGauge::new(
+            "realtime_resume_buffer_bytes",
+            "Bytes of frames kept for resumes, all users",
+        )?;
+        let window = prometheus::Gauge::new(
+            "realtime_resume_window_seconds",
+            "How far back a resume reaches now",
+        )?;
+        registry.register(Box::new(buffered.clone()))?;
+        registry.register(Box::new(window.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(sent.clone()))?;
         registry.register(Box::new(closed.clone()))?;
@@ -77,7 +89,14 @@ impl Metrics {
             sent,
             closed,
             resyncs,
+            buffered,
+            window,
         })
+    }
+
+    pub fn resume_buffer(&self, bytes: usize, window: Duration) {
+        self.buffered.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.window.set(window.as_secs_f64());
     }
 
     pub fn frames_sent(&self, n: u64) {
