@@ -6,6 +6,15 @@
 //! hide its queueing by slowing the generator down (no coordinated
 //! omission). Without `--rate` it is closed-loop: `--concurrency` workers send
 //! back to back, which finds the highest sustainable throughput.
+//!
+//! Every request carries a unique `X-Correlation-Id`. With `--ws-clients`,
+//! WebSocket clients of todo-realtime (spread over the users) match the
+//! events they receive to the requests that caused them: the delay from
+//! sending a request to the first receipt of its event on a socket.
+//! `--ws-idle` only opens idle connections, for memory per connection.
+//!
+//! `--reminders-in` gives every created task an absolute reminder within one
+//! window (reminder lateness of todo-notifier, pipeline step 7).
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -15,10 +24,13 @@ use rand::Rng;
 use secrecy::SecretString;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use todo_bench::plot;
+use todo_bench::ws::{self, Tracker};
 use todo_shared::auth::JwtKeys;
 use todo_shared::domain::UserId;
 use tokio::sync::{mpsc, Semaphore};
@@ -57,6 +69,42 @@ struct Args {
     /// that completions make todo-recurring create the next instances.
     #[arg(long)]
     recurring: bool,
+    /// Stop after this many requests (warm-up included), or at the end of
+    /// the time, whichever comes first: e.g. exactly 10,000 creates.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Give each created task one absolute reminder `{"at": T}`, T = start +
+    /// this many seconds + uniform(0, --reminders-window), due an hour later.
+    #[arg(long, value_name = "SECONDS")]
+    reminders_in: Option<f64>,
+    /// The window the reminders fall in, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    reminders_window: f64,
+    /// Write the latency plot (SVG) here; by default next to `--report`,
+    /// with `.svg`.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// WebSocket clients of todo-realtime, spread over the users (client i
+    /// is user i mod --users): latency from a request's send to its event
+    /// on a socket.
+    #[arg(long, default_value_t = 0)]
+    ws_clients: usize,
+    /// todo-realtime's WebSocket endpoint (`?token=<JWT>` is added).
+    #[arg(long, default_value = "ws://127.0.0.1:8084/ws")]
+    ws_url: String,
+    /// Seconds to wait after the load for events still on their way.
+    #[arg(long, default_value_t = 5.0)]
+    ws_grace: f64,
+    /// Only open this many idle WebSocket connections (no HTTP load), hold
+    /// them for --seconds and report todo-realtime's RSS (--ws-pid).
+    #[arg(long, value_name = "N")]
+    ws_idle: Option<usize>,
+    /// todo-realtime's process id, to read its VmRSS before and after.
+    #[arg(long)]
+    ws_pid: Option<u32>,
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 200)]
+    ws_parallel: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -128,8 +176,11 @@ impl Mix {
 
 /// One user: a token and the ids of their open tasks.
 struct User {
+    token: String,
     auth: String,
     open: Mutex<Vec<String>>,
+    /// A WebSocket client listens for this user's events.
+    watched: bool,
 }
 
 struct Target {
@@ -138,6 +189,9 @@ struct Target {
     users: Vec<User>,
     mix: Mix,
     recurring: bool,
+    /// Reminders fall in [start, start + window).
+    reminders: Option<(chrono::DateTime<chrono::Utc>, f64)>,
+    tracker: Option<Arc<Tracker>>,
 }
 
 struct Sample {
@@ -175,38 +229,65 @@ impl Target {
         };
         let url = format!("{}/tasks/{id}", self.base);
         let request = match op {
-            Op::Update => self.client.patch(&url).json(
-                &serde_json::json!({ "title": "Renamed by todo-load", "priority": "urgent" }),
-            ),
+            // A new title every time: an update that changes nothing has no
+            // event (and nothing for a WebSocket client to wait for).
+            Op::Update => self.client.patch(&url).json(&serde_json::json!({
+                "title": format!("Renamed by todo-load {:08x}", rand::random::<u32>()),
+                "priority": "urgent",
+            })),
             Op::Complete => self.client.post(format!("{url}/complete")),
             _ => self.client.delete(&url),
         };
-        let result = check(request.header("authorization", &user.auth).send().await).await;
+        let result = self.send(user, request).await;
         (op, result.map(|_| ()))
     }
 
+    /// Sends with the user's token and a fresh correlation id, which the
+    /// WebSocket clients (if any) wait for.
+    async fn send(
+        &self,
+        user: &User,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        let correlation = uuid::Uuid::new_v4().to_string();
+        let request = request
+            .header("authorization", &user.auth)
+            .header("x-correlation-id", &correlation);
+        let tracker = self.tracker.as_ref().filter(|_| user.watched);
+        if let Some(t) = tracker {
+            t.sent(correlation.clone(), Instant::now());
+        }
+        let result = check(request.send().await).await;
+        if let (Some(t), Err(_)) = (tracker, &result) {
+            t.failed(&correlation);
+        }
+        result
+    }
+
     async fn create(&self, user: &User) -> Result<(), String> {
-        let due = due_tomorrow();
         let mut body = serde_json::json!({
             "title": "Buy milk and bread on the way home",
             "priority": "high",
             "tags": ["home", "errand"],
-            "due_at": due,
+            "due_at": due_tomorrow(),
         });
         if self.recurring {
             body["recurrence"] = serde_json::json!({
                 "rule": "FREQ=DAILY", "timezone": "Europe/Berlin", "mode": "on_completion"
             });
         }
-        let response = check(
-            self.client
-                .post(format!("{}/tasks", self.base))
-                .header("authorization", &user.auth)
-                .json(&body)
-                .send()
-                .await,
-        )
-        .await?;
+        if let Some((start, window)) = self.reminders {
+            let offset = rand::rng().random_range(0.0..window.max(0.001));
+            let at = start + chrono::TimeDelta::microseconds((offset * 1e6) as i64);
+            body["reminders"] = serde_json::json!([{ "at": rfc3339(at) }]);
+            body["due_at"] = rfc3339(at + chrono::TimeDelta::hours(1)).into();
+        }
+        let response = self
+            .send(
+                user,
+                self.client.post(format!("{}/tasks", self.base)).json(&body),
+            )
+            .await?;
         let task: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
         if let Some(id) = task["id"].as_str() {
             user.open
@@ -222,6 +303,10 @@ impl Target {
 fn due_tomorrow() -> String {
     (chrono::Utc::now() + chrono::TimeDelta::days(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 async fn check(
@@ -269,7 +354,33 @@ struct Second {
     second: u64,
     requests: u64,
     errors: u64,
+    p50_ms: f64,
     p99_ms: f64,
+    max_ms: f64,
+}
+
+/// What the WebSocket clients saw.
+#[derive(Serialize)]
+struct WsReport {
+    clients: usize,
+    connect_errors: usize,
+    /// Request sent → first receipt of its event on a socket.
+    latency: Latency,
+    /// Measured requests whose event never arrived (within --ws-grace).
+    missing: usize,
+    /// Event frames received, and those that were a repeat or not ours.
+    events: u64,
+    unmatched_events: u64,
+    disconnects: u64,
+}
+
+#[derive(Serialize)]
+struct Reminders {
+    first_at: String,
+    window_s: f64,
+    /// Creates that finished after the window had begun (their reminders may
+    /// have been due before the notifier knew of them).
+    late_creates: bool,
 }
 
 #[derive(Serialize)]
@@ -286,6 +397,10 @@ struct Report {
     latency: Latency,
     by_op: BTreeMap<&'static str, Latency>,
     timeline: Vec<Second>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    websocket: Option<WsReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reminders: Option<Reminders>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -306,16 +421,24 @@ async fn main() -> anyhow::Result<()> {
     }
     let keys = JwtKeys::new(&SecretString::from(args.jwt_secret.clone()));
     let run_id: u32 = rand::random();
+    let watched = args.ws_clients.min(args.users);
     let users = (0..args.users)
         .map(|i| {
             let id = UserId::try_from(format!("load-{run_id:08x}-{i}"))
                 .map_err(|e| anyhow::anyhow!("user id: {e}"))?;
+            let token = keys.mint(&id, Duration::from_secs(86_400));
             Ok(User {
-                auth: format!("Bearer {}", keys.mint(&id, Duration::from_secs(86_400))),
+                auth: format!("Bearer {token}"),
+                token,
                 open: Mutex::new(Vec::new()),
+                watched: i < watched,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(n) = args.ws_idle {
+        return idle_connections(&args, &users, n).await;
+    }
+
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
@@ -328,18 +451,64 @@ async fn main() -> anyhow::Result<()> {
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("todo-api does not answer at {base}/health"))?;
+
+    // The WebSocket clients connect (and have their backlog) before the load.
+    let mut sockets = Vec::new();
+    let mut connect_errors = Vec::new();
+    if args.ws_clients > 0 {
+        raise_limit(args.ws_clients);
+        let tokens = (0..args.ws_clients)
+            .map(|i| users[i % users.len()].token.clone())
+            .collect();
+        (sockets, connect_errors) = ws::connect_many(
+            &args.ws_url,
+            tokens,
+            args.ws_parallel,
+            Duration::from_secs(30),
+        )
+        .await;
+        if sockets.is_empty() {
+            bail!(
+                "no WebSocket client could connect to {}: {}",
+                args.ws_url,
+                connect_errors.first().map(String::as_str).unwrap_or("?")
+            );
+        }
+        println!(
+            "{} WebSocket clients connected to {} ({} failed)",
+            sockets.len(),
+            args.ws_url,
+            connect_errors.len()
+        );
+    }
+
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let end = measure_from + Duration::from_secs_f64(args.seconds);
+    let tracker = (!sockets.is_empty()).then(|| Arc::new(Tracker::new(measure_from)));
+    let listeners: Vec<_> = sockets
+        .into_iter()
+        .map(|s| {
+            tokio::spawn(ws::listen(
+                s,
+                tracker.clone().expect("clients have a tracker"),
+            ))
+        })
+        .collect();
+    let reminders_start = args
+        .reminders_in
+        .map(|s| chrono::Utc::now() + chrono::TimeDelta::milliseconds((s * 1000.0) as i64));
     let target = Arc::new(Target {
         client,
         base,
         users,
         mix: args.mix.clone(),
         recurring: args.recurring,
+        reminders: reminders_start.map(|t| (t, args.reminders_window)),
+        tracker: tracker.clone(),
     });
 
     let (tx, rx) = mpsc::unbounded_channel::<Sample>();
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(args.warmup);
-    let end = measure_from + Duration::from_secs_f64(args.seconds);
     let progress = ProgressBar::new((args.warmup + args.seconds).ceil() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")
@@ -347,13 +516,42 @@ async fn main() -> anyhow::Result<()> {
     );
     let collector = tokio::spawn(collect(rx, measure_from, progress.clone()));
 
+    let cap = args.requests.unwrap_or(u64::MAX);
     match args.rate {
-        Some(rate) => open_loop(&target, &tx, rate, args.concurrency, start, end).await,
-        None => closed_loop(&target, &tx, args.concurrency, end).await,
+        Some(rate) => open_loop(&target, &tx, rate, args.concurrency, start, end, cap).await,
+        None => closed_loop(&target, &tx, args.concurrency, end, cap).await,
     }
+    let finished = Instant::now();
+    let finished_wall = chrono::Utc::now();
     drop(tx);
     let (all, by_op, errors, timeline) = collector.await?;
     progress.finish_and_clear();
+    // Measured time: to the end, or to the last request when --requests
+    // stopped the load earlier.
+    let seconds = finished
+        .min(end)
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(1e-3);
+
+    let websocket = match &tracker {
+        Some(t) => {
+            let missing = t.drain(Duration::from_secs_f64(args.ws_grace)).await;
+            for l in &listeners {
+                l.abort();
+            }
+            Some(WsReport {
+                clients: listeners.len(),
+                connect_errors: connect_errors.len(),
+                latency: Latency::of(&t.latency()),
+                missing,
+                events: t.events.load(Ordering::Relaxed),
+                unmatched_events: t.unmatched.load(Ordering::Relaxed),
+                disconnects: t.disconnects.load(Ordering::Relaxed),
+            })
+        }
+        None => None,
+    };
 
     let requests = all.len() + errors.values().sum::<u64>();
     let report = Report {
@@ -366,9 +564,9 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         users: args.users,
         mix: format!("{:?}", args.mix.weights),
-        seconds: args.seconds,
+        seconds,
         requests,
-        throughput_per_s: all.len() as f64 / args.seconds,
+        throughput_per_s: all.len() as f64 / seconds,
         latency: Latency::of(&all),
         by_op: by_op
             .iter()
@@ -376,6 +574,12 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         errors,
         timeline,
+        websocket,
+        reminders: reminders_start.map(|t| Reminders {
+            first_at: rfc3339(t),
+            window_s: args.reminders_window,
+            late_creates: finished_wall > t,
+        }),
     };
     print_summary(&report);
     if let Some(path) = &args.report {
@@ -383,7 +587,149 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("report: {}", path.display());
     }
+    let plot_path = args
+        .plot
+        .clone()
+        .or_else(|| args.report.as_ref().map(|r| r.with_extension("svg")));
+    if let Some(path) = plot_path {
+        write_plot(&path, &report, &all, &by_op, tracker.as_deref())?;
+        println!("plot: {}", path.display());
+    }
     Ok(())
+}
+
+/// Raises RLIMIT_NOFILE for `sockets` connections, or says why not.
+fn raise_limit(sockets: usize) {
+    match ws::raise_nofile_limit() {
+        Ok(limit) if (limit as usize) < sockets + 64 => {
+            eprintln!("warning: the open-file limit is {limit}: not enough for {sockets} sockets")
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: could not raise the open-file limit: {e}"),
+    }
+}
+
+/// `--ws-idle`: opens `n` connections, measures the server's RSS before and
+/// after, holds them for --seconds.
+async fn idle_connections(args: &Args, users: &[User], n: usize) -> anyhow::Result<()> {
+    raise_limit(n);
+    let rss = || args.ws_pid.and_then(ws::rss_kib);
+    let before = rss();
+    let tokens = (0..n)
+        .map(|i| users[i % users.len()].token.clone())
+        .collect();
+    let started = Instant::now();
+    let (sockets, errors) = ws::connect_many(
+        &args.ws_url,
+        tokens,
+        args.ws_parallel,
+        Duration::from_secs(60),
+    )
+    .await;
+    let connect_s = started.elapsed().as_secs_f64();
+    let open = sockets.len();
+    let holders: Vec<_> = sockets
+        .into_iter()
+        .map(|s| tokio::spawn(ws::idle(s)))
+        .collect();
+    // Let the server settle (buffers, allocator) before reading its RSS.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss();
+    println!(
+        "{open} idle WebSocket connections to {} in {connect_s:.1} s ({} failed{})",
+        args.ws_url,
+        errors.len(),
+        errors
+            .first()
+            .map(|e| format!(", e.g. {e}"))
+            .unwrap_or_default()
+    );
+    let per_connection = match (before, after) {
+        (Some(b), Some(a)) if open > 0 => {
+            let per = (a as f64 - b as f64) / open as f64;
+            println!(
+                "todo-realtime RSS: {:.1} MiB before, {:.1} MiB with {open} connections: {per:.1} KiB per connection",
+                b as f64 / 1024.0,
+                a as f64 / 1024.0
+            );
+            Some(per)
+        }
+        _ => None,
+    };
+    if let Some(path) = &args.report {
+        let report = serde_json::json!({
+            "mode": "ws-idle",
+            "url": args.ws_url,
+            "requested": n,
+            "open": open,
+            "connect_errors": errors.len(),
+            "connect_seconds": connect_s,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "kib_per_connection": per_connection,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    let still_open = holders.iter().filter(|h| !h.is_finished()).count();
+    println!(
+        "{still_open} of {open} still open after {:.0} s",
+        args.seconds
+    );
+    for h in holders {
+        h.abort();
+    }
+    Ok(())
+}
+
+fn write_plot(
+    path: &Path,
+    report: &Report,
+    all: &Histogram<u64>,
+    by_op: &BTreeMap<Op, Histogram<u64>>,
+    tracker: Option<&Tracker>,
+) -> anyhow::Result<()> {
+    let mut curves = vec![plot::percentile_curve("all requests", all)];
+    if by_op.len() > 1 {
+        curves.extend(
+            by_op
+                .iter()
+                .map(|(op, h)| plot::percentile_curve(op.name(), h)),
+        );
+    }
+    if let Some(t) = tracker {
+        curves.push(plot::percentile_curve(
+            "request sent → event on the WebSocket",
+            &t.latency(),
+        ));
+    }
+    let line = |label: &str, f: fn(&Second) -> f64| plot::Line {
+        label: label.to_owned(),
+        points: report
+            .timeline
+            .iter()
+            .map(|s| (s.second as f64, f(s)))
+            .collect(),
+    };
+    let over_time = [
+        line("p50 per second", |s| s.p50_ms),
+        line("p99 per second", |s| s.p99_ms),
+        line("max per second", |s| s.max_ms),
+    ];
+    let title = format!(
+        "todo-load: {} {}, {:.0} ok/s over {:.1} s",
+        report.mode,
+        report
+            .target_rate
+            .map(|r| format!("at {r:.0}/s"))
+            .unwrap_or_else(|| format!("with {} workers", report.concurrency)),
+        report.throughput_per_s,
+        report.seconds
+    );
+    std::fs::write(path, plot::svg(&title, &curves, &over_time))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 async fn open_loop(
@@ -393,11 +739,12 @@ async fn open_loop(
     in_flight: usize,
     start: Instant,
     end: Instant,
+    cap: u64,
 ) {
     let permits = Arc::new(Semaphore::new(in_flight));
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0u64.. {
+    for i in 0..cap {
         let due = start + interval.mul_f64(i as f64);
         if due >= end {
             break;
@@ -427,12 +774,14 @@ async fn closed_loop(
     tx: &mpsc::UnboundedSender<Sample>,
     workers: usize,
     end: Instant,
+    cap: u64,
 ) {
+    let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let (target, tx) = (target.clone(), tx.clone());
+        let (target, tx, issued) = (target.clone(), tx.clone(), issued.clone());
         tasks.spawn(async move {
-            while Instant::now() < end {
+            while Instant::now() < end && issued.fetch_add(1, Ordering::Relaxed) < cap {
                 let at = Instant::now();
                 let (op, outcome) = target.one().await;
                 let _ = tx.send(Sample {
@@ -502,7 +851,9 @@ async fn collect(
             second,
             requests,
             errors,
+            p50_ms: h.value_at_quantile(0.50) as f64 / 1000.0,
             p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            max_ms: h.max() as f64 / 1000.0,
         })
         .collect();
     (all, by_op, errors, timeline)
@@ -511,7 +862,7 @@ async fn collect(
 fn print_summary(r: &Report) {
     let l = &r.latency;
     println!(
-        "{} {}: {} requests in {:.0} s, {:.0} ok/s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{} {}: {} requests in {:.1} s, {:.0} ok/s; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         r.mode,
         r.target_rate
             .map(|x| format!("at {x:.0}/s"))
@@ -535,6 +886,25 @@ fn print_summary(r: &Report) {
     }
     for (kind, n) in &r.errors {
         println!("  error: {kind} × {n}");
+    }
+    if let Some(w) = &r.websocket {
+        let l = &w.latency;
+        println!(
+            "  websocket ({} clients): request sent -> event received p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} requests; {} missing, {} repeated or foreign events, {} disconnects",
+            w.clients, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.count, w.missing, w.unmatched_events, w.disconnects
+        );
+    }
+    if let Some(m) = &r.reminders {
+        println!(
+            "  reminders at {} + uniform(0, {} s){}",
+            m.first_at,
+            m.window_s,
+            if m.late_creates {
+                "; warning: creates went on after the first reminders were due"
+            } else {
+                ""
+            }
+        );
     }
 }
 
