@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # The whole write path on this machine, against a local nisshi broker:
+#   0. the broker alone (todo-kafka-baseline: librdkafka with the platform's
+#      settings, ~1 KB envelopes): what steps 3 and 4 are ratios to; the
+#      broker is restarted empty after it;
 #   1. POST /tasks at full speed (closed loop): the throughput ceiling;
 #   2. POST /tasks at a fixed rate (open loop): latency without coordinated
 #      omission;
@@ -8,19 +11,29 @@
 #   5. end to end: the API at a fixed rate with the audit running, and the
 #      delay from each event's time (its outbox write) to its audit row;
 #   6. todo-recurring: completions of recurring tasks, and the delay from a
-#      completion to its next instance's task.created.
-# Reports land in target/bench/.
+#      completion to its next instance's task.created;
+#   7. todo-notifier: 10,000 reminders due within one minute, and how late
+#      each fires (reminder.triggered committed, and the notifier's fired_at,
+#      minus remind_at);
+#   8. (not in the default steps) todo-realtime: request sent -> its event on
+#      a WebSocket, 200 clients, at `rate`/5 changes/s.
+# Reports (JSON, and SVG plots of todo-load's latencies) land in target/bench/.
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
+#   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (20 s),
+#   REMINDERS_WINDOW (60 s)
 # (later steps run on what earlier ones left: nisshi's memory log slows down
 # as it grows, so run a step alone for figures on a fresh broker.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate="${1:-1000}"
 seconds="${2:-20}"
-steps=" ${STEPS:-1 2 3 4 5 6} "
+steps=" ${STEPS:-0 1 2 3 4 5 6 7} "
 out=target/bench
 mkdir -p "$out"
-cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring --bin todo-load
+cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring \
+  --bin todo-notifier --bin todo-load --bin todo-kafka-baseline
+want() { [[ "$steps" == *" $1 "* ]]; }
+if want 8; then cargo build -q --release --bin todo-realtime; fi
 bin=target/release
 nisshi="${NISSHI_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/nisshi-0.8.1/bin/nisshi}"
 pg="${BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
@@ -41,7 +54,6 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-want() { [[ "$steps" == *" $1 "* ]]; }
 sql() { psql -qtA "$DATABASE_URL" -c "$1"; }
 now() { date +%s.%N; }
 wait_http() {
@@ -74,13 +86,36 @@ sys.exit(0 if sum(assigned) > 0 and sum(lag) == 0 else 1)'; then return 0; fi
   echo "$1 did not catch up" >&2; exit 1
 }
 
+# ratio FIGURE FIELD: FIGURE as a multiple of the broker baseline's FIELD
+# (when step 0 ran in this run).
+ratio() {
+  [ -f "$out/.baseline-this-run" ] || return 0
+  python3 -c "import json,sys; b=json.load(open('$out/kafka-baseline.json'))['$2']; print(f'  = {$1/b:.2f} x the broker baseline ($2 {b:,.0f}/s)')"
+}
+start_nisshi() {
+  "$nisshi" broker --listener-url "tcp://127.0.0.1:$broker_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$broker_port" \
+    --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0ms \
+    >>"$out/nisshi.log" 2>&1 &
+  running[nisshi]=$!
+  for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/$broker_port) 2>/dev/null && break; sleep 0.1; done
+}
+
+[ -x "$nisshi" ] || { echo "no nisshi at $nisshi (scripts/install-broker.sh installs it)" >&2; exit 1; }
 psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-"$nisshi" broker --listener-url "tcp://127.0.0.1:$broker_port" \
-  --advertised-listener-url "tcp://127.0.0.1:$broker_port" \
-  --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0ms \
-  >"$out/nisshi.log" 2>&1 &
-running[nisshi]=$!
-for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/$broker_port) 2>/dev/null && break; sleep 0.1; done
+: >"$out/nisshi.log"
+rm -f "$out/.baseline-this-run"
+start_nisshi
+
+if want 0; then
+  echo "== 0. the broker alone: librdkafka with the platform's settings, ${BASELINE_MESSAGES:-100000} messages of ~1 KB"
+  "$bin/todo-kafka-baseline" --messages "${BASELINE_MESSAGES:-100000}" \
+    --report "$out/kafka-baseline.json"
+  touch "$out/.baseline-this-run"
+  # The later steps start on an empty broker (nisshi slows as its log grows).
+  stop nisshi
+  start_nisshi
+fi
 
 api=http://127.0.0.1:18080
 if want 1 || want 2; then
@@ -112,6 +147,7 @@ if want 3; then
   t1=$(now)
   stop todo-api
   python3 -c "b=$backlog; d=$t1-$t0; print(f'relay drained {b} events in {d:.2f} s (start-up included): {b/d:,.0f} events/s')"
+  ratio "$backlog/($t1-$t0)" produce_per_s
 fi
 
 if want 4; then
@@ -124,6 +160,7 @@ if want 4; then
   per_s=$(sql "SELECT round(count(*) / extract(epoch FROM max(recorded_at) - min(recorded_at)))
                  FROM audit_events")
   python3 -c "n=$total; d=$t1-$t0; print(f'todo-audit stored {n} events in {d:.2f} s (start-up and group join included): {n/d:,.0f} events/s; first to last row: $per_s events/s')"
+  ratio "$total/($t1-$t0)" consume_from_start_per_s
 fi
 
 if want 5 || want 6; then
@@ -168,4 +205,98 @@ if want 6; then
                  JOIN audit_events c ON c.event_id = (n.envelope->>'causationid')::uuid
                 WHERE n.event_type = 'task.created' AND n.envelope->>'source' = 'todo-recurring'
                   AND c.time > timestamptz '$since' + interval '3 s') x"
+fi
+
+if want 7; then
+  n="${REMINDERS:-10000}"
+  lead="${REMINDERS_IN:-20}"
+  echo "== 7. reminder lateness: $n reminders due within ${REMINDERS_WINDOW:-60} s, starting ${lead} s from now (todo-api and todo-notifier only)"
+  stop todo-audit
+  stop todo-recurring
+  [ -n "${running[todo-api]:-}" ] || start todo-api 18080
+  # Bench-only: each reminder.triggered row, as its transaction commits (a
+  # deferred constraint trigger runs at commit), with the notifier's fired_at.
+  psql -q "$DATABASE_URL" <<'SQL'
+CREATE TABLE IF NOT EXISTS bench_reminder_fired (
+    event_id     uuid PRIMARY KEY,
+    reminder_id  uuid NOT NULL,
+    remind_at    timestamptz NOT NULL,
+    fired_at     timestamptz,
+    late_ms      bigint,
+    committed_at timestamptz NOT NULL
+);
+TRUNCATE bench_reminder_fired;
+CREATE OR REPLACE FUNCTION bench_reminder_fired() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d jsonb := convert_from(NEW.payload, 'UTF8')::jsonb -> 'data';
+BEGIN
+    INSERT INTO bench_reminder_fired
+    VALUES (NEW.event_id, (d->>'reminder_id')::uuid, (d->>'remind_at')::timestamptz,
+            (d->>'fired_at')::timestamptz, (d->>'late_ms')::bigint, clock_timestamp())
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS bench_reminder_fired ON outbox;
+CREATE CONSTRAINT TRIGGER bench_reminder_fired AFTER INSERT ON outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (NEW.event_type = 'reminder.triggered') EXECUTE FUNCTION bench_reminder_fired();
+SQL
+  # The delivery is a log line: keep it (RUST_LOG as in production for it).
+  env PORT=18082 RUST_LOG=warn,reminder=info "$bin/todo-notifier" >"$out/notifier.log" 2>&1 &
+  running[todo-notifier]=$!
+  wait_http http://127.0.0.1:18082/ready
+  caught_up http://127.0.0.1:18082
+  "$bin/todo-load" --url $api --concurrency 32 --requests "$n" --warmup 0 --seconds 600 \
+    --reminders-in "$lead" --reminders-window "${REMINDERS_WINDOW:-60}" \
+    --report "$out/reminders-load.json"
+  read -r first window created < <(python3 -c "
+import json; r = json.load(open('$out/reminders-load.json'))
+print(r['reminders']['first_at'], r['reminders']['window_s'], r['latency']['count'])")
+  echo "waiting for $created reminders (due from $first, over ${window} s) to fire"
+  deadline=$(( $(date +%s) + ${lead%.*} + ${window%.*} + 180 ))
+  while :; do
+    fired=$(sql "SELECT count(*) FROM bench_reminder_fired WHERE remind_at >= timestamptz '$first'")
+    [ "$fired" -ge "$created" ] && break
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "only $fired of $created reminders fired in time" >&2; break
+    fi
+    sleep 1
+  done
+  sql "SELECT json_build_object(
+              'reminders', count(*),
+              'created', $created,
+              'window_s', $window,
+              'committed_minus_remind_at_ms', json_build_object(
+                  'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY c)::numeric, 1),
+                  'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY c)::numeric, 1),
+                  'max', round(max(c)::numeric, 1)),
+              'fired_at_minus_remind_at_ms', json_build_object(
+                  'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric, 1),
+                  'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric, 1),
+                  'max', round(max(f)::numeric, 1)))
+         FROM (SELECT extract(epoch FROM committed_at - remind_at) * 1000 AS c,
+                      extract(epoch FROM fired_at - remind_at) * 1000 AS f
+                 FROM bench_reminder_fired WHERE remind_at >= timestamptz '$first') x" \
+    >"$out/reminders.json"
+  python3 -c "
+import json; r = json.load(open('$out/reminders.json'))
+c, f = r['committed_minus_remind_at_ms'], r['fired_at_minus_remind_at_ms']
+print(f\"reminder lateness over {r['reminders']} of {r['created']} reminders due within {r['window_s']:.0f} s:\")
+print(f\"  fired (reminder.triggered committed) - remind_at: p50 {c['p50']} ms, p99 {c['p99']} ms, max {c['max']} ms\")
+print(f\"  the notifier's fired_at - remind_at (late_ms):   p50 {f['p50']} ms, p99 {f['p99']} ms, max {f['max']} ms\")
+print('report: $out/reminders.json')"
+  sql "DROP TRIGGER bench_reminder_fired ON outbox"
+  stop todo-notifier
+fi
+
+if want 8; then
+  r8=$(python3 -c "print(max(1, round($rate / 5)))")
+  echo "== 8. request sent -> event on a WebSocket (todo-realtime), 200 clients, ${r8} changes/s (${seconds}s)"
+  [ -n "${running[todo-api]:-}" ] || start todo-api 18080
+  ulimit -n "$(ulimit -Hn)"
+  start todo-realtime 18084
+  "$bin/todo-load" --url $api --rate "$r8" --concurrency 256 --users 200 \
+    --mix create=2,update=1,complete=1 --seconds "$seconds" \
+    --ws-clients 200 --ws-url ws://127.0.0.1:18084/ws --report "$out/websocket.json"
+  stop todo-realtime
 fi
