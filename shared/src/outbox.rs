@@ -5,46 +5,117 @@
 
 use crate::envelope::{Envelope, EventDraft};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryScalar;
+use sqlx::{PgConnection, PgPool, Postgres};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// The PostgreSQL channel the relay listens on.
 pub const CHANNEL: &str = "todo_outbox";
 
-/// Appends `draft` to the outbox inside the caller's transaction and returns
-/// the envelope as it will be published.
-///
-/// Taking the user's next sequence locks their `event_sequences` row until
-/// the transaction ends, so one user's events commit in sequence order and
-/// their outbox ids grow with their sequence.
+/// Appends `draft` to the outbox inside the caller's transaction (or as a
+/// statement of its own) and returns the envelope as it will be published.
 pub async fn append<D: Serialize>(
     conn: &mut PgConnection,
     draft: EventDraft<D>,
 ) -> Result<Envelope<D>, OutboxError> {
-    let sequence: i64 = sqlx::query_scalar(
-        "INSERT INTO event_sequences (user_id, last_sequence) VALUES ($1, 1)
-         ON CONFLICT (user_id) DO UPDATE SET last_sequence = event_sequences.last_sequence + 1
-         RETURNING last_sequence",
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| statement_after(None));
+    let pending = Pending::new(draft)?;
+    let sequence = pending
+        .bind(sqlx::query_scalar(STATEMENT.as_str()))
+        .fetch_one(conn)
+        .await?;
+    Ok(pending.into_envelope(sequence))
+}
+
+/// The one statement that takes the user's next sequence and inserts the
+/// outbox row, after `change` (a data-modifying CTE such as `task AS (INSERT
+/// INTO tasks ...)`, its parameters numbered from `$7`): a change and its
+/// event cost one round trip and are atomic even outside a transaction.
+/// It returns the event's sequence. Bind [`Pending::bind`] first, then the
+/// change's parameters.
+///
+/// The upsert locks the user's `event_sequences` row until the transaction
+/// ends, before the outbox row takes its id: one user's events commit in
+/// sequence order and their outbox ids grow with their sequence.
+pub fn statement_after(change: Option<&str>) -> String {
+    let change = change.map(|c| format!("{c}, ")).unwrap_or_default();
+    format!(
+        "WITH {change}seq AS (
+             INSERT INTO event_sequences (user_id, last_sequence) VALUES ($1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET last_sequence = event_sequences.last_sequence + 1
+             RETURNING last_sequence)
+         INSERT INTO outbox (event_id, topic, key, event_type, payload)
+         SELECT $2, $3, $1, $4, $5 || convert_to(seq.last_sequence::text, 'UTF8') || $6 FROM seq
+         RETURNING (SELECT last_sequence FROM seq)"
     )
-    .bind(&draft.userid)
-    .fetch_one(&mut *conn)
-    .await?;
-    let envelope = draft.into_envelope(Uuid::now_v7(), crate::domain::now(), sequence);
-    let payload = serde_json::to_vec(&envelope)?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, topic, key, event_type, payload) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(envelope.id)
-    .bind(envelope.event_type.topic().base_name())
-    .bind(&envelope.userid)
-    .bind(envelope.event_type.as_str())
-    .bind(payload)
-    .execute(&mut *conn)
-    .await?;
-    Ok(envelope)
+}
+
+/// An event about to be appended: its envelope serialized around the
+/// sequence number, which only the database can give.
+pub struct Pending<D> {
+    envelope: Envelope<D>,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+/// The sequence the envelope is serialized with before it is split; no
+/// real sequence is negative.
+const PLACEHOLDER: i64 = i64::MIN;
+
+impl<D: Serialize> Pending<D> {
+    pub fn new(draft: EventDraft<D>) -> Result<Self, OutboxError> {
+        let envelope = draft.into_envelope(Uuid::now_v7(), crate::domain::now(), PLACEHOLDER);
+        let bytes = serde_json::to_vec(&envelope)?;
+        // The first `"sequence":` is the envelope's own: it comes before
+        // `data`, and a JSON string cannot hold an unescaped `":`.
+        let key = "\"sequence\":";
+        let marker = format!("{key}{PLACEHOLDER}");
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .ok_or(OutboxError::NoSequence)?;
+        Ok(Self {
+            head: bytes[..at + key.len()].to_vec(),
+            tail: bytes[at + marker.len()..].to_vec(),
+            envelope,
+        })
+    }
+
+    /// Binds `$1` to `$6` of [`statement_after`].
+    pub fn bind<'q, O>(
+        &'q self,
+        query: QueryScalar<'q, Postgres, O, PgArguments>,
+    ) -> QueryScalar<'q, Postgres, O, PgArguments> {
+        query
+            .bind(&self.envelope.userid)
+            .bind(self.envelope.id)
+            .bind(self.envelope.event_type.topic().base_name())
+            .bind(self.envelope.event_type.as_str())
+            .bind(&self.head)
+            .bind(&self.tail)
+    }
+
+    /// The envelope as published, once the statement gave its sequence.
+    pub fn into_envelope(self, sequence: i64) -> Envelope<D> {
+        Envelope {
+            sequence,
+            ..self.envelope
+        }
+    }
+
+    #[cfg(test)]
+    fn payload(&self, sequence: i64) -> Vec<u8> {
+        [
+            &self.head[..],
+            sequence.to_string().as_bytes(),
+            &self.tail[..],
+        ]
+        .concat()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +124,8 @@ pub enum OutboxError {
     Db(#[from] sqlx::Error),
     #[error("event encoding: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("event encoding: no sequence in the serialized envelope")]
+    NoSequence,
 }
 
 /// Tells the relay that outbox rows were committed.
@@ -118,6 +191,53 @@ impl OutboxSignal {
             {
                 // The relay's polling fallback publishes the rows anyway.
                 tracing::warn!(error = %e, "could not notify the outbox relay");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::EventType;
+
+    fn draft(correlationid: &str, data: serde_json::Value) -> EventDraft<serde_json::Value> {
+        EventDraft {
+            event_type: EventType::TaskCreated,
+            source: "todo-api",
+            subject: "s".into(),
+            userid: "alice".into(),
+            correlationid: correlationid.into(),
+            causationid: None,
+            data,
+        }
+    }
+
+    #[test]
+    fn the_payload_is_the_envelope_with_the_database_sequence() {
+        let tricky = [
+            ("c", serde_json::json!({})),
+            (
+                r#"x","sequence":5,"y":""#,
+                serde_json::json!({"sequence": 7}),
+            ),
+            (
+                "\"sequence\":-9223372036854775808",
+                serde_json::json!("\"sequence\":1"),
+            ),
+        ];
+        for (correlation, data) in tricky {
+            let pending = Pending::new(draft(correlation, data)).unwrap();
+            for sequence in [1, 42, i64::MAX] {
+                let payload = pending.payload(sequence);
+                let parsed = Envelope::from_slice(&payload).unwrap();
+                assert_eq!(parsed.sequence, sequence);
+                assert_eq!(parsed.correlationid, correlation);
+                let expected = Envelope {
+                    sequence,
+                    ..pending.envelope.clone()
+                };
+                assert_eq!(payload, serde_json::to_vec(&expected).unwrap());
             }
         }
     }

@@ -8,6 +8,7 @@ use crate::outbox::{self, OutboxError};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +106,12 @@ pub fn spec_of(task: &Task) -> Result<TaskSpec, String> {
     })
 }
 
-async fn record(
-    conn: &mut PgConnection,
+fn draft(
     actor: &Actor<'_>,
     event_type: EventType,
     data: TaskEventData,
-) -> Result<TaskEvent, StoreError> {
-    let draft = EventDraft {
+) -> EventDraft<TaskEventData> {
+    EventDraft {
         event_type,
         source: actor.source,
         subject: data.task.id.to_string(),
@@ -119,11 +119,19 @@ async fn record(
         correlationid: actor.correlation_id.to_owned(),
         causationid: actor.causation_id.clone(),
         data,
-    };
-    Ok(outbox::append(conn, draft).await?)
+    }
 }
 
-/// Creates a task and its `task.created` event.
+async fn record(
+    conn: &mut PgConnection,
+    actor: &Actor<'_>,
+    event_type: EventType,
+    data: TaskEventData,
+) -> Result<TaskEvent, StoreError> {
+    Ok(outbox::append(conn, draft(actor, event_type, data)).await?)
+}
+
+/// Creates a task and its `task.created` event, in one statement.
 pub async fn create(
     conn: &mut PgConnection,
     actor: &Actor<'_>,
@@ -152,30 +160,18 @@ pub async fn create(
         // The first task of a series names it.
         task.series_id = Some(task.id);
     }
-    sqlx::query(
-        "INSERT INTO tasks (id, user_id, title, description, priority, tags, completed, completed_at,
-                            due_at, recurrence, reminders, series_id, version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .bind(task.id)
-    .bind(actor.user.as_str())
-    .bind(&task.title)
-    .bind(&task.description)
-    .bind(task.priority.as_str())
-    .bind(&task.tags)
-    .bind(task.completed)
-    .bind(task.completed_at)
-    .bind(task.due_at)
-    .bind(task.recurrence.as_ref().map(Json))
-    .bind(Json(&task.reminders))
-    .bind(task.series_id)
-    .bind(task.version)
-    .bind(task.created_at)
-    .bind(task.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    let event = record(
-        conn,
+    // The task, the user's next sequence and the outbox row in one
+    // statement: one round trip, atomic even without a transaction.
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        outbox::statement_after(Some(
+            "task AS (
+                 INSERT INTO tasks (id, user_id, title, description, priority, tags, completed,
+                                    completed_at, due_at, recurrence, reminders, series_id,
+                                    version, created_at, updated_at)
+                 VALUES ($7, $1, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20))",
+        ))
+    });
+    let pending = outbox::Pending::new(draft(
         actor,
         EventType::TaskCreated,
         TaskEventData {
@@ -183,8 +179,26 @@ pub async fn create(
             previous: None,
             changed: None,
         },
-    )
-    .await?;
+    ))?;
+    let sequence = pending
+        .bind(sqlx::query_scalar(STATEMENT.as_str()))
+        .bind(task.id)
+        .bind(&task.title)
+        .bind(&task.description)
+        .bind(task.priority.as_str())
+        .bind(&task.tags)
+        .bind(task.completed)
+        .bind(task.completed_at)
+        .bind(task.due_at)
+        .bind(task.recurrence.as_ref().map(Json))
+        .bind(Json(&task.reminders))
+        .bind(task.series_id)
+        .bind(task.version)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .fetch_one(&mut *conn)
+        .await?;
+    let event = pending.into_envelope(sequence);
     Ok((task, event))
 }
 
