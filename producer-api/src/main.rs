@@ -59,11 +59,7 @@ async fn main() {
             serve(&settings, options).await
         }
     };
-    if let Err(e) = result {
-        tracing::error!(error = %format!("{e:#}"), "{BINARY} failed");
-        eprintln!("{BINARY}: {e:#}");
-        std::process::exit(1);
-    }
+    shutdown::exit_on_failure(BINARY, result);
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
@@ -75,10 +71,5 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 
 async fn serve(settings: &Settings, options: ApiOptions) -> anyhow::Result<()> {
     let app = Application::build(settings, options).await?;
-    let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        trigger.trigger();
-    });
-    app.run(shutdown).await
+    app.run(shutdown::on_signal()).await
 }

@@ -49,6 +49,27 @@ pub fn channel() -> (ShutdownTrigger, Shutdown) {
     (ShutdownTrigger { tx }, Shutdown { rx })
 }
 
+/// A shutdown pulled by the process signals (see [`signal`]): what a
+/// service's `main` runs with.
+pub fn on_signal() -> Shutdown {
+    let (trigger, shutdown) = channel();
+    tokio::spawn(async move {
+        signal().await;
+        trigger.trigger();
+    });
+    shutdown
+}
+
+/// Ends a service's `main`: a failure is logged and printed on one line,
+/// and the process exits with status 1.
+pub fn exit_on_failure(binary: &str, result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        tracing::error!(error = %format!("{e:#}"), "{binary} failed");
+        eprintln!("{binary}: {e:#}");
+        std::process::exit(1);
+    }
+}
+
 /// Resolves on SIGTERM (what Docker, Kubernetes and Render send) or Ctrl-C.
 pub async fn signal() {
     let ctrl_c = async {

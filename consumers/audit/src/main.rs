@@ -41,11 +41,7 @@ async fn main() {
             Err(e) => Err(e),
         },
     };
-    if let Err(e) = result {
-        tracing::error!(error = %format!("{e:#}"), "{NAME} failed");
-        eprintln!("{NAME}: {e:#}");
-        std::process::exit(1);
-    }
+    shutdown::exit_on_failure(NAME, result);
 }
 
 async fn serve(
@@ -53,12 +49,7 @@ async fn serve(
     config: todo_shared::consumer::ConsumerConfig,
 ) -> anyhow::Result<()> {
     let audit = app::build(settings, config).await?;
-    let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        trigger.trigger();
-    });
-    audit.run(shutdown).await
+    audit.run(shutdown::on_signal()).await
 }
 
 /// Prints the report; true when the log and the table agree.

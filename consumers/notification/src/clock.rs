@@ -16,7 +16,7 @@ use std::time::Duration;
 use todo_shared::consumer::{HandlerError, Progress};
 use todo_shared::envelope::{EventType, ReminderEventData};
 use todo_shared::outbox::OutboxSignal;
-use todo_shared::retry::backoff;
+use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
 
@@ -54,25 +54,7 @@ impl Clock {
             _ = shutdown.recv() => return,
             _ = self.progress.caught_up() => {}
         }
-        let mut failures = 0;
-        loop {
-            let sleep = match self.round().await {
-                Ok(next) => {
-                    failures = 0;
-                    next
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %format!("{e:#}"), failures, "reminder round failed; retrying");
-                    backoff(failures)
-                }
-            };
-            tokio::select! {
-                _ = shutdown.recv() => return,
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
-            }
-        }
+        run_rounds("reminder", &self.changed, shutdown, || self.round()).await
     }
 
     /// Fires what is due; returns how long until the next reminder.

@@ -9,19 +9,11 @@ async fn main() {
         Settings::from_env(DEFAULT_PORT).unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     let options = Options::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     telemetry::init(NAME);
-    if let Err(e) = run(&settings, options).await {
-        tracing::error!(error = %format!("{e:#}"), "{NAME} failed");
-        eprintln!("{NAME}: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-async fn run(settings: &Settings, options: Options) -> anyhow::Result<()> {
-    let app = App::with_log_delivery(settings, options).await?;
-    let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        trigger.trigger();
-    });
-    app.run(shutdown).await
+    let result = async {
+        App::with_log_delivery(&settings, options)
+            .await?
+            .run(shutdown::on_signal())
+            .await
+    };
+    shutdown::exit_on_failure(NAME, result.await);
 }

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_shared::outbox::OutboxSignal;
-use todo_shared::retry::backoff;
+use todo_shared::retry::run_rounds;
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
 
@@ -28,26 +28,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub async fn run(self, mut shutdown: Shutdown) {
-        let mut failures = 0;
-        loop {
-            let sleep = match self.round().await {
-                Ok(next) => {
-                    failures = 0;
-                    next
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %format!("{e:#}"), failures, "schedule round failed; retrying");
-                    backoff(failures)
-                }
-            };
-            tokio::select! {
-                _ = shutdown.recv() => return,
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
-            }
-        }
+    pub async fn run(self, shutdown: Shutdown) {
+        run_rounds("schedule", &self.changed, shutdown, || self.round()).await
     }
 
     /// Creates what is due; returns how long until the next thing is.

@@ -3,18 +3,38 @@
 
 use super::metrics::ConsumerMetrics;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 pub struct RuntimeContext {
     pub(crate) name: String,
     pub(crate) metrics: ConsumerMetrics,
     pub(crate) progress: Arc<Progress>,
+}
+
+impl RuntimeContext {
+    /// A consumer of `config` (group already set) with this context:
+    /// statistics every second (the lag metrics) and fetches answered
+    /// within `fetch_wait_max`.
+    pub(crate) fn consumer(
+        self,
+        mut config: ClientConfig,
+        fetch_wait_max: Duration,
+    ) -> KafkaResult<Arc<StreamConsumer<RuntimeContext>>> {
+        config
+            .set("statistics.interval.ms", "1000")
+            .set("fetch.wait.max.ms", fetch_wait_max.as_millis().to_string());
+        Ok(Arc::new(config.create_with_context(self)?))
+    }
 }
 
 /// Whether the consumer has read everything that was there when it started

@@ -219,22 +219,16 @@ impl<H: Handler> Runtime<H> {
         }
         let mut cfg = crate::kafka::consumer_config(&self.kafka, &self.config.name);
         let session_ms = self.config.session_timeout.as_millis();
-        cfg.set("statistics.interval.ms", "1000")
-            .set("session.timeout.ms", session_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (session_ms / 10).max(100).to_string(),
-            )
-            .set(
-                "fetch.wait.max.ms",
-                self.config.fetch_wait_max.as_millis().to_string(),
-            );
-        let consumer: Arc<StreamConsumer<RuntimeContext>> =
-            Arc::new(cfg.create_with_context(RuntimeContext {
-                name: self.config.name.clone(),
-                metrics: self.metrics.clone(),
-                progress: self.progress.clone(),
-            })?);
+        cfg.set("session.timeout.ms", session_ms.to_string()).set(
+            "heartbeat.interval.ms",
+            (session_ms / 10).max(100).to_string(),
+        );
+        let consumer = RuntimeContext {
+            name: self.config.name.clone(),
+            metrics: self.metrics.clone(),
+            progress: self.progress.clone(),
+        }
+        .consumer(cfg, self.config.fetch_wait_max)?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs)?;
         let dead_letters = DeadLetters::new(&self.kafka, &self.config.name)?;

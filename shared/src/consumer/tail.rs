@@ -56,17 +56,15 @@ impl Tail {
         // A group id is required by the client, but it is never joined (the
         // partitions are assigned by hand) and nothing is committed to it.
         let group = format!("{}-{}", self.config.name, uuid::Uuid::new_v4());
-        let mut cfg = crate::kafka::consumer_config(&self.kafka, &group);
-        cfg.set("statistics.interval.ms", "1000").set(
-            "fetch.wait.max.ms",
-            self.config.fetch_wait_max.as_millis().to_string(),
-        );
-        let consumer: Arc<StreamConsumer<RuntimeContext>> =
-            Arc::new(cfg.create_with_context(RuntimeContext {
-                name: self.config.name.clone(),
-                metrics: self.metrics.clone(),
-                progress: self.progress.clone(),
-            })?);
+        let consumer = RuntimeContext {
+            name: self.config.name.clone(),
+            metrics: self.metrics.clone(),
+            progress: self.progress.clone(),
+        }
+        .consumer(
+            crate::kafka::consumer_config(&self.kafka, &group),
+            self.config.fetch_wait_max,
+        )?;
 
         let mut assigned = HashSet::new();
         let start = chrono::Utc::now() - self.config.window;
