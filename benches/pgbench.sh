@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # PostgreSQL's own commit rate for what one `POST /tasks` commits (task +
 # event sequence + outbox row in one transaction): the ceiling todo-api is
-# measured against. Usage: benches/pgbench.sh [clients] [seconds]
+# measured against. Two shapes of the same commit: the statements one by one
+# (create_task.sql) and as todo-api sends them, one statement between BEGIN
+# and COMMIT (create_task_one_statement.sql); the faster is the ceiling.
+# Usage: benches/pgbench.sh [clients] [seconds] [script...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients="${1:-16}"
 seconds="${2:-20}"
+shift $(( $# < 2 ? $# : 2 ))
+scripts=("$@")
+[ ${#scripts[@]} -gt 0 ] || scripts=(benches/pgbench/create_task.sql benches/pgbench/create_task_one_statement.sql)
 pg="${PGBENCH_URL:-postgres://postgres@127.0.0.1:5432}"
 db="todo_pgbench"
 psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 DATABASE_URL="$pg/$db" JWT_SECRET=pgbench-pgbench-pgbench-pgbench! \
   cargo run -q --release --bin todo-api -- migrate >/dev/null
-pgbench "$pg/$db" -n -M prepared -c "$clients" -j 2 -T "$seconds" \
-  -D users=200 -f benches/pgbench/create_task.sql
+for script in "${scripts[@]}"; do
+  echo "== $script"
+  pgbench "$pg/$db" -n -M prepared -c "$clients" -j 2 -T "$seconds" \
+    -D users=200 -f "$script"
+done
 psql -q "$pg/postgres" -c "DROP DATABASE $db"

@@ -15,8 +15,8 @@
 #   7. todo-notifier: 10,000 reminders due within one minute, and how late
 #      each fires (reminder.triggered committed, and the notifier's fired_at,
 #      minus remind_at);
-#   8. (not in the default steps) todo-realtime: request sent -> its event on
-#      a WebSocket, 200 clients, at `rate`/5 changes/s.
+#   8. (not in the default steps) todo-realtime: create sent -> its event on
+#      a WebSocket, 200 clients, `rate` creates/s.
 # Reports (JSON, and SVG plots of todo-load's latencies) land in target/bench/.
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
 #   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (20 s),
@@ -34,43 +34,11 @@ cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring \
   --bin todo-notifier --bin todo-load --bin todo-kafka-baseline
 want() { [[ "$steps" == *" $1 "* ]]; }
 if want 8; then cargo build -q --release --bin todo-realtime; fi
-bin=target/release
-nisshi="${NISSHI_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/nisshi-0.8.1/bin/nisshi}"
-pg="${BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
-db=todo_bench
-export JWT_SECRET=bench-bench-bench-bench-bench-bench!
-export DATABASE_URL="$pg/$db"
-export RUST_LOG=warn
-broker_port=19092
-export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$broker_port"
-export KAFKA_TOPIC_PARTITIONS=6
-
-declare -A running=()
-cleanup() {
-  for p in "${running[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ -z "${KEEP_DB:-}" ]; then
-    psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  fi
-}
-trap cleanup EXIT
+db=todo_bench broker_port=19092
+# shellcheck source=benches/common.sh
+source benches/common.sh
 sql() { psql -qtA "$DATABASE_URL" -c "$1"; }
 now() { date +%s.%N; }
-wait_http() {
-  for _ in $(seq 1 200); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done
-  echo "no answer from $1" >&2; exit 1
-}
-# start NAME PORT [VAR=value ...]: runs target/release/NAME on PORT until stop.
-start() {
-  local name=$1 port=$2; shift 2
-  env PORT="$port" "$@" "$bin/$name" &
-  running[$name]=$!
-  wait_http "http://127.0.0.1:$port/ready"
-}
-stop() {
-  local pid=${running[$1]:-}
-  if [ -n "$pid" ]; then kill "$pid"; wait "$pid" 2>/dev/null || true; unset "running[$1]"; fi
-}
 # Waits until a consumer has partitions and no known lag (its /metrics; lag is
 # reported every second, and not at all for partitions with nothing to read).
 caught_up() {
@@ -92,20 +60,10 @@ ratio() {
   [ -f "$out/.baseline-this-run" ] || return 0
   python3 -c "import json,sys; b=json.load(open('$out/kafka-baseline.json'))['$2']; print(f'  = {$1/b:.2f} x the broker baseline ($2 {b:,.0f}/s)')"
 }
-start_nisshi() {
-  "$nisshi" broker --listener-url "tcp://127.0.0.1:$broker_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$broker_port" \
-    --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0ms \
-    >>"$out/nisshi.log" 2>&1 &
-  running[nisshi]=$!
-  for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/$broker_port) 2>/dev/null && break; sleep 0.1; done
-}
-
-[ -x "$nisshi" ] || { echo "no nisshi at $nisshi (scripts/install-broker.sh installs it)" >&2; exit 1; }
-psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+fresh_db
 : >"$out/nisshi.log"
 rm -f "$out/.baseline-this-run"
-start_nisshi
+start_nisshi "$out/nisshi.log"
 
 if want 0; then
   echo "== 0. the broker alone: librdkafka with the platform's settings, ${BASELINE_MESSAGES:-100000} messages of ~1 KB"
@@ -114,7 +72,7 @@ if want 0; then
   touch "$out/.baseline-this-run"
   # The later steps start on an empty broker (nisshi slows as its log grows).
   stop nisshi
-  start_nisshi
+  start_nisshi "$out/nisshi.log"
 fi
 
 api=http://127.0.0.1:18080
@@ -290,13 +248,12 @@ print('report: $out/reminders.json')"
 fi
 
 if want 8; then
-  r8=$(python3 -c "print(max(1, round($rate / 5)))")
-  echo "== 8. request sent -> event on a WebSocket (todo-realtime), 200 clients, ${r8} changes/s (${seconds}s)"
+  echo "== 8. create sent -> its event on a WebSocket (todo-realtime), 200 clients, ${rate} creates/s (${seconds}s)"
   [ -n "${running[todo-api]:-}" ] || start todo-api 18080
   ulimit -n "$(ulimit -Hn)"
   start todo-realtime 18084
-  "$bin/todo-load" --url $api --rate "$r8" --concurrency 256 --users 200 \
-    --mix create=2,update=1,complete=1 --seconds "$seconds" \
+  "$bin/todo-load" --url $api --rate "$rate" --concurrency 256 --users 200 \
+    --mix create=1 --seconds "$seconds" \
     --ws-clients 200 --ws-url ws://127.0.0.1:18084/ws --report "$out/websocket.json"
   stop todo-realtime
 fi

@@ -12,16 +12,9 @@ idle="${IDLE:-5}"
 out=target/bench
 mkdir -p "$out"
 cargo build -q --release --bin todo-api --bin todo-recurring --bin todo-notifier --bin todo-audit
-bin=target/release
-nisshi="${NISSHI_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/nisshi-0.8.1/bin/nisshi}"
-pg="${BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
-db=todo_rss
-export JWT_SECRET=bench-bench-bench-bench-bench-bench!
-export DATABASE_URL="$pg/$db"
-export RUST_LOG=warn
-broker_port=19192
-export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$broker_port"
-export KAFKA_TOPIC_PARTITIONS=6
+db=todo_rss broker_port=19192
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 services=(todo-api:18180 todo-recurring:18181 todo-notifier:18182 todo-audit:18183)
 if cargo build -q --release --bin todo-realtime; then
@@ -30,32 +23,12 @@ else
   echo "warning: todo-realtime does not build; measuring the others" >&2
 fi
 
-declare -A pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-}
-trap cleanup EXIT
-wait_http() {
-  for _ in $(seq 1 300); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done
-  echo "no answer from $1" >&2; exit 1
-}
-
-[ -x "$nisshi" ] || { echo "no nisshi at $nisshi (scripts/install-broker.sh installs it)" >&2; exit 1; }
-psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-"$nisshi" broker --listener-url "tcp://127.0.0.1:$broker_port" \
-  --advertised-listener-url "tcp://127.0.0.1:$broker_port" \
-  --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0ms \
-  >"$out/rss-nisshi.log" 2>&1 &
-pids[nisshi]=$!
-for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/$broker_port) 2>/dev/null && break; sleep 0.1; done
+fresh_db
+start_nisshi "$out/rss-nisshi.log"
 
 for s in "${services[@]}"; do
   name=${s%:*} port=${s#*:}
-  PORT=$port "$bin/$name" &
-  pids[$name]=$!
-  wait_http "http://127.0.0.1:$port/ready"
+  start "$name" "$port"
 done
 echo "all ready; idling ${idle} s"
 sleep "$idle"
@@ -63,7 +36,7 @@ sleep "$idle"
 rows=()
 for s in "${services[@]}"; do
   name=${s%:*}
-  status=/proc/${pids[$name]}/status
+  status=/proc/${running[$name]}/status
   rss=$(awk '/^VmRSS:/ {print $2}' "$status")
   hwm=$(awk '/^VmHWM:/ {print $2}' "$status")
   threads=$(awk '/^Threads:/ {print $2}' "$status")

@@ -1,0 +1,54 @@
+# Sourced by the benchmark scripts: a local nisshi broker, a fresh database
+# and the release binaries, started and stopped the same way. Set `db`,
+# `broker_port` and `out` before sourcing.
+# shellcheck shell=bash
+bin=target/release
+nisshi="${NISSHI_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/nisshi-0.8.1/bin/nisshi}"
+pg="${BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
+export JWT_SECRET=bench-bench-bench-bench-bench-bench!
+export DATABASE_URL="$pg/$db"
+export RUST_LOG=warn
+export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$broker_port"
+export KAFKA_TOPIC_PARTITIONS=6
+
+# name -> pid of everything started here; all killed on exit, and the
+# database dropped (unless KEEP_DB is set).
+declare -A running=()
+cleanup() {
+  for p in "${running[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -z "${KEEP_DB:-}" ]; then
+    psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  fi
+}
+trap cleanup EXIT
+
+wait_http() {
+  for _ in $(seq 1 300); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done
+  echo "no answer from $1" >&2; exit 1
+}
+# start NAME PORT [VAR=value ...]: runs target/release/NAME on PORT, waits
+# for its /ready.
+start() {
+  local name=$1 port=$2; shift 2
+  env PORT="$port" "$@" "$bin/$name" &
+  running[$name]=$!
+  wait_http "http://127.0.0.1:$port/ready"
+}
+stop() {
+  local pid=${running[$1]:-}
+  if [ -n "$pid" ]; then kill "$pid"; wait "$pid" 2>/dev/null || true; unset "running[$1]"; fi
+}
+# An empty in-memory nisshi on broker_port, its log appended to LOG.
+start_nisshi() {
+  "$nisshi" broker --listener-url "tcp://127.0.0.1:$broker_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$broker_port" \
+    --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0ms \
+    >>"$1" 2>&1 &
+  running[nisshi]=$!
+  for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/"$broker_port") 2>/dev/null && break; sleep 0.1; done
+}
+fresh_db() {
+  [ -x "$nisshi" ] || { echo "no nisshi at $nisshi (scripts/install-broker.sh installs it)" >&2; exit 1; }
+  psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+}
