@@ -17,9 +17,19 @@ db="todo_pgbench"
 psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 DATABASE_URL="$pg/$db" JWT_SECRET=pgbench-pgbench-pgbench-pgbench! \
   cargo run -q --release --bin todo-api -- migrate >/dev/null
+mkdir -p target/bench
+rows=()
 for script in "${scripts[@]}"; do
-  echo "== $script"
-  pgbench "$pg/$db" -n -M prepared -c "$clients" -j 2 -T "$seconds" \
-    -D users=200 -f "$script"
+  echo "== pgbench $script ($clients clients, ${seconds}s)"
+  result=$(pgbench "$pg/$db" -n -M prepared -c "$clients" -j 2 -T "$seconds" \
+    -D users=200 -f "$script" 2>&1) || { echo "$result" >&2; exit 1; }
+  grep -E "latency average|^tps" <<<"$result"
+  rows+=("$script $(awk '/^tps/ {print $3}' <<<"$result")")
 done
+# target/bench/pgbench.json: tps per script and the best, the ceiling.
+printf '%s\n' "${rows[@]}" | python3 -c "
+import json, sys
+tps = {s: float(t) for s, t in (l.split() for l in sys.stdin if l.strip())}
+json.dump({'clients': $clients, 'seconds': $seconds, 'tps': tps, 'best_tps': max(tps.values())},
+          open('target/bench/pgbench.json', 'w'), indent=2)"
 psql -q "$pg/postgres" -c "DROP DATABASE $db"

@@ -3,7 +3,8 @@
 #   0. the broker alone (todo-kafka-baseline: librdkafka with the platform's
 #      settings, ~1 KB envelopes): what steps 3 and 4 are ratios to; the
 #      broker is restarted empty after it;
-#   1. POST /tasks at full speed (closed loop): the throughput ceiling;
+#   1. POST /tasks at full speed (closed loop), right after pgbench of the
+#      same commit (benches/pgbench.sh): throughput as a ratio to PostgreSQL's;
 #   2. POST /tasks at a fixed rate (open loop): latency without coordinated
 #      omission;
 #   3. outbox -> broker: a backlog written with the relay off, then drained;
@@ -79,9 +80,15 @@ api=http://127.0.0.1:18080
 if want 1 || want 2; then
   start todo-api 18080
   if want 1; then
-    echo "== 1. POST /tasks, closed loop (32 workers, ${seconds}s)"
+    echo "== 1. POST /tasks, closed loop (32 workers, ${seconds}s), after PostgreSQL alone (pgbench, its own database)"
+    benches/pgbench.sh 16 "$seconds"
     "$bin/todo-load" --url $api --concurrency 32 --seconds "$seconds" \
       --report "$out/closed-loop.json"
+    python3 -c "
+import json
+api = json.load(open('$out/closed-loop.json'))['throughput_per_s']
+pg = json.load(open('$out/pgbench.json'))['best_tps']
+print(f'  = {api / pg:.2f} x PostgreSQL alone ({pg:,.0f} tx/s; target 0.6 x)')"
   fi
   if want 2; then
     echo "== 2. POST /tasks, open loop at ${rate}/s (${seconds}s)"
