@@ -8,6 +8,13 @@ use todo_shared::{db, shutdown, telemetry};
 
 const BINARY: &str = "todo-api";
 
+// A request allocates and frees many small buffers (JSON, headers, the
+// envelope): glibc's malloc took ~11 % of todo-api's CPU under load, and
+// jemalloc does the same requests in 11 % fewer instructions (callgrind)
+// for ~1 MiB more idle memory (mimalloc saved as much but cost 13 MiB).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The REST API of the todo platform and its outbox relay.
 #[derive(Parser)]
 #[command(name = BINARY, version)]
