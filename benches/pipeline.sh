@@ -20,7 +20,7 @@
 #      a WebSocket, 200 clients, `rate` creates/s.
 # Reports (JSON, and SVG plots of todo-load's latencies) land in target/bench/.
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
-#   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (20 s),
+#   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (60 s),
 #   REMINDERS_WINDOW (60 s)
 # (later steps run on what earlier ones left: nisshi's memory log slows down
 # as it grows, so run a step alone for figures on a fresh broker.)
@@ -174,7 +174,7 @@ fi
 
 if want 7; then
   n="${REMINDERS:-10000}"
-  lead="${REMINDERS_IN:-20}"
+  lead="${REMINDERS_IN:-60}"
   echo "== 7. reminder lateness: $n reminders due within ${REMINDERS_WINDOW:-60} s, starting ${lead} s from now (todo-api and todo-notifier only)"
   stop todo-audit
   stop todo-recurring
