@@ -34,6 +34,31 @@ pub struct Api {
 }
 
 impl Stack {
+    /// A service binary (`env!("CARGO_BIN_EXE_…")`) as a child process of
+    /// this stack: its database, broker and topic prefix and nothing else of
+    /// the test's environment, any free port, quiet but for errors.
+    pub fn service_command(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.db.url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap())
+            .env("KAFKA_TOPIC_PREFIX", &self.kafka.topic_prefix)
+            .env(
+                "KAFKA_TOPIC_PARTITIONS",
+                self.kafka.topic_partitions.to_string(),
+            )
+            .env("JWT_SECRET", testing::JWT_SECRET)
+            .env("PORT", "0")
+            .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        command
+    }
+
     pub async fn new() -> Stack {
         testing::init_logging();
         let broker = Broker::start();

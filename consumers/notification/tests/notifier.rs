@@ -5,7 +5,7 @@ use rdkafka::producer::FutureRecord;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use todo_notifier::delivery::{Delivery, Due, LogDelivery};
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::envelope::Topic;
 use todo_shared::shutdown::{self, ShutdownTrigger};
-use todo_shared::testing::{self, EventReader, Received};
+use todo_shared::testing::{EventReader, Received};
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -454,23 +454,8 @@ impl Drop for Killed {
 
 fn spawn_binary(stack: &Stack) -> Killed {
     Killed(Some(
-        Command::new(env!("CARGO_BIN_EXE_todo-notifier"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &stack.db.url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
-            .env("KAFKA_TOPIC_PREFIX", &stack.kafka.topic_prefix)
-            .env(
-                "KAFKA_TOPIC_PARTITIONS",
-                stack.kafka.topic_partitions.to_string(),
-            )
-            .env("JWT_SECRET", testing::JWT_SECRET)
-            .env("PORT", "0")
-            .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+        stack
+            .service_command(env!("CARGO_BIN_EXE_todo-notifier"))
             .spawn()
             .expect("todo-notifier binary starts"),
     ))

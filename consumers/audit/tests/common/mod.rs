@@ -6,7 +6,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 use todo_api::testing::Stack;
 use todo_audit::app;
@@ -14,7 +14,7 @@ use todo_shared::config::{DatabaseSettings, Settings};
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::envelope::Topic;
 use todo_shared::shutdown::{self, ShutdownTrigger};
-use todo_shared::testing::{self, Received};
+use todo_shared::testing::Received;
 use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(90);
@@ -98,23 +98,8 @@ impl Audit {
 
 /// The `todo-audit` binary as a child process (killed with the test).
 pub fn spawn_binary(stack: &Stack) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_todo-audit"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &stack.db.url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
-        .env("KAFKA_TOPIC_PREFIX", &stack.kafka.topic_prefix)
-        .env(
-            "KAFKA_TOPIC_PARTITIONS",
-            stack.kafka.topic_partitions.to_string(),
-        )
-        .env("JWT_SECRET", testing::JWT_SECRET)
-        .env("PORT", "0")
-        .env("CONSUMER_SESSION_TIMEOUT_MS", "6000")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+    stack
+        .service_command(env!("CARGO_BIN_EXE_todo-audit"))
         .spawn()
         .expect("todo-audit binary starts")
 }
