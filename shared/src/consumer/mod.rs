@@ -140,7 +140,7 @@ impl ConsumerConfig {
         Self {
             name: name.into(),
             topics: topics.to_vec(),
-            batch_size: 500,
+            batch_size: 2000,
             max_attempts: 5,
             dedup_retention: Duration::from_secs(14 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
