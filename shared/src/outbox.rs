@@ -41,7 +41,7 @@ pub async fn append<D: Serialize>(
 /// The upsert locks the user's `event_sequences` row until the transaction
 /// ends, before the outbox row takes its id: one user's events commit in
 /// sequence order and their outbox ids grow with their sequence.
-pub fn statement_after(change: Option<&str>) -> String {
+pub(crate) fn statement_after(change: Option<&str>) -> String {
     let change = change.map(|c| format!("{c}, ")).unwrap_or_default();
     format!(
         "WITH {change}seq AS (
@@ -56,37 +56,39 @@ pub fn statement_after(change: Option<&str>) -> String {
 
 /// An event about to be appended: its envelope serialized around the
 /// sequence number, which only the database can give.
-pub struct Pending<D> {
+pub(crate) struct Pending<D> {
     envelope: Envelope<D>,
     head: Vec<u8>,
     tail: Vec<u8>,
 }
 
-/// The sequence the envelope is serialized with before it is split; no
-/// real sequence is negative.
+/// The sequence the envelope is serialized with before it is split (no
+/// real sequence is negative), as serde writes it.
 const PLACEHOLDER: i64 = i64::MIN;
+const KEY: &[u8] = b"\"sequence\":";
+const MARKER: &[u8] = b"\"sequence\":-9223372036854775808";
 
 impl<D: Serialize> Pending<D> {
-    pub fn new(draft: EventDraft<D>) -> Result<Self, OutboxError> {
+    pub(crate) fn new(draft: EventDraft<D>) -> Result<Self, OutboxError> {
         let envelope = draft.into_envelope(Uuid::now_v7(), crate::domain::now(), PLACEHOLDER);
-        let bytes = serde_json::to_vec(&envelope)?;
+        let mut head = serde_json::to_vec(&envelope)?;
         // The first `"sequence":` is the envelope's own: it comes before
         // `data`, and a JSON string cannot hold an unescaped `":`.
-        let key = "\"sequence\":";
-        let marker = format!("{key}{PLACEHOLDER}");
-        let at = bytes
-            .windows(marker.len())
-            .position(|w| w == marker.as_bytes())
+        let at = head
+            .windows(MARKER.len())
+            .position(|w| w == MARKER)
             .ok_or(OutboxError::NoSequence)?;
+        let tail = head.split_off(at + MARKER.len());
+        head.truncate(at + KEY.len());
         Ok(Self {
-            head: bytes[..at + key.len()].to_vec(),
-            tail: bytes[at + marker.len()..].to_vec(),
+            head,
+            tail,
             envelope,
         })
     }
 
     /// Binds `$1` to `$6` of [`statement_after`].
-    pub fn bind<'q, O>(
+    pub(crate) fn bind<'q, O>(
         &'q self,
         query: QueryScalar<'q, Postgres, O, PgArguments>,
     ) -> QueryScalar<'q, Postgres, O, PgArguments> {
@@ -100,7 +102,7 @@ impl<D: Serialize> Pending<D> {
     }
 
     /// The envelope as published, once the statement gave its sequence.
-    pub fn into_envelope(self, sequence: i64) -> Envelope<D> {
+    pub(crate) fn into_envelope(self, sequence: i64) -> Envelope<D> {
         Envelope {
             sequence,
             ..self.envelope

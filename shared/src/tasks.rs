@@ -1,11 +1,14 @@
 //! Task persistence: every change writes the task and its event (via the
-//! outbox) in the caller's transaction. `todo-api` and `todo-recurring` (the
-//! only services that write tasks) both go through here.
+//! outbox) in one statement, inside the caller's transaction. `todo-api`
+//! and `todo-recurring` (the only services that write tasks) both go
+//! through here.
 
 use crate::domain::{self, Priority, Recurrence, Reminder, Task, TaskSpec, UserId};
 use crate::envelope::{Envelope, EventDraft, EventType, TaskEventData};
 use crate::outbox::{self, OutboxError};
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryScalar;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use std::sync::LazyLock;
@@ -122,16 +125,30 @@ fn draft(
     }
 }
 
-async fn record(
-    conn: &mut PgConnection,
-    actor: &Actor<'_>,
-    event_type: EventType,
-    data: TaskEventData,
-) -> Result<TaskEvent, StoreError> {
-    Ok(outbox::append(conn, draft(actor, event_type, data)).await?)
+/// Binds `$7` to `$19` of a statement that writes `task` with its event
+/// ([`outbox::statement_after`]): the id, then every column a change can
+/// write, in table order.
+fn bind_columns<'q>(
+    query: QueryScalar<'q, Postgres, i64, PgArguments>,
+    task: &'q Task,
+) -> QueryScalar<'q, Postgres, i64, PgArguments> {
+    query
+        .bind(task.id)
+        .bind(&task.title)
+        .bind(&task.description)
+        .bind(task.priority.as_str())
+        .bind(&task.tags)
+        .bind(task.completed)
+        .bind(task.completed_at)
+        .bind(task.due_at)
+        .bind(task.recurrence.as_ref().map(Json))
+        .bind(Json(&task.reminders))
+        .bind(task.series_id)
+        .bind(task.version)
+        .bind(task.updated_at)
 }
 
-/// Creates a task and its `task.created` event, in one statement.
+/// Creates a task and its `task.created` event.
 pub async fn create(
     conn: &mut PgConnection,
     actor: &Actor<'_>,
@@ -160,14 +177,12 @@ pub async fn create(
         // The first task of a series names it.
         task.series_id = Some(task.id);
     }
-    // The task, the user's next sequence and the outbox row in one
-    // statement: one round trip, atomic even without a transaction.
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         outbox::statement_after(Some(
             "task AS (
                  INSERT INTO tasks (id, user_id, title, description, priority, tags, completed,
                                     completed_at, due_at, recurrence, reminders, series_id,
-                                    version, created_at, updated_at)
+                                    version, updated_at, created_at)
                  VALUES ($7, $1, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20))",
         ))
     });
@@ -180,22 +195,8 @@ pub async fn create(
             changed: None,
         },
     ))?;
-    let sequence = pending
-        .bind(sqlx::query_scalar(STATEMENT.as_str()))
-        .bind(task.id)
-        .bind(&task.title)
-        .bind(&task.description)
-        .bind(task.priority.as_str())
-        .bind(&task.tags)
-        .bind(task.completed)
-        .bind(task.completed_at)
-        .bind(task.due_at)
-        .bind(task.recurrence.as_ref().map(Json))
-        .bind(Json(&task.reminders))
-        .bind(task.series_id)
-        .bind(task.version)
+    let sequence = bind_columns(pending.bind(sqlx::query_scalar(STATEMENT.as_str())), &task)
         .bind(task.created_at)
-        .bind(task.updated_at)
         .fetch_one(&mut *conn)
         .await?;
     let event = pending.into_envelope(sequence);
@@ -269,29 +270,16 @@ async fn save_change(
     }
     after.version = before.version + 1;
     after.updated_at = domain::now().max(before.updated_at);
-    sqlx::query(
-        "UPDATE tasks SET title = $2, description = $3, priority = $4, tags = $5, completed = $6,
-                completed_at = $7, due_at = $8, recurrence = $9, reminders = $10, series_id = $11,
-                version = $12, updated_at = $13
-         WHERE id = $1",
-    )
-    .bind(after.id)
-    .bind(&after.title)
-    .bind(&after.description)
-    .bind(after.priority.as_str())
-    .bind(&after.tags)
-    .bind(after.completed)
-    .bind(after.completed_at)
-    .bind(after.due_at)
-    .bind(after.recurrence.as_ref().map(Json))
-    .bind(Json(&after.reminders))
-    .bind(after.series_id)
-    .bind(after.version)
-    .bind(after.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    let event = record(
-        conn,
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        outbox::statement_after(Some(
+            "task AS (
+                 UPDATE tasks SET title = $8, description = $9, priority = $10, tags = $11,
+                        completed = $12, completed_at = $13, due_at = $14, recurrence = $15,
+                        reminders = $16, series_id = $17, version = $18, updated_at = $19
+                  WHERE id = $7)",
+        ))
+    });
+    let pending = outbox::Pending::new(draft(
         actor,
         event_type,
         TaskEventData {
@@ -299,8 +287,11 @@ async fn save_change(
             previous: Some(before),
             changed: Some(changed.into_iter().map(str::to_owned).collect()),
         },
-    )
-    .await?;
+    ))?;
+    let sequence = bind_columns(pending.bind(sqlx::query_scalar(STATEMENT.as_str())), &after)
+        .fetch_one(&mut *conn)
+        .await?;
+    let event = pending.into_envelope(sequence);
     Ok(Some((after, event)))
 }
 
@@ -355,12 +346,11 @@ pub async fn delete(
     actor: &Actor<'_>,
     task: Task,
 ) -> Result<TaskEvent, StoreError> {
-    sqlx::query("DELETE FROM tasks WHERE id = $1")
-        .bind(task.id)
-        .execute(&mut *conn)
-        .await?;
-    record(
-        conn,
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        outbox::statement_after(Some("task AS (DELETE FROM tasks WHERE id = $7)"))
+    });
+    let id = task.id;
+    let pending = outbox::Pending::new(draft(
         actor,
         EventType::TaskDeleted,
         TaskEventData {
@@ -368,8 +358,13 @@ pub async fn delete(
             previous: None,
             changed: None,
         },
-    )
-    .await
+    ))?;
+    let sequence = pending
+        .bind(sqlx::query_scalar(STATEMENT.as_str()))
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(pending.into_envelope(sequence))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
