@@ -18,9 +18,85 @@ pub const MAX_TAG_CHARS: usize = 50;
 pub const MAX_REMINDERS: usize = 10;
 pub const MAX_LEAD_TIME: Duration = Duration::from_secs(366 * 24 * 3600);
 pub const MAX_USER_ID_CHARS: usize = 128;
+/// Most occurrences a recurrence rule may have in one day (the product of
+/// its BYHOUR, BYMINUTE and BYSECOND counts): HOURLY and finer frequencies
+/// are refused, and a DAILY rule with every BYSECOND would be one of them.
+pub const MAX_OCCURRENCES_PER_DAY: usize = 24;
+/// Longest text search (`q`) of a task list.
+pub const MAX_SEARCH_CHARS: usize = 200;
+/// Longest recurrence rule text.
+pub const MAX_RULE_CHARS: usize = 500;
 
 fn has_control(s: &str) -> bool {
     s.chars().any(|c| c.is_control())
+}
+
+/// Free text may hold line breaks and tabs, but no other control character:
+/// PostgreSQL refuses NUL in `text` and `jsonb`, and the others only make
+/// trouble for whoever displays it.
+fn has_control_other_than_whitespace(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// The earliest and latest instant the platform accepts (`due_at`, reminder
+/// times, list filters): what every clock, rule evaluation and the database
+/// agree on, with room for lead times and time zones at both ends.
+pub fn earliest_time() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(0, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// See [`earliest_time`]: 9999-12-31T23:59:59.999999Z.
+pub fn latest_time() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(253_402_300_799_999_999)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Whether `t` lies in the accepted range.
+pub fn in_time_range(t: DateTime<Utc>) -> bool {
+    (earliest_time()..=latest_time()).contains(&t)
+}
+
+fn time_range_error() -> String {
+    "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z".into()
+}
+
+/// An RFC 3339 instant in the accepted range ([`earliest_time`] to
+/// [`latest_time`]), with PostgreSQL's precision (microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "DateTime<Utc>", into = "DateTime<Utc>")]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    pub fn get(self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+impl TryFrom<DateTime<Utc>> for Timestamp {
+    type Error = String;
+    fn try_from(t: DateTime<Utc>) -> Result<Self, Self::Error> {
+        if in_time_range(t) {
+            Ok(Timestamp(truncate_to_micros(t)))
+        } else {
+            Err(time_range_error())
+        }
+    }
+}
+
+impl From<Timestamp> for DateTime<Utc> {
+    fn from(t: Timestamp) -> DateTime<Utc> {
+        t.0
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = DateTime::parse_from_rfc3339(s)
+            .map_err(|_| "expected an RFC 3339 time such as 2026-12-01T09:00:00Z".to_owned())?;
+        Timestamp::try_from(t.with_timezone(&Utc))
+    }
 }
 
 /// A user id: the `sub` of a token. Also the Kafka key of that user's events.
@@ -119,6 +195,11 @@ impl TryFrom<String> for Description {
             return Err(format!(
                 "must be at most {MAX_DESCRIPTION_CHARS} characters (got {n})"
             ));
+        }
+        if has_control_other_than_whitespace(&s) {
+            return Err(
+                "must not contain control characters other than line breaks and tabs".into(),
+            );
         }
         Ok(Description(s))
     }
@@ -271,7 +352,10 @@ impl TryFrom<String> for RecurrenceRule {
         if text.is_empty() {
             return Err("must not be empty".into());
         }
-        if text.contains('\n') || text.to_ascii_uppercase().contains("DTSTART") {
+        if text.len() > MAX_RULE_CHARS {
+            return Err(format!("must be at most {MAX_RULE_CHARS} characters"));
+        }
+        if has_control(&text) || text.to_ascii_uppercase().contains("DTSTART") {
             return Err("must be a single RRULE (DTSTART is the task's due_at)".into());
         }
         let rule = RecurrenceRule(text);
@@ -296,6 +380,23 @@ impl TryFrom<String> for RecurrenceRule {
         if parsed.get_count() == Some(0) {
             return Err("COUNT must be a positive integer".into());
         }
+        // The rule crate builds every candidate of a period (a whole year for
+        // YEARLY) before it looks at any: bound how many a day can hold.
+        let per_day = [
+            parsed.get_by_hour().len(),
+            parsed.get_by_minute().len(),
+            parsed.get_by_second().len(),
+        ]
+        .iter()
+        .map(|n| (*n).max(1))
+        .product::<usize>();
+        if per_day > MAX_OCCURRENCES_PER_DAY {
+            return Err(format!(
+                "BYHOUR, BYMINUTE and BYSECOND together give {per_day} occurrences a day; \
+                 at most {MAX_OCCURRENCES_PER_DAY} are allowed"
+            ));
+        }
+        refuse_sparse_or_impossible(&parsed)?;
         // Validate against a fixed start: catches rules the crate refuses only
         // once they are tied to a DTSTART (e.g. BYSETPOS without a BYxxx).
         let probe = chrono::DateTime::<Utc>::from_timestamp(1_767_225_600, 0)
@@ -312,6 +413,53 @@ impl From<RecurrenceRule> for String {
     fn from(r: RecurrenceRule) -> String {
         r.0
     }
+}
+
+/// Rules the rule crate would have to step through period by period without
+/// finding an occurrence: a day no month it names has (February 30th), or a
+/// daily rule that filters down to a monthly or weekly one. Each period
+/// costs the crate the same, matching or not, so a daily rule that matches
+/// once in years costs a completion a third of a second; the same rule
+/// written with the coarser FREQ costs next to nothing.
+fn refuse_sparse_or_impossible(rule: &rrule::RRule<rrule::Unvalidated>) -> Result<(), String> {
+    // Longest each month can be (February in leap years).
+    const DAYS: [i8; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days = rule.get_by_month_day();
+    if !days.is_empty() {
+        let months: Vec<usize> = if rule.get_by_month().is_empty() {
+            (1..=12).collect()
+        } else {
+            rule.get_by_month()
+                .iter()
+                .map(|m| usize::from(*m))
+                .collect()
+        };
+        let exists = months.iter().any(|m| {
+            let longest = DAYS[(m.clamp(&1, &12)) - 1];
+            days.iter()
+                .any(|d| d.unsigned_abs() <= longest.unsigned_abs())
+        });
+        if !exists {
+            return Err("never occurs: no month it names has the days of BYMONTHDAY".into());
+        }
+    }
+    if rule.get_freq() == rrule::Frequency::Daily {
+        if !days.is_empty() {
+            return Err(
+                "FREQ=DAILY with BYMONTHDAY: write it as FREQ=MONTHLY with the same BYMONTHDAY"
+                    .into(),
+            );
+        }
+        let interval = rule.get_interval();
+        if !rule.get_by_weekday().is_empty() && interval % 7 == 0 {
+            return Err(format!(
+                "FREQ=DAILY;INTERVAL={interval} with BYDAY always falls on one weekday: \
+                 write it as FREQ=WEEKLY;INTERVAL={}",
+                interval / 7
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,8 +499,16 @@ impl LeadTime {
 impl TryFrom<String> for LeadTime {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        let parsed = iso8601::duration(&s)
-            .map_err(|_| format!("`{s}` is not an ISO 8601 duration such as PT1H or P1D"))?;
+        let not_a_duration = || {
+            let shown: String = s.chars().filter(|c| !c.is_control()).take(40).collect();
+            format!("`{shown}` is not an ISO 8601 duration such as PT1H or P1D")
+        };
+        // The whole text must be the duration: the parser stops at the first
+        // byte it does not know (a NUL, say) and would keep the rest.
+        let parsed = match iso8601::parsers::parse_duration(s.as_bytes()) {
+            Ok((&[], parsed)) => parsed,
+            _ => return Err(not_a_duration()),
+        };
         let duration = match parsed {
             iso8601::Duration::Weeks(w) => Duration::from_secs(u64::from(w) * 7 * 86_400),
             iso8601::Duration::YMDHMS {
@@ -398,18 +554,19 @@ impl From<LeadTime> for String {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reminder {
     Before(LeadTime),
-    At(DateTime<Utc>),
+    At(Timestamp),
 }
 
 impl Reminder {
     /// When it fires for a task due at `due_at` (None: a lead time without a
-    /// due date, which [`TaskSpec`] refuses).
+    /// due date, which [`TaskSpec`] refuses, or a time before the first
+    /// representable one).
     pub fn fire_at(&self, due_at: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         match self {
-            Reminder::At(at) => Some(*at),
+            Reminder::At(at) => Some(at.get()),
             Reminder::Before(lead) => {
                 let lead = chrono::Duration::from_std(lead.duration()).ok()?;
-                due_at.map(|d| d - lead)
+                due_at?.checked_sub_signed(lead)
             }
         }
     }
@@ -465,7 +622,7 @@ pub struct TaskSpec {
     pub description: Option<Description>,
     pub priority: Priority,
     pub tags: Tags,
-    pub due_at: Option<DateTime<Utc>>,
+    pub due_at: Option<Timestamp>,
     pub recurrence: Option<Recurrence>,
     pub reminders: Reminders,
 }
@@ -481,19 +638,27 @@ impl TaskSpec {
                     "a recurring task needs due_at (the first occurrence)",
                 )),
                 Some(due) => {
-                    if let Err(e) = rec.rule.set(due, rec.timezone) {
+                    if let Err(e) = rec.rule.set(due.get(), rec.timezone) {
                         errors.push(FieldError::new("recurrence.rule", e));
                     }
                 }
             }
         }
-        if self.due_at.is_none() {
-            for (i, r) in self.reminders.as_slice().iter().enumerate() {
-                if matches!(r, Reminder::Before(_)) {
-                    errors.push(FieldError::new(
-                        format!("reminders[{i}].before"),
-                        "a reminder relative to due_at needs due_at",
-                    ));
+        for (i, r) in self.reminders.as_slice().iter().enumerate() {
+            let Reminder::Before(_) = r else { continue };
+            let field = format!("reminders[{i}].before");
+            match self.due_at {
+                None => errors.push(FieldError::new(
+                    field,
+                    "a reminder relative to due_at needs due_at",
+                )),
+                Some(due) => {
+                    if !r.fire_at(Some(due.get())).is_some_and(in_time_range) {
+                        errors.push(FieldError::new(
+                            field,
+                            format!("due_at minus this lead time {}", time_range_error()),
+                        ));
+                    }
                 }
             }
         }
@@ -677,5 +842,97 @@ mod tests {
         let errors = spec.check().unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["due_at", "reminders[0].before"]);
+    }
+
+    #[test]
+    fn what_postgresql_refuses_is_refused_here() {
+        assert!(Description::try_from("a\u{0}b".to_string()).is_err());
+        assert!(Description::try_from("line one\nline two\tend".to_string()).is_ok());
+        assert!(Tags::try_from(vec!["a\u{0}".into()]).is_err());
+        assert!(LeadTime::try_from("PT1H\u{0}".to_string()).is_err());
+        assert!(LeadTime::try_from("PT1Hjunk".to_string()).is_err());
+        assert!(RecurrenceRule::try_from("FREQ=DAILY\u{0}".to_string()).is_err());
+    }
+
+    #[test]
+    fn times_are_bounded_to_years_1970_to_9999() {
+        let parse = |s: &str| serde_json::from_str::<Timestamp>(&format!("\"{s}\""));
+        assert!(parse("2026-12-01T09:00:00Z").is_ok());
+        assert!(parse("1970-01-01T00:00:00Z").is_ok());
+        assert!(parse("9999-12-31T23:59:59.999999Z").is_ok());
+        for bad in [
+            "+262142-12-31T23:59:59Z",
+            "-4714-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "+10000-01-01T00:00:00Z",
+        ] {
+            let err = parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("between 1970"), "{bad}: {err}");
+        }
+        assert!(serde_json::from_str::<Reminder>(r#"{"at":"+262142-12-31T23:59:59Z"}"#).is_err());
+    }
+
+    #[test]
+    fn a_lead_time_may_not_reach_before_1970() {
+        let spec = |due: &str| TaskSpec {
+            title: Title::try_from("t".to_string()).unwrap(),
+            description: None,
+            priority: Priority::Medium,
+            tags: Tags::default(),
+            due_at: Some(due.parse().unwrap()),
+            recurrence: None,
+            reminders: Reminders::try_from(vec![Reminder::Before(
+                LeadTime::try_from("P2D".to_string()).unwrap(),
+            )])
+            .unwrap(),
+        };
+        assert!(spec("2026-12-01T09:00:00Z").check().is_ok());
+        let errors = spec("1970-01-01T09:00:00Z").check().unwrap_err();
+        assert_eq!(errors[0].field, "reminders[0].before");
+    }
+
+    #[test]
+    fn rules_may_not_expand_past_a_few_occurrences_a_day() {
+        let all = |n: u32| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let worst = format!(
+            "FREQ=YEARLY;BYDAY=MO,TU,WE,TH,FR,SA,SU;BYHOUR={};BYMINUTE={};BYSECOND={}",
+            all(24),
+            all(60),
+            all(60)
+        );
+        let err = RecurrenceRule::try_from(worst).unwrap_err();
+        assert!(err.contains("occurrences a day"), "{err}");
+        let daily = format!("FREQ=DAILY;BYHOUR={};BYMINUTE=0,30", all(24));
+        assert!(RecurrenceRule::try_from(daily).is_err());
+        assert!(RecurrenceRule::try_from(format!("FREQ=DAILY;BYHOUR={}", all(24))).is_ok());
+        assert!(
+            RecurrenceRule::try_from("FREQ=DAILY;BYHOUR=9,17;BYMINUTE=0,30".to_string()).is_ok()
+        );
+    }
+
+    #[test]
+    fn rules_that_never_occur_or_hide_a_coarser_one_are_refused() {
+        for (bad, why) in [
+            ("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", "never occurs"),
+            (
+                "FREQ=MONTHLY;BYMONTH=4,6,9,11;BYMONTHDAY=31,-31",
+                "never occurs",
+            ),
+            ("FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29", "FREQ=MONTHLY"),
+            ("FREQ=DAILY;BYMONTHDAY=1,15", "FREQ=MONTHLY"),
+            ("FREQ=DAILY;INTERVAL=14;BYDAY=MO", "FREQ=WEEKLY;INTERVAL=2"),
+        ] {
+            let err = RecurrenceRule::try_from(bad.to_string()).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        for ok in [
+            "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29",
+            "FREQ=MONTHLY;BYMONTHDAY=31",
+            "FREQ=MONTHLY;BYMONTHDAY=-1",
+            "FREQ=DAILY;BYDAY=MO,TU,WE,TH,FR",
+            "FREQ=DAILY;INTERVAL=3;BYDAY=MO;BYMONTH=12",
+        ] {
+            assert!(RecurrenceRule::try_from(ok.to_string()).is_ok(), "{ok}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! of the services that sleep until their next piece of work is due.
 
 use crate::shutdown::Shutdown;
+use futures::FutureExt;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -28,7 +29,18 @@ where
 {
     let mut failures = 0;
     loop {
-        let sleep = match round().await {
+        // A round that panics is a failed round: the loop must outlive it,
+        // or the work it schedules would silently stop for everyone.
+        let outcome = std::panic::AssertUnwindSafe(round())
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(anyhow::anyhow!(
+                    "round panicked: {}",
+                    crate::panics::message(&*panic)
+                ))
+            });
+        let sleep = match outcome {
             Ok(next) => {
                 failures = 0;
                 next

@@ -3,7 +3,7 @@
 //! and `todo-recurring` (the only services that write tasks) both go
 //! through here.
 
-use crate::domain::{self, Priority, Recurrence, Reminder, Task, TaskSpec, UserId};
+use crate::domain::{self, Priority, Recurrence, Reminder, Task, TaskSpec, Timestamp, UserId};
 use crate::envelope::{Envelope, EventDraft, EventType, TaskEventData};
 use crate::outbox::{self, OutboxError};
 use chrono::{DateTime, Utc};
@@ -87,7 +87,7 @@ fn apply_spec(task: &mut Task, spec: TaskSpec) {
     task.description = spec.description.map(String::from);
     task.priority = spec.priority;
     task.tags = spec.tags.into();
-    task.due_at = spec.due_at.map(domain::truncate_to_micros);
+    task.due_at = spec.due_at.map(Timestamp::get);
     task.recurrence = spec.recurrence;
     task.reminders = spec.reminders.into();
 }
@@ -103,7 +103,7 @@ pub fn spec_of(task: &Task) -> Result<TaskSpec, String> {
             .transpose()?,
         priority: task.priority,
         tags: task.tags.clone().try_into()?,
-        due_at: task.due_at,
+        due_at: task.due_at.map(Timestamp::try_from).transpose()?,
         recurrence: task.recurrence.clone(),
         reminders: task.reminders.clone().try_into()?,
     })

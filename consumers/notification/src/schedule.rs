@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use std::collections::HashMap;
 use std::sync::Arc;
 use todo_shared::consumer::{Event, Handler, HandlerError};
-use todo_shared::domain::{Reminder, Task};
+use todo_shared::domain::{in_time_range, Reminder, Task};
 use todo_shared::envelope::{EventDraft, EventType, ReminderEventData};
 use todo_shared::outbox::{self, OutboxSignal};
 use tokio::sync::Notify;
@@ -120,8 +120,15 @@ impl Handler for Schedule {
 
         let now = Utc::now();
         for reminder in &task.reminders {
-            // A lead time without a due date has no time to fire at.
-            let Some(remind_at) = reminder.fire_at(task.due_at) else {
+            // A lead time without a due date has no time to fire at; a time
+            // outside the platform's range (which todo-api refuses) cannot be
+            // stored, and must not hold up the task's other reminders.
+            let Some(remind_at) = reminder.fire_at(task.due_at).filter(|t| in_time_range(*t))
+            else {
+                if task.due_at.is_some() || matches!(reminder, Reminder::At(_)) {
+                    tracing::warn!(task_id = %task.id, event_id = %env.id,
+                        "reminder time outside the accepted range; not scheduled");
+                }
                 continue;
             };
             let id = reminder_id(task.id, reminder);

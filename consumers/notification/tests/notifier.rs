@@ -492,3 +492,96 @@ async fn kill_minus_nine_and_restart_fires_every_pending_reminder_once() {
     notifier.kill();
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_accepts_are_kept() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
+    let mallory = stack.token("mallory");
+    let seed_task = stack.create(&api, &mallory, json!({"title": "seed"})).await;
+    let seed = stack.task_events().await.take(1, WAIT).await.remove(0);
+    assert_eq!(seed.value["data"]["task"]["id"], seed_task["id"]);
+
+    // Past todo-api's checks, onto the topic: a lead time before a due time
+    // at the start of the calendar (the subtraction overflows), and a
+    // reminder before 4713 BC (PostgreSQL cannot store it).
+    let start_of_time =
+        serde_json::to_value(DateTime::<Utc>::MIN_UTC + TimeDelta::days(1)).expect("time");
+    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let mut poison = Vec::new();
+    for (due, reminders) in [
+        (start_of_time, json!([{"before": "P7D"}])),
+        (json!(null), json!([{"at": "-4714-06-01T00:00:00Z"}])),
+    ] {
+        let mut event = seed.value.clone();
+        event["id"] = json!(uuid::Uuid::new_v4());
+        event["data"]["task"]["due_at"] = due;
+        event["data"]["task"]["reminders"] = reminders;
+        let raw = serde_json::to_vec(&event).expect("json");
+        producer
+            .send(
+                FutureRecord::to(&stack.topic(Topic::TaskEvents))
+                    .key("mallory")
+                    .payload(&raw),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        poison.push(event);
+    }
+
+    // The next user's reminders: the extremes todo-api accepts are all
+    // scheduled (one already past, fired at once), none dead-lettered.
+    let ann = stack.token("ann");
+    let soon = Utc::now() + TimeDelta::seconds(2);
+    let extreme = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "end of time", "due_at": "9999-12-31T23:59:59Z",
+                   "reminders": [{"before": "P366D"}, {"at": "9999-12-31T23:59:59Z"}, {"at": "1970-01-01T00:00:00Z"}]}),
+        )
+        .await;
+    let normal = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "soon", "reminders": [{"at": secs(soon)}]}),
+        )
+        .await;
+    let reader = reminders(&stack).await;
+    let events = read_until(&reader, |got| {
+        got.iter().any(|e| {
+            e.event_type() == "reminder.sent" && e.value["data"]["task_id"] == normal["id"]
+        }) && got.iter().any(|e| {
+            e.event_type() == "reminder.sent" && e.value["data"]["task_id"] == extreme["id"]
+        })
+    })
+    .await;
+    assert_eq!(
+        count(
+            &of_task(&events, &extreme)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>(),
+            "reminder.scheduled"
+        ),
+        3,
+        "every reminder the API accepted is scheduled"
+    );
+    let dlq = EventReader::new(
+        stack.broker.bootstrap(),
+        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+    )
+    .await;
+    let letters = dlq.drain(Duration::from_secs(3)).await;
+    assert!(
+        letters.iter().all(|l| l.key == "mallory"),
+        "only the impossible events may be set aside: {:?}",
+        letters.iter().map(|l| &l.value).collect::<Vec<_>>()
+    );
+    notifier.stop().await;
+    api.stop().await;
+}

@@ -28,8 +28,7 @@ pub fn consumer_config() -> Result<ConsumerConfig, ConfigError> {
 
 impl App {
     pub async fn build(settings: &Settings, config: ConsumerConfig) -> anyhow::Result<App> {
-        let pool = db::pool(&settings.database)?;
-        db::wait_and_migrate(&pool).await?;
+        let pool = db::service_pool(&settings.database).await?;
         let changed = Arc::new(Notify::new());
         let signal = OutboxSignal::new();
         let handler = Recurring {

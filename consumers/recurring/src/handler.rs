@@ -83,7 +83,11 @@ impl Handler for Recurring {
                 // No backlog: the first occurrence after the later of the due
                 // time and the completion.
                 let after = task.completed_at.unwrap_or_else(Utc::now).max(due_at);
-                match series.rule()?.next_after(after) {
+                let next = series
+                    .rule()?
+                    .next_after(after)
+                    .map_err(HandlerError::rejected)?;
+                match next {
                     Some(next) => {
                         let created = series::create_instance(
                             conn,

@@ -13,9 +13,10 @@
 //! → Mar 31); a plain yearly rule anchored on Feb 29 lands on Feb 28 in
 //! common years. (RFC 5545 alone would skip those months and years.)
 
-use chrono::{DateTime, Datelike, NaiveDateTime, TimeDelta, TimeZone as _, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Offset as _, TimeDelta, TimeZone as _, Utc};
 use rrule::{Frequency, RRule, RRuleSet, Tz, Unvalidated};
-use todo_shared::domain::{RecurrenceRule, TimeZone};
+use todo_shared::domain::{in_time_range, RecurrenceRule, TimeZone};
+use todo_shared::panics;
 
 /// Most occurrences looked at to answer one question (a daily rule started
 /// 270 years ago); a rule that needs more is treated as ended.
@@ -27,47 +28,73 @@ pub struct Series {
     tz: chrono_tz::Tz,
 }
 
+/// Why a series cannot be evaluated (its event is rejected, its schedule
+/// stopped).
+pub type RuleError = String;
+
 impl Series {
     /// The series of `rule` starting at `dtstart` (the first instance's due
-    /// time), in `zone`.
+    /// time), in `zone`. A start outside the platform's time range is
+    /// refused here, whatever produced it, so that no later step works on
+    /// dates the calendar code cannot represent.
     pub fn new(
         rule: &RecurrenceRule,
         zone: &TimeZone,
         dtstart: DateTime<Utc>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RuleError> {
+        if !in_time_range(dtstart) {
+            return Err(format!(
+                "the series starts at {dtstart}, outside the accepted range"
+            ));
+        }
         let tz = zone.tz();
-        let local_start = dtstart.with_timezone(&tz).naive_local();
+        let local_start = wall_clock(tz, dtstart).ok_or("the start has no local time")?;
         let mut parsed: RRule<Unvalidated> = rule.parse()?;
         if let Some(until) = parsed.get_until() {
             // UNTIL is an instant; on the wall clock it is its local time.
-            let local_until = until.with_timezone(&tz).naive_local();
+            let local_until =
+                wall_clock(tz, until.with_timezone(&Utc)).ok_or("UNTIL has no local time")?;
             parsed = parsed.until(floating(local_until));
         }
         let parsed = anchor_month_end(parsed, local_start);
-        let set = parsed
-            .build(floating(local_start))
-            .map_err(|e| e.to_string())?;
+        let set = contained(|| parsed.build(floating(local_start)))?.map_err(|e| e.to_string())?;
         Ok(Series { set, tz })
     }
 
-    /// Every occurrence, as instants, in order.
+    /// Every occurrence, as instants, in order (ending early at one that
+    /// cannot be placed).
     fn occurrences(&self) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         self.set
             .clone()
             .into_iter()
             .take(MAX_STEPS)
-            .map(|wall| place(self.tz, wall.naive_utc()))
+            .map_while(|wall| place(self.tz, wall.naive_utc()))
     }
 
     /// The first occurrence strictly after `t`, if the series has one.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.occurrences().find(|o| *o > t)
+    pub fn next_after(&self, t: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, RuleError> {
+        contained(|| self.occurrences().find(|o| *o > t))
     }
 
     /// The latest occurrence at or before `t` (what is due now).
-    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.occurrences().take_while(|o| *o <= t).last()
+    pub fn latest_at_or_before(
+        &self,
+        t: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, RuleError> {
+        contained(|| self.occurrences().take_while(|o| *o <= t).last())
     }
+}
+
+/// Calendar code whose failure must stay this series' problem: the rule
+/// crate asserts on dates it cannot handle.
+fn contained<T>(work: impl FnOnce() -> T) -> Result<T, RuleError> {
+    panics::contained(work).map_err(|e| format!("the rule could not be evaluated: {e}"))
+}
+
+/// `t` on the wall clock of `tz`, if that is representable.
+fn wall_clock(tz: chrono_tz::Tz, t: DateTime<Utc>) -> Option<NaiveDateTime> {
+    let offset = tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    t.naive_utc().checked_add_offset(offset)
 }
 
 /// A wall-clock time as the rule crate's "UTC", which has no DST.
@@ -76,21 +103,22 @@ fn floating(local: NaiveDateTime) -> DateTime<Tz> {
 }
 
 /// The instant of a wall-clock time in `tz`: the first of two in a fall-back
-/// overlap; shifted forward by the gap in a spring-forward gap.
-fn place(tz: chrono_tz::Tz, local: NaiveDateTime) -> DateTime<Utc> {
+/// overlap; shifted forward by the gap in a spring-forward gap. `None` at
+/// the edges of what the calendar can represent.
+fn place(tz: chrono_tz::Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
     match tz.from_local_datetime(&local) {
-        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
-        chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        chrono::LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+        chrono::LocalResult::Ambiguous(first, _) => Some(first.with_timezone(&Utc)),
         chrono::LocalResult::None => {
             // Read it with the offset in force before the gap: 02:30 in a
             // 02:00→03:00 gap becomes 03:30.
-            let before = local - TimeDelta::hours(6);
+            let before = local.checked_sub_signed(TimeDelta::hours(6))?;
             let offset = tz
                 .offset_from_local_datetime(&before)
                 .earliest()
-                .map(|o| chrono::Offset::fix(&o))
-                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("zero offset"));
-            (local - TimeDelta::seconds(i64::from(offset.local_minus_utc()))).and_utc()
+                .map(|o| o.fix())
+                .unwrap_or(chrono::FixedOffset::east_opt(0)?);
+            Some(local.checked_sub_offset(offset)?.and_utc())
         }
     }
 }
@@ -141,7 +169,7 @@ mod tests {
         let mut t = at(start);
         let mut out = Vec::new();
         for _ in 0..n {
-            match s.next_after(t) {
+            match s.next_after(t).expect("evaluates") {
                 Some(next) => {
                     out.push(next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                     t = next;
@@ -330,7 +358,7 @@ mod tests {
         // Dec 9: the next one is Monday Dec 14, not the missed Nov 30 or Dec 7.
         let s = series("FREQ=WEEKLY;BYDAY=MO", "UTC", "2026-11-23T09:00:00Z");
         let after = at("2026-12-09T15:00:00Z");
-        assert_eq!(s.next_after(after), Some(at("2026-12-14T09:00:00Z")));
+        assert_eq!(s.next_after(after), Ok(Some(at("2026-12-14T09:00:00Z"))));
     }
 
     #[test]
@@ -338,12 +366,75 @@ mod tests {
         let s = series("FREQ=DAILY", "UTC", "2026-11-20T09:00:00Z");
         assert_eq!(
             s.latest_at_or_before(at("2026-11-25T08:59:59Z")),
-            Some(at("2026-11-24T09:00:00Z"))
+            Ok(Some(at("2026-11-24T09:00:00Z")))
         );
         assert_eq!(
             s.latest_at_or_before(at("2026-11-25T09:00:00Z")),
-            Some(at("2026-11-25T09:00:00Z"))
+            Ok(Some(at("2026-11-25T09:00:00Z")))
         );
-        assert_eq!(s.latest_at_or_before(at("2026-11-19T00:00:00Z")), None);
+        assert_eq!(s.latest_at_or_before(at("2026-11-19T00:00:00Z")), Ok(None));
+    }
+
+    /// CPU time this thread spent in `work`.
+    fn thread_cpu<T>(work: impl FnOnce() -> T) -> (T, std::time::Duration) {
+        fn now() -> std::time::Duration {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes into the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        }
+        let start = now();
+        let out = work();
+        (out, now().saturating_sub(start))
+    }
+
+    /// The most expensive rules validation accepts: the most candidates per
+    /// step (every day of the year at 24 hours), rules that never match (the
+    /// crate steps until its loop limit or year 10000), started at the
+    /// earliest accepted time, asked about now. A completion costs one
+    /// `next_after`; the scheduler's round one `latest_at_or_before` and one
+    /// `next_after`.
+    #[test]
+    fn the_worst_accepted_rules_cost_little_per_evaluation() {
+        let hours = (0..24).map(|h| h.to_string()).collect::<Vec<_>>().join(",");
+        let every_day = "MO,TU,WE,TH,FR,SA,SU";
+        let year_days = (1..=100)
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let week_numbers = (1..=53)
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let rules = [
+            format!("FREQ=YEARLY;BYDAY={every_day};BYHOUR={hours}"),
+            format!("FREQ=YEARLY;BYDAY={every_day};BYHOUR={hours};BYSETPOS=-1"),
+            format!("FREQ=YEARLY;BYYEARDAY={year_days};BYHOUR={hours}"),
+            format!("FREQ=YEARLY;BYWEEKNO={week_numbers};BYDAY={every_day};BYHOUR={hours}"),
+            format!("FREQ=DAILY;BYHOUR={hours};COUNT=4294967295"),
+            // Rarely matching: leap days, a weekday on a leap day, a
+            // month a long interval seldom lands in.
+            "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO".to_owned(),
+            "FREQ=MONTHLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO".to_owned(),
+            "FREQ=MONTHLY;INTERVAL=12;BYMONTH=2".to_owned(),
+            "FREQ=WEEKLY;INTERVAL=52;BYMONTH=2;BYDAY=MO".to_owned(),
+            "FREQ=DAILY;INTERVAL=6;BYMONTH=2;BYDAY=MO".to_owned(),
+            format!("FREQ=DAILY;INTERVAL=195;BYMONTH=2;BYHOUR={hours}"),
+        ];
+        let now = at("2026-12-01T09:00:00Z");
+        for rule in &rules {
+            let s = series(rule, "Europe/Berlin", "1970-01-01T00:00:00Z");
+            let (next, cpu) = thread_cpu(|| s.next_after(now));
+            assert!(next.is_ok(), "{rule}: {next:?}");
+            let (_, cpu_latest) = thread_cpu(|| s.latest_at_or_before(now));
+            eprintln!("{rule}: next_after {cpu:?}, latest_at_or_before {cpu_latest:?}");
+            assert!(
+                cpu <= std::time::Duration::from_millis(50),
+                "{rule}: {cpu:?} of CPU for one completion"
+            );
+        }
     }
 }

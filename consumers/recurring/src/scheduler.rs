@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+use todo_shared::consumer::HandlerError;
 use todo_shared::outbox::OutboxSignal;
 use todo_shared::retry::run_rounds;
 use todo_shared::shutdown::Shutdown;
@@ -50,29 +51,40 @@ impl Scheduler {
             .await?;
             let mut created = 0;
             for s in &due {
-                let rule = match s.rule() {
-                    Ok(rule) => rule,
+                // A series whose rule cannot be evaluated stops, alone: the
+                // others in this round go on.
+                let evaluated = s
+                    .rule()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rule| Ok((rule.latest_at_or_before(now)?, rule.next_after(now)?)));
+                let (due_now, next) = match evaluated {
+                    Ok(times) => times,
                     Err(e) => {
                         tracing::error!(series_id = %s.series_id, error = %e, "unusable rule; series stopped");
                         series::stop(&mut tx, s.series_id).await?;
                         continue;
                     }
                 };
-                if let Some(occurrence) = rule.latest_at_or_before(now) {
+                if let Some(occurrence) = due_now {
                     let correlation = uuid::Uuid::new_v4().to_string();
-                    if let Some(task) =
-                        series::create_instance(&mut tx, s, occurrence, &correlation, None)
-                            .await
-                            .map_err(|e| anyhow::anyhow!("{e}"))?
+                    match series::create_instance(&mut tx, s, occurrence, &correlation, None).await
                     {
-                        created += 1;
-                        tracing::info!(
-                            series_id = %s.series_id, task_id = %task.id, due_at = %occurrence,
-                            late_ms = (now - occurrence).num_milliseconds(), "scheduled instance created"
-                        );
+                        Ok(Some(task)) => {
+                            created += 1;
+                            tracing::info!(
+                                series_id = %s.series_id, task_id = %task.id, due_at = %occurrence,
+                                late_ms = (now - occurrence).num_milliseconds(), "scheduled instance created"
+                            );
+                        }
+                        Ok(None) => {}
+                        Err(HandlerError::Rejected(e)) => {
+                            tracing::error!(series_id = %s.series_id, error = %e, "instance cannot be created; series stopped");
+                            series::stop(&mut tx, s.series_id).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(anyhow::anyhow!("{e}")),
                     }
                 }
-                let next: Option<DateTime<Utc>> = rule.next_after(now);
                 sqlx::query(
                     "UPDATE recurring_series SET next_at = $2, active = $3, updated_at = now()
                       WHERE series_id = $1",

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use todo_shared::consumer::HandlerError;
-use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, UserId};
+use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestamp, UserId};
 use todo_shared::tasks::{self, Actor};
 use uuid::Uuid;
 
@@ -62,7 +62,7 @@ pub async fn start(
     let rule = Rule::new(&recurrence.rule, &recurrence.timezone, due_at)
         .map_err(HandlerError::rejected)?;
     let next_at = match recurrence.mode {
-        RecurrenceMode::Schedule => rule.next_after(due_at),
+        RecurrenceMode::Schedule => rule.next_after(due_at).map_err(HandlerError::rejected)?,
         RecurrenceMode::OnCompletion => None,
     };
     sqlx::query(
@@ -145,27 +145,42 @@ pub async fn create_instance(
     correlation_id: &str,
     causation_id: Option<String>,
 ) -> Result<Option<Task>, HandlerError> {
-    if !claim(conn, series.series_id, occurrence, None).await? {
-        return Ok(None);
-    }
     let template = &series.template.0;
     let mut spec = tasks::spec_of(template).map_err(HandlerError::rejected)?;
     let shift = template
         .due_at
-        .map(|due| occurrence - due)
+        .map(|due| occurrence.signed_duration_since(due))
         .unwrap_or_default();
     let moved: Vec<Reminder> = template
         .reminders
         .iter()
         .map(|r| match r {
-            Reminder::At(at) => Reminder::At(*at + shift),
-            other => other.clone(),
+            Reminder::At(at) => at
+                .get()
+                .checked_add_signed(shift)
+                .and_then(|t| Timestamp::try_from(t).ok())
+                .map(Reminder::At)
+                .ok_or_else(|| {
+                    HandlerError::rejected(format!(
+                        "reminder at {} moved by {shift} leaves the accepted range",
+                        at.get()
+                    ))
+                }),
+            other => Ok(other.clone()),
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     spec.reminders = moved.try_into().map_err(HandlerError::rejected)?;
-    spec.due_at = Some(occurrence);
+    spec.due_at = Some(
+        Timestamp::try_from(occurrence)
+            .map_err(|e| HandlerError::rejected(format!("occurrence {occurrence}: {e}")))?,
+    );
     spec.recurrence = Some(series.recurrence.0.clone());
     let user = UserId::try_from(series.user_id.clone()).map_err(HandlerError::rejected)?;
+    // Everything that can refuse this instance has been checked: only now
+    // is its occurrence taken.
+    if !claim(conn, series.series_id, occurrence, None).await? {
+        return Ok(None);
+    }
     let actor = Actor {
         user: &user,
         correlation_id,

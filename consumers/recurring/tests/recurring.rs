@@ -380,3 +380,142 @@ impl NoNanos for DateTime<Utc> {
         self.with_nanosecond(0).unwrap_or(self)
     }
 }
+
+/// Publishes `envelope` to task-events as if a producer had written it,
+/// past todo-api's checks.
+async fn inject(stack: &Stack, user: &str, envelope: &Value) {
+    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let raw = serde_json::to_vec(envelope).expect("json");
+    producer
+        .send(
+            FutureRecord::to(&stack.topic(Topic::TaskEvents))
+                .key(user)
+                .payload(&raw),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+}
+
+/// `event` as another event: a fresh id, `edit` applied to its task.
+fn forged(event: &Received, kind: &str, edit: impl FnOnce(&mut Value)) -> Value {
+    let mut v = event.value.clone();
+    v["id"] = json!(Uuid::new_v4());
+    v["type"] = json!(kind);
+    edit(&mut v["data"]["task"]);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_impossible_task_does_not_stop_recurrence_for_anyone_else() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let mallory = stack.token("mallory");
+    let seed = stack.create(&api, &mallory, json!({"title": "seed"})).await;
+    let seed = event_of(
+        &stack,
+        "task.created",
+        seed["id"].as_str().unwrap_or_default(),
+    )
+    .await;
+
+    // Straight onto the topic: a recurring task due in year 262142 in
+    // Berlin (its local time is past what the calendar can hold), the same
+    // at UTC+14, and the completion of a series whose reminder would move
+    // past the end of time.
+    let far = |zone: &'static str| {
+        move |task: &mut Value| {
+            task["due_at"] = json!("+262142-12-31T23:59:59Z");
+            task["series_id"] = task["id"].clone();
+            task["recurrence"] =
+                json!({"rule": "FREQ=DAILY", "timezone": zone, "mode": "schedule"});
+        }
+    };
+    let poison = [
+        forged(&seed, "task.created", far("Europe/Berlin")),
+        forged(&seed, "task.created", far("Etc/GMT-14")),
+        forged(&seed, "task.completed", |task| {
+            task["due_at"] = json!("2030-01-07T08:00:00Z");
+            task["series_id"] = task["id"].clone();
+            task["completed"] = json!(true);
+            task["completed_at"] = json!("2030-01-07T09:00:00Z");
+            task["recurrence"] =
+                json!({"rule": "FREQ=WEEKLY", "timezone": "UTC", "mode": "on_completion"});
+            task["reminders"] = json!([{"at": "+262142-12-31T23:59:59Z"}]);
+        }),
+    ];
+    for event in &poison {
+        inject(&stack, "mallory", event).await;
+    }
+
+    // The next user's series carries on.
+    let ann = stack.token("ann");
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "standup", "due_at": "2030-01-07T08:00:00Z",
+                   "recurrence": {"rule": "FREQ=WEEKLY;BYDAY=MO", "timezone": "Europe/Berlin", "mode": "on_completion"}}),
+        )
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    complete(&stack, &api, &ann, &id).await;
+    let next = wait_instances(&stack, &id, 1).await;
+    assert_eq!(next[0].1, at("2030-01-14T08:00:00Z"));
+
+    // Each impossible event is set aside, with the reason, and nothing else.
+    let dlq = todo_shared::testing::EventReader::new(
+        stack.broker.bootstrap(),
+        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+    )
+    .await;
+    let letters = dlq.take(poison.len(), WAIT).await;
+    let mut ids: Vec<&str> = letters.iter().map(|l| l.id()).collect();
+    let mut expected: Vec<&str> = poison.iter().filter_map(|p| p["id"].as_str()).collect();
+    ids.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    for letter in &letters {
+        assert_eq!(letter.header("dlq.consumer"), Some("todo-recurring"));
+        assert!(letter.header("dlq.error").is_some_and(|e| !e.is_empty()));
+    }
+    assert!(dlq.drain(Duration::from_secs(2)).await.is_empty());
+    recurring.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_without_the_token_secret() {
+    let stack = Stack::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let mut child = stack
+        .service_command(env!("CARGO_BIN_EXE_todo-recurring"))
+        .env_remove("JWT_SECRET")
+        .env("PORT", port.to_string())
+        .spawn()
+        .expect("starts");
+    let health = format!("http://127.0.0.1:{port}/health");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = stack.http.get(&health).send().await {
+            assert_eq!(r.status(), StatusCode::OK);
+            break;
+        }
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "todo-recurring exited without JWT_SECRET"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served /health"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

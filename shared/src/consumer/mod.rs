@@ -452,7 +452,18 @@ impl<H: Handler> Runtime<H> {
             .filter(|e| fresh.contains(&e.envelope.id))
             .collect();
         if !todo.is_empty() {
-            self.handler.handle_batch(&mut tx, &todo).await?;
+            // A handler that panics on one event fails that event (retried,
+            // then dead-lettered) instead of the process: restarted, it would
+            // read the same event and die again, for every user.
+            std::panic::AssertUnwindSafe(self.handler.handle_batch(&mut tx, &todo))
+                .catch_unwind()
+                .await
+                .map_err(|panic| {
+                    HandlerError::Failed(anyhow::anyhow!(
+                        "handler panicked: {}",
+                        crate::panics::message(&*panic)
+                    ))
+                })??;
         }
         tx.commit().await?;
 

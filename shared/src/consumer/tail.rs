@@ -130,7 +130,19 @@ impl Tail {
                         .end_to_end
                         .with_label_values(&[name])
                         .observe(age.as_secs_f64());
-                    deliver(event);
+                    let id = event.envelope.id;
+                    // One event that trips the service up is skipped, not
+                    // fatal: every replica would trip on it at every start.
+                    if let Err(panic) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver(event)))
+                    {
+                        self.metrics
+                            .failed
+                            .with_label_values(&[name, event_type])
+                            .inc();
+                        tracing::error!(consumer = name, event_id = %id,
+                            error = %crate::panics::message(&*panic), "event could not be delivered; skipped");
+                    }
                 }
                 Err(reason) => {
                     self.metrics
