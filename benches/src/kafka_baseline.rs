@@ -206,15 +206,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The platform's Kafka settings from the environment (JWT_SECRET, which
-/// `Settings` insists on, does not matter here).
+/// The platform's Kafka settings from the environment.
 fn kafka_settings() -> anyhow::Result<KafkaSettings> {
-    let env = Env::new(|k: &str| {
-        std::env::var(k)
-            .ok()
-            .or_else(|| (k == "JWT_SECRET").then(|| "x".repeat(32)))
-    });
-    Ok(Settings::from_lookup(&env, 0)
+    Ok(Settings::from_lookup(&Env::process(), 0)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .kafka)
 }

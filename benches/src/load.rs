@@ -21,7 +21,6 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
-use secrecy::SecretString;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +31,7 @@ use std::time::{Duration, Instant};
 use todo_bench::plot;
 use todo_bench::ws::{self, Tracker};
 use todo_shared::auth::JwtKeys;
+use todo_shared::config::JwtSettings;
 use todo_shared::domain::UserId;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -419,7 +419,7 @@ async fn main() -> anyhow::Result<()> {
             bail!("--rate must be a positive number");
         }
     }
-    let keys = JwtKeys::new(&SecretString::from(args.jwt_secret.clone()));
+    let keys = JwtKeys::new(&JwtSettings::with_secret(&args.jwt_secret));
     let run_id: u32 = rand::random();
     let watched = args.ws_clients.min(args.users);
     let users = (0..args.users)

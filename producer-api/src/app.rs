@@ -2,6 +2,7 @@
 //! background tasks, so that `main` and the tests start it the same way.
 
 use crate::extract::{CorrelationId, CORRELATION_HEADER};
+use crate::limits::{WriteLimiter, WriteQuota};
 use crate::state::{AppState, HttpMetrics};
 use crate::{idempotency, routes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -15,10 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use todo_shared::auth::JwtKeys;
-use todo_shared::config::{ConfigError, Env, Settings};
+use todo_shared::config::{ConfigError, Env, JwtSettings, Settings};
 use todo_shared::ops::{self, Readiness};
 use todo_shared::outbox::OutboxSignal;
 use todo_shared::relay::{Relay, RelayConfig, RelayMetrics};
+use todo_shared::server::HttpLimits;
 use todo_shared::shutdown::Shutdown;
 use todo_shared::{db, kafka};
 use tokio::task::JoinHandle;
@@ -33,6 +35,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
     pub relay: RelayConfig,
+    /// Writes per user (`API_WRITES_PER_SECOND`, `API_WRITE_BURST`).
+    pub writes: WriteQuota,
     /// Run the outbox relay in this process (one replica leads at a time).
     pub run_relay: bool,
     /// Origins allowed by CORS (`None`: any origin; tokens, not cookies,
@@ -44,6 +48,7 @@ impl Default for ApiOptions {
     fn default() -> Self {
         Self {
             relay: RelayConfig::default(),
+            writes: WriteQuota::default(),
             run_relay: true,
             cors_origins: None,
         }
@@ -81,6 +86,7 @@ impl ApiOptions {
                 poll_interval: env.millis_or("OUTBOX_POLL_INTERVAL_MS", defaults.poll_interval)?,
                 ..defaults
             },
+            writes: WriteQuota::from_lookup(&env)?,
             run_relay: env.parse_or("OUTBOX_RELAY_ENABLED", true)?,
             cors_origins,
         })
@@ -92,14 +98,18 @@ pub struct Application {
     router: Router,
     state: AppState,
     relay: Option<Relay>,
+    limits: HttpLimits,
 }
 
 impl Application {
     /// Binds `0.0.0.0:settings.port` (0: any free port), connects lazily to
-    /// the database and the broker, and migrates the database.
-    pub async fn build(settings: &Settings, options: ApiOptions) -> anyhow::Result<Application> {
-        let pool = db::pool(&settings.database)?;
-        db::wait_and_migrate(&pool).await?;
+    /// the broker, and waits for the database's schema.
+    pub async fn build(
+        settings: &Settings,
+        jwt: &JwtSettings,
+        options: ApiOptions,
+    ) -> anyhow::Result<Application> {
+        let pool = db::service_pool(&settings.database).await?;
         let producer = kafka::producer(&settings.kafka)?;
         let registry = Registry::new();
         let http = HttpMetrics::register(&registry)?;
@@ -107,7 +117,8 @@ impl Application {
         let signal = OutboxSignal::new();
         let state = AppState {
             pool: pool.clone(),
-            jwt: Arc::new(JwtKeys::new(&settings.jwt_secret)),
+            jwt: Arc::new(JwtKeys::new(jwt)),
+            writes: Arc::new(WriteLimiter::new(options.writes)),
             signal: signal.clone(),
             producer: producer.clone(),
             http: http.clone(),
@@ -129,6 +140,7 @@ impl Application {
             router,
             state,
             relay,
+            limits: settings.http.clone(),
         })
     }
 
@@ -149,18 +161,15 @@ impl Application {
                 .clone()
                 .forward_to_other_processes(self.state.pool.clone(), shutdown.clone()),
         ));
-        tasks.push(tokio::spawn(prune_idempotency_keys(
-            self.state.pool.clone(),
+        tasks.push(tokio::spawn(housekeeping(
+            self.state.clone(),
             shutdown.clone(),
         )));
         tracing::info!(
             port = self.listener.local_addr()?.port(),
             "todo-api listening"
         );
-        let mut on_shutdown = shutdown.clone();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { on_shutdown.recv().await })
-            .await?;
+        todo_shared::server::serve(self.listener, self.router, self.limits, shutdown).await?;
         for task in tasks {
             let _ = task.await;
         }
@@ -170,14 +179,22 @@ impl Application {
     }
 }
 
-async fn prune_idempotency_keys(pool: sqlx::PgPool, mut shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+/// Now and then: expired idempotency keys out of the database, and users
+/// with a full write allowance out of the rate limiter's memory.
+async fn housekeeping(state: AppState, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut rounds: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = tick.tick() => {}
         }
-        match idempotency::prune(&pool).await {
+        state.writes.forget_idle();
+        rounds += 1;
+        if rounds % 10 != 1 {
+            continue;
+        }
+        match idempotency::prune(&state.pool).await {
             Ok(n) if n > 0 => tracing::info!(pruned = n, "expired idempotency keys removed"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not prune idempotency keys"),

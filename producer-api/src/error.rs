@@ -28,6 +28,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("too many writes; retry in {retry_after:?}")]
+    TooManyRequests { retry_after: std::time::Duration },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -50,6 +52,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,6 +76,9 @@ impl ApiError {
                 ("/problems/idempotency-key-reused", "Idempotency-Key reused")
             }
             ApiError::Conflict(_) => ("/problems/conflict", "Conflict"),
+            ApiError::TooManyRequests { .. } => {
+                ("/problems/too-many-requests", "Too many requests")
+            }
             ApiError::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("/problems/internal", "Internal error"),
         }
@@ -123,10 +129,19 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ApiError::Unavailable(_) = self {
+        let retry_after = match &self {
+            ApiError::Unavailable(_) => Some(1),
+            // Whole seconds, rounded up: a client that waits this long
+            // has its next write accepted.
+            ApiError::TooManyRequests { retry_after } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -134,14 +149,13 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            _ if todo_shared::db::is_unique_violation(&e) => {
-                ApiError::Conflict("a resource with this identity already exists".into())
-            }
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(e.to_string())
-            }
-            _ => ApiError::Internal(e.to_string()),
+        use todo_shared::db;
+        if db::is_unique_violation(&e) {
+            ApiError::Conflict("a resource with this identity already exists".into())
+        } else if db::is_unavailable(&e) || db::is_statement_timeout(&e) {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod limits;
 pub mod routes;
 pub mod state;
 #[cfg(feature = "testing")]

@@ -2,7 +2,7 @@ use clap::{Parser, Subcommand};
 use std::time::Duration;
 use todo_api::app::{ApiOptions, Application, DEFAULT_PORT};
 use todo_shared::auth::JwtKeys;
-use todo_shared::config::{exit_on_config_error, Settings};
+use todo_shared::config::{exit_on_config_error, DatabaseSettings, JwtSettings, Settings};
 use todo_shared::domain::UserId;
 use todo_shared::{db, shutdown, telemetry};
 
@@ -45,14 +45,16 @@ async fn main() {
     let cli = Cli::parse();
     let settings =
         Settings::from_env(DEFAULT_PORT).unwrap_or_else(|e| exit_on_config_error(BINARY, &e));
+    let jwt = || JwtSettings::from_env().unwrap_or_else(|e| exit_on_config_error(BINARY, &e));
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Token { user, hours } => {
             let user = UserId::try_from(user).unwrap_or_else(|e| {
                 eprintln!("{BINARY}: --user: {e}");
                 std::process::exit(2)
             });
-            let keys = JwtKeys::new(&settings.jwt_secret);
-            println!("{}", keys.mint(&user, Duration::from_secs(hours * 3600)));
+            let keys = JwtKeys::new(&jwt());
+            let ttl = Duration::from_secs(hours.saturating_mul(3600));
+            println!("{}", keys.mint(&user, ttl));
             Ok(())
         }
         Command::Migrate => {
@@ -60,23 +62,34 @@ async fn main() {
             migrate(&settings).await
         }
         Command::Serve => {
+            let jwt = jwt();
             telemetry::init(BINARY);
             let options =
                 ApiOptions::from_env().unwrap_or_else(|e| exit_on_config_error(BINARY, &e));
-            serve(&settings, options).await
+            serve(&settings, &jwt, options).await
         }
     };
     shutdown::exit_on_failure(BINARY, result);
 }
 
+/// The one migrator: the compose one-shot, the Kubernetes Job and Render's
+/// pre-deploy command run it. Migrations may take longer than a request's
+/// statement timeout.
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let pool = db::pool(&settings.database)?;
-    db::migrate(&pool).await?;
-    tracing::info!("migrations applied");
+    let database = DatabaseSettings {
+        statement_timeout: Duration::ZERO,
+        ..settings.database.clone()
+    };
+    let pool = db::pool(&database)?;
+    db::migrate_when_reachable(&pool, db::STARTUP_PATIENCE).await?;
+    tracing::info!(
+        version = db::schema_version(&pool).await?,
+        "migrations applied"
+    );
     Ok(())
 }
 
-async fn serve(settings: &Settings, options: ApiOptions) -> anyhow::Result<()> {
-    let app = Application::build(settings, options).await?;
+async fn serve(settings: &Settings, jwt: &JwtSettings, options: ApiOptions) -> anyhow::Result<()> {
+    let app = Application::build(settings, jwt, options).await?;
     app.run(shutdown::on_signal()).await
 }

@@ -11,14 +11,14 @@ use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::{PgConnection, Postgres, Transaction};
 use std::collections::HashMap;
 use todo_shared::db;
 use todo_shared::domain::{
-    Description, FieldError, Priority, Recurrence, Reminders, Tags, Task, TaskSpec, Title, UserId,
+    Description, FieldError, Priority, Recurrence, Reminders, Tags, Task, TaskSpec, Timestamp,
+    Title, UserId,
 };
 use todo_shared::http::AuthUser;
 use todo_shared::tasks::{self, Actor, ListQuery, SortField, StatusFilter};
@@ -54,7 +54,7 @@ struct TaskBody {
     #[serde(default)]
     tags: Option<Tags>,
     #[serde(default)]
-    due_at: Option<DateTime<Utc>>,
+    due_at: Option<Timestamp>,
     #[serde(default)]
     recurrence: Option<Recurrence>,
     #[serde(default)]
@@ -112,7 +112,7 @@ struct TaskPatch {
     #[serde(default, deserialize_with = "present")]
     tags: Option<Option<Tags>>,
     #[serde(default, deserialize_with = "present")]
-    due_at: Option<Option<DateTime<Utc>>>,
+    due_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "present")]
     recurrence: Option<Option<Recurrence>>,
     #[serde(default, deserialize_with = "present")]
@@ -262,6 +262,7 @@ async fn create_task(
     uri: Uri,
     body: JsonBody<TaskBody>,
 ) -> Result<Response, ApiError> {
+    state.writes.check(&user)?;
     let spec = body.value.into_spec()?;
     let mut post = match PostTx::begin(&state, &user, key, &uri, &body.raw).await? {
         Ok(post) => post,
@@ -301,6 +302,7 @@ async fn replace_task(
     Path(id): Path<String>,
     body: JsonBody<TaskBody>,
 ) -> Result<Response, ApiError> {
+    state.writes.check(&user)?;
     let id = parse_id(&id)?;
     let spec = body.value.into_spec()?;
     update_with(&state, &user, &correlation, id, if_match, |_| Ok(spec)).await
@@ -314,6 +316,7 @@ async fn patch_task(
     Path(id): Path<String>,
     body: JsonBody<TaskPatch>,
 ) -> Result<Response, ApiError> {
+    state.writes.check(&user)?;
     let id = parse_id(&id)?;
     let patch = body.value;
     update_with(&state, &user, &correlation, id, if_match, move |current| {
@@ -414,6 +417,7 @@ async fn change_state(
     id: &str,
     change: StateChange,
 ) -> Result<Response, ApiError> {
+    state.writes.check(user)?;
     let id = parse_id(id)?;
     let mut post = match PostTx::begin(state, user, key, uri, &[]).await? {
         Ok(post) => post,
@@ -442,6 +446,7 @@ async fn delete_task(
     if_match: IfMatch,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    state.writes.check(&user)?;
     let id = parse_id(&id)?;
     let mut tx = db::begin(&state.pool).await?;
     let current = tasks::find_for_update(&mut tx, &user, id)
@@ -463,6 +468,25 @@ struct Page {
 }
 
 pub const MAX_PAGE: i64 = 200;
+/// Deepest page: PostgreSQL reads and drops every row before the offset, so
+/// a deep offset with a text search costs a scan of the user's tasks.
+pub const MAX_OFFSET: i64 = 10_000;
+
+/// The `q` parameter: text PostgreSQL can hold, of a bounded length; empty
+/// means no search.
+fn search_text(value: &str) -> Result<Option<String>, String> {
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    let n = value.chars().count();
+    if n > todo_shared::domain::MAX_SEARCH_CHARS {
+        return Err(format!(
+            "must be at most {} characters (got {n})",
+            todo_shared::domain::MAX_SEARCH_CHARS
+        ));
+    }
+    Ok(Some(value.to_owned()).filter(|t| !t.is_empty()))
+}
 
 /// Parses the list parameters, naming every bad one. Unknown parameters are
 /// refused too, so a misspelt filter does not silently return everything.
@@ -482,12 +506,18 @@ fn parse_list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiEr
                 Ok(p) => q.priority = Some(p),
                 Err(e) => bad(e),
             },
-            "tag" => q.tag = Some(value.clone()),
-            "q" => q.text = Some(value.clone()).filter(|t| !t.is_empty()),
-            "due_after" | "due_before" => match DateTime::parse_from_rfc3339(value) {
-                Ok(t) if name == "due_after" => q.due_after = Some(t.with_timezone(&Utc)),
-                Ok(t) => q.due_before = Some(t.with_timezone(&Utc)),
-                Err(_) => bad("expected an RFC 3339 time such as 2026-12-01T09:00:00Z".into()),
+            "tag" => match Tags::try_from(vec![value.clone()]) {
+                Ok(_) => q.tag = Some(value.clone()),
+                Err(e) => bad(e.replace("tag 0", "a tag")),
+            },
+            "q" => match search_text(value) {
+                Ok(text) => q.text = text,
+                Err(e) => bad(e),
+            },
+            "due_after" | "due_before" => match value.parse::<Timestamp>() {
+                Ok(t) if name == "due_after" => q.due_after = Some(t.get()),
+                Ok(t) => q.due_before = Some(t.get()),
+                Err(e) => bad(e),
             },
             "sort" => {
                 let (desc, field) = match value.strip_prefix('-') {
@@ -512,8 +542,10 @@ fn parse_list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiEr
                 _ => bad(format!("expected a number from 1 to {MAX_PAGE}")),
             },
             "offset" => match value.parse::<i64>() {
-                Ok(n) if (0..=1_000_000).contains(&n) => q.offset = n,
-                _ => bad("expected a number from 0 to 1000000".into()),
+                Ok(n) if (0..=MAX_OFFSET).contains(&n) => q.offset = n,
+                _ => bad(format!(
+                    "expected a number from 0 to {MAX_OFFSET} (narrow the list with filters to reach further)"
+                )),
             },
             _ => bad("unknown query parameter".into()),
         }

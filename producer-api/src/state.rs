@@ -11,6 +11,7 @@ use todo_shared::outbox::OutboxSignal;
 pub struct AppState {
     pub pool: PgPool,
     pub jwt: Arc<JwtKeys>,
+    pub writes: Arc<crate::limits::WriteLimiter>,
     pub signal: OutboxSignal,
     pub producer: FutureProducer,
     pub http: HttpMetrics,

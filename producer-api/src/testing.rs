@@ -5,16 +5,16 @@
 
 use crate::app::{ApiOptions, Application};
 use reqwest::{Method, RequestBuilder, StatusCode};
-use secrecy::SecretString;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 use todo_shared::auth::JwtKeys;
-use todo_shared::config::{KafkaSettings, Settings};
+use todo_shared::config::{JwtSettings, KafkaSettings, Settings};
 use todo_shared::domain::UserId;
 use todo_shared::envelope::{Topic, TopicNames};
 use todo_shared::relay::RelayConfig;
 use todo_shared::schema::EventSchemas;
+use todo_shared::server::HttpLimits;
 use todo_shared::shutdown::{self, ShutdownTrigger};
 use todo_shared::testing::{self, Broker, EventReader, Received, TestDatabase};
 use tokio::task::JoinHandle;
@@ -68,7 +68,7 @@ impl Stack {
             broker,
             db,
             kafka,
-            jwt: JwtKeys::new(&SecretString::from(testing::JWT_SECRET.to_string())),
+            jwt: JwtKeys::new(&JwtSettings::with_secret(testing::JWT_SECRET)),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -80,14 +80,19 @@ impl Stack {
         Settings {
             database: self.db.settings(),
             kafka: self.kafka.clone(),
-            jwt_secret: SecretString::from(testing::JWT_SECRET.to_string()),
             port: 0,
+            http: HttpLimits::default(),
         }
     }
 
-    /// Starts one more `todo-api` on this stack's database and broker.
-    pub async fn spawn_api(&self) -> Api {
-        let options = ApiOptions {
+    /// The token settings of this stack's services (its tokens verify).
+    pub fn jwt_settings(&self) -> JwtSettings {
+        JwtSettings::with_secret(testing::JWT_SECRET)
+    }
+
+    /// The options of the `todo-api`s tests start: a relay quick to react.
+    pub fn api_options(&self) -> ApiOptions {
+        ApiOptions {
             relay: RelayConfig {
                 poll_interval: Duration::from_millis(200),
                 standby_interval: Duration::from_millis(200),
@@ -95,8 +100,18 @@ impl Stack {
                 ..RelayConfig::default()
             },
             ..ApiOptions::default()
-        };
-        let app = Application::build(&self.settings(), options)
+        }
+    }
+
+    /// Starts one more `todo-api` on this stack's database and broker.
+    pub async fn spawn_api(&self) -> Api {
+        self.spawn_api_with(self.settings(), self.api_options())
+            .await
+    }
+
+    /// Starts a `todo-api` with settings and options of the test's own.
+    pub async fn spawn_api_with(&self, settings: Settings, options: ApiOptions) -> Api {
+        let app = Application::build(&settings, &self.jwt_settings(), options)
             .await
             .expect("todo-api starts");
         let base = format!("http://127.0.0.1:{}", app.port());

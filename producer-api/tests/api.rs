@@ -363,8 +363,8 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     }
 
     // Tokens: missing, forged, expired, unsigned (alg=none).
-    let forged = todo_shared::auth::JwtKeys::new(&secrecy::SecretString::from(
-        "another-secret-another-secret-1234".to_string(),
+    let forged = todo_shared::auth::JwtKeys::new(&todo_shared::config::JwtSettings::with_secret(
+        "another-secret-another-secret-1234",
     ))
     .mint(
         &UserId::try_from("alice".to_string()).unwrap(),

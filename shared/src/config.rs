@@ -141,6 +141,23 @@ impl KafkaSettings {
 pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`: longest any one statement may run
+    /// (PostgreSQL's `statement_timeout`), so that no request or event can
+    /// hold a connection for long. Zero: no limit.
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// `url` with the other settings at their defaults.
+    pub fn new(url: impl Into<String>, max_connections: u32) -> Self {
+        Self {
+            url: SecretString::from(url.into()),
+            max_connections,
+            statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
 }
 
 /// Settings shared by every binary. Service-specific knobs live with the
@@ -149,8 +166,52 @@ pub struct DatabaseSettings {
 pub struct Settings {
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
-    pub jwt_secret: SecretString,
     pub port: u16,
+    /// How long clients may take (`HTTP_*`).
+    pub http: crate::server::HttpLimits,
+}
+
+/// How user tokens are checked: read only by the services that verify them
+/// (todo-api, todo-audit, todo-realtime), so the others start without the
+/// secret.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// `JWT_SECRET`, the HS256 key.
+    pub secret: SecretString,
+    /// `JWT_ISSUER`: when set, a token's `iss` must be this.
+    pub issuer: Option<String>,
+    /// `JWT_AUDIENCE`: when set, a token's `aud` must include this.
+    pub audience: Option<String>,
+}
+
+impl JwtSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&Env::process())
+    }
+
+    pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let secret = env.required("JWT_SECRET", "HS256 secret for user tokens")?;
+        if secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::Invalid {
+                var: "JWT_SECRET",
+                reason: format!("must be at least {MIN_JWT_SECRET_BYTES} bytes long"),
+            });
+        }
+        Ok(Self {
+            secret: SecretString::from(secret),
+            issuer: env.get("JWT_ISSUER"),
+            audience: env.get("JWT_AUDIENCE"),
+        })
+    }
+
+    /// Just a secret, no issuer or audience (tests and tools).
+    pub fn with_secret(secret: &str) -> Self {
+        Self {
+            secret: SecretString::from(secret.to_owned()),
+            issuer: None,
+            audience: None,
+        }
+    }
 }
 
 /// Reads variables from a lookup function (the process environment, or a map
@@ -284,18 +345,14 @@ impl Settings {
             });
         }
 
-        let jwt_secret = env.required("JWT_SECRET", "HS256 secret for user tokens")?;
-        if jwt_secret.len() < MIN_JWT_SECRET_BYTES {
-            return Err(ConfigError::Invalid {
-                var: "JWT_SECRET",
-                reason: format!("must be at least {MIN_JWT_SECRET_BYTES} bytes long"),
-            });
-        }
-
         Ok(Settings {
             database: DatabaseSettings {
                 url: SecretString::from(database_url),
                 max_connections,
+                statement_timeout: env.millis_or(
+                    "DATABASE_STATEMENT_TIMEOUT_MS",
+                    DatabaseSettings::DEFAULT_STATEMENT_TIMEOUT,
+                )?,
             },
             kafka: KafkaSettings {
                 bootstrap_servers: env.or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
@@ -305,8 +362,8 @@ impl Settings {
                 topic_partitions,
                 replication_factor,
             },
-            jwt_secret: SecretString::from(jwt_secret),
             port: env.parse_or("PORT", default_port)?,
+            http: crate::server::HttpLimits::from_lookup(env)?,
         })
     }
 }
@@ -335,8 +392,8 @@ mod tests {
     }
 
     #[test]
-    fn defaults_apply_when_only_the_secret_is_set() {
-        let s = Settings::from_lookup(&env(&[("JWT_SECRET", SECRET)]), 8080).unwrap();
+    fn defaults_apply_when_nothing_is_set() {
+        let s = Settings::from_lookup(&env(&[]), 8080).unwrap();
         assert_eq!(s.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(s.kafka.security_protocol, SecurityProtocol::Plaintext);
         assert_eq!(s.kafka.topic_prefix, "");
@@ -345,32 +402,44 @@ mod tests {
             s.database.url.expose_secret(),
             "postgres://postgres@127.0.0.1:5432/todo"
         );
+        assert_eq!(s.database.statement_timeout, Duration::from_secs(5));
     }
 
     #[test]
-    fn a_missing_secret_names_the_variable() {
-        let err = Settings::from_lookup(&env(&[]), 8080).unwrap_err();
+    fn only_the_services_that_verify_tokens_need_the_secret() {
+        let err = JwtSettings::from_lookup(&env(&[])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "JWT_SECRET is required (HS256 secret for user tokens)"
         );
-    }
-
-    #[test]
-    fn malformed_values_name_the_variable() {
-        let err = Settings::from_lookup(&env(&[("JWT_SECRET", SECRET), ("PORT", "eighty")]), 1)
-            .unwrap_err();
-        assert!(err.to_string().starts_with("PORT is invalid"), "{err}");
-        let err = Settings::from_lookup(&env(&[("JWT_SECRET", "short")]), 1).unwrap_err();
+        let err = JwtSettings::from_lookup(&env(&[("JWT_SECRET", "short")])).unwrap_err();
         assert!(
             err.to_string().starts_with("JWT_SECRET is invalid"),
             "{err}"
         );
-        let err = Settings::from_lookup(
-            &env(&[("JWT_SECRET", SECRET), ("KAFKA_SECURITY_PROTOCOL", "tls")]),
-            1,
-        )
-        .unwrap_err();
+        let jwt = JwtSettings::from_lookup(&env(&[
+            ("JWT_SECRET", SECRET),
+            ("JWT_ISSUER", "https://auth.example"),
+        ]))
+        .unwrap();
+        assert_eq!(jwt.issuer.as_deref(), Some("https://auth.example"));
+        assert_eq!(jwt.audience, None);
+        assert!(!format!("{jwt:?}").contains(SECRET));
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let err = Settings::from_lookup(&env(&[("PORT", "eighty")]), 1).unwrap_err();
+        assert!(err.to_string().starts_with("PORT is invalid"), "{err}");
+        let err =
+            Settings::from_lookup(&env(&[("DATABASE_STATEMENT_TIMEOUT_MS", "5s")]), 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("DATABASE_STATEMENT_TIMEOUT_MS is invalid"),
+            "{err}"
+        );
+        let err =
+            Settings::from_lookup(&env(&[("KAFKA_SECURITY_PROTOCOL", "tls")]), 1).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("KAFKA_SECURITY_PROTOCOL is invalid"),
@@ -380,14 +449,8 @@ mod tests {
 
     #[test]
     fn sasl_needs_credentials_and_never_prints_them() {
-        let err = Settings::from_lookup(
-            &env(&[
-                ("JWT_SECRET", SECRET),
-                ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
-            ]),
-            1,
-        )
-        .unwrap_err();
+        let err =
+            Settings::from_lookup(&env(&[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")]), 1).unwrap_err();
         assert_eq!(
             err,
             ConfigError::Missing {
@@ -397,7 +460,6 @@ mod tests {
         );
         let s = Settings::from_lookup(
             &env(&[
-                ("JWT_SECRET", SECRET),
                 ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
                 ("KAFKA_SASL_USERNAME", "svc"),
                 ("KAFKA_SASL_PASSWORD", "hunter2-very-secret"),
@@ -407,7 +469,6 @@ mod tests {
         .unwrap();
         let printed = format!("{s:?}");
         assert!(!printed.contains("hunter2-very-secret"), "{printed}");
-        assert!(!printed.contains(SECRET), "{printed}");
         assert_eq!(s.kafka.sasl.unwrap().mechanism, SaslMechanism::ScramSha256);
     }
 }

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 /// The migrations in `migrations/`, embedded in every binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// How to connect, with the session settings every connection carries
+/// (`statement_timeout`).
 pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
-    PgConnectOptions::from_str(settings.url.expose_secret())
+    let timeout_ms = settings.statement_timeout.as_millis().to_string();
+    Ok(PgConnectOptions::from_str(settings.url.expose_secret())?
+        .options([("statement_timeout", timeout_ms.as_str())]))
 }
 
 /// A lazily connecting pool: a service starts (and answers `/health`) while
@@ -28,8 +32,89 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(connect_options(settings)?))
 }
 
+/// Applies the migrations this binary knows. Migrations applied by a newer
+/// release are left alone, so that rolling back the image never fails here.
+/// The one migrator is `todo-api migrate`; services only check the schema
+/// ([`wait_for_schema`]).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
+}
+
+/// [`migrate`], waiting up to `patience` for the database to answer (the
+/// migrator may start before it).
+pub async fn migrate_when_reachable(pool: &PgPool, patience: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + patience;
+    let mut attempt = 0;
+    loop {
+        match migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if is_unavailable(&e) && Instant::now() < deadline =>
+            {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "database not reachable for migrations; retrying");
+                tokio::time::sleep(crate::retry::backoff(attempt)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("migrations failed: {e}")),
+        }
+    }
+}
+
+/// The schema version this binary needs: its newest migration.
+pub fn required_schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// The newest migration applied to the database (0: none).
+pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+    Ok(version.unwrap_or(0))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "the database schema is at version {found}, this release needs {needed}: \
+         run `todo-api migrate` (the compose one-shot or the Kubernetes Job does)"
+    )]
+    TooOld { found: i64, needed: i64 },
+    #[error("database unreachable: {0}")]
+    Unreachable(#[from] sqlx::Error),
+}
+
+/// Waits up to `patience` for the schema this binary needs (the migrator
+/// may still be running); a newer schema is fine. Services never migrate,
+/// so their database role needs no DDL rights.
+pub async fn wait_for_schema(pool: &PgPool, patience: Duration) -> Result<(), SchemaError> {
+    let deadline = Instant::now() + patience;
+    let needed = required_schema_version();
+    let mut attempt = 0;
+    loop {
+        let error = match schema_version(pool).await {
+            Ok(found) if found >= needed => return Ok(()),
+            Ok(found) => SchemaError::TooOld { found, needed },
+            Err(e) => SchemaError::Unreachable(e),
+        };
+        if Instant::now() >= deadline {
+            return Err(error);
+        }
+        attempt += 1;
+        if attempt == 1 || attempt % 10 == 0 {
+            tracing::warn!(error = %error, attempt, "database schema not ready; waiting");
+        }
+        tokio::time::sleep(crate::retry::backoff(attempt)).await;
+    }
 }
 
 /// Begins a transaction. A pooled connection that died since its last use
@@ -44,22 +129,14 @@ pub async fn begin(
     }
 }
 
-/// Waits up to a minute for the database (a service may start first), then
-/// applies the migrations.
-pub async fn wait_and_migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut attempt = 0;
-    loop {
-        match migrate(pool).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < deadline => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "database not ready for migrations; retrying");
-                tokio::time::sleep(crate::retry::backoff(attempt)).await;
-            }
-            Err(e) => return Err(anyhow::anyhow!("migrations failed: {e}")),
-        }
-    }
+/// How long a service waits at start for the database and its schema.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The pool of a service, once the database holds the schema it needs.
+pub async fn service_pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let pool = self::pool(settings)?;
+    wait_for_schema(&pool, STARTUP_PATIENCE).await?;
+    Ok(pool)
 }
 
 /// Whether the database answers, within `timeout`.
@@ -68,6 +145,35 @@ pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool)).await,
         Ok(Ok(_))
     )
+}
+
+/// Errors that say the database cannot be reached or is not accepting work
+/// (the server restarted, a connection was terminated, too many clients),
+/// rather than that this statement is wrong: worth waiting out.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many
+            // connections, disk full); 57P: the server is shutting down,
+            // terminated this connection or is starting; 58: system error.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code.starts_with("58")
+        }),
+        _ => false,
+    }
+}
+
+/// PostgreSQL cancelled a statement that ran past `statement_timeout`.
+pub fn is_statement_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
 }
 
 /// Is this the error PostgreSQL raises for a unique-constraint violation?

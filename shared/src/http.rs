@@ -1,7 +1,7 @@
 //! What every HTTP edge of the platform shares: RFC 9457 problem+json
 //! responses and the bearer-token extractor.
 
-use crate::auth::{bearer_token, AuthError, JwtKeys};
+use crate::auth::{bearer_token, JwtKeys};
 use crate::domain::{FieldError, UserId};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
@@ -99,9 +99,8 @@ where
             .and_then(|v| v.to_str().ok());
         let token = bearer_token(header).map_err(|e| Unauthorized(e.to_string()))?;
         let keys = Arc::<JwtKeys>::from_ref(state);
-        keys.verify(token).map(AuthUser).map_err(|e| match e {
-            AuthError::Expired => Unauthorized("the token has expired".into()),
-            other => Unauthorized(other.to_string()),
-        })
+        keys.verify(token)
+            .map(|v| AuthUser(v.user))
+            .map_err(|e| Unauthorized(e.to_string()))
     }
 }

@@ -12,11 +12,11 @@ use rdkafka::producer::{FutureProducer, Producer};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The outcome of a readiness check: each dependency and whether it answers.
 /// `required` dependencies decide readiness; the others are reported only.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Readiness {
     pub ready: bool,
     pub checks: BTreeMap<&'static str, bool>,
@@ -44,10 +44,18 @@ impl Readiness {
 
 pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Readiness> + Send + Sync>;
 
+/// How long a readiness result is reused. `/ready` is unauthenticated: each
+/// call would otherwise cost a database round trip and a broker metadata
+/// request, whoever sends it and however often.
+pub const READY_CACHE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 struct OpsState {
     registry: Registry,
     ready: ReadyCheck,
+    /// The last result and when it was taken. Callers that arrive while a
+    /// check runs wait for it instead of starting their own.
+    last: Arc<tokio::sync::Mutex<Option<(Instant, Readiness)>>>,
 }
 
 pub fn router(registry: Registry, ready: ReadyCheck) -> Router {
@@ -55,7 +63,11 @@ pub fn router(registry: Registry, ready: ReadyCheck) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready_handler))
         .route("/metrics", get(metrics))
-        .with_state(OpsState { registry, ready })
+        .with_state(OpsState {
+            registry,
+            ready,
+            last: Arc::default(),
+        })
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -63,7 +75,17 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready_handler(State(state): State<OpsState>) -> Response {
-    let readiness = (state.ready)().await;
+    let readiness = {
+        let mut last = state.last.lock().await;
+        match &*last {
+            Some((at, cached)) if at.elapsed() < READY_CACHE => cached.clone(),
+            _ => {
+                let fresh = (state.ready)().await;
+                *last = Some((Instant::now(), fresh.clone()));
+                fresh
+            }
+        }
+    };
     let status = if readiness.ready {
         StatusCode::OK
     } else {
@@ -91,4 +113,45 @@ pub async fn broker_reachable(producer: &FutureProducer, timeout: Duration) -> b
     tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok())
         .await
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use futures::FutureExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn readiness_is_checked_once_however_many_ask() {
+        let checks = Arc::new(AtomicUsize::new(0));
+        let counted = checks.clone();
+        let ready: ReadyCheck = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Readiness::new().required("database", true) }.boxed()
+        });
+        let router = router(Registry::new(), ready);
+        let calls = (0..20).map(|_| {
+            router
+                .clone()
+                .oneshot(Request::get("/ready").body(Body::empty()).expect("request"))
+        });
+        for response in futures::future::join_all(calls).await {
+            assert_eq!(response.expect("response").status(), StatusCode::OK);
+        }
+        assert_eq!(checks.load(Ordering::SeqCst), 1, "20 callers, one check");
+        tokio::time::sleep(READY_CACHE + Duration::from_millis(50)).await;
+        let again = router
+            .oneshot(Request::get("/ready").body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        assert_eq!(again.status(), StatusCode::OK);
+        assert_eq!(
+            checks.load(Ordering::SeqCst),
+            2,
+            "a stale result is renewed"
+        );
+    }
 }

@@ -11,7 +11,6 @@ use axum::Router;
 use futures::FutureExt;
 use prometheus::Registry;
 use sqlx::PgPool;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ pub struct ConsumerService<H> {
     router: Router,
     runtime: Runtime<H>,
     pool: PgPool,
+    limits: crate::server::HttpLimits,
 }
 
 impl<H: Handler> ConsumerService<H> {
@@ -72,6 +72,7 @@ impl<H: Handler> ConsumerService<H> {
                 progress: Arc::default(),
             },
             pool,
+            limits: settings.http.clone(),
         })
     }
 
@@ -87,19 +88,16 @@ impl<H: Handler> ConsumerService<H> {
     /// Consumes and serves until `shutdown` (or until the consumer cannot be
     /// set up, which is returned as an error).
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let (stop_serving, mut serving_stopped) = shutdown::channel();
-        let mut external = shutdown.clone();
+        // The server outlives the consumer (which ends on `shutdown` or when
+        // it cannot be set up), so /health answers while it finishes.
+        let (stop_serving, serving) = shutdown::channel();
         tracing::info!(service = %self.name, port = self.port(), "listening");
-        let server = tokio::spawn(
-            axum::serve(self.listener, self.router)
-                .with_graceful_shutdown(async move {
-                    tokio::select! {
-                        _ = external.recv() => {}
-                        _ = serving_stopped.recv() => {}
-                    }
-                })
-                .into_future(),
-        );
+        let server = tokio::spawn(crate::server::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            serving,
+        ));
         let consumed = self.runtime.run(shutdown).await;
         stop_serving.trigger();
         let served = server.await;

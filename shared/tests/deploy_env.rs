@@ -6,7 +6,8 @@
 //! - every environment variable the manifest gives it is one that binary
 //!   reads (a misspelt or stale variable is silently ignored at run time:
 //!   here it fails);
-//! - `JWT_SECRET` is set, `DATABASE_URL` is set for each service with a
+//! - `JWT_SECRET` is set for each service that verifies tokens and for no
+//!   other, `DATABASE_URL` is set for each service with a
 //!   database, and no `DATABASE_*` for one without (todo-realtime);
 //! - every service is deployed by every manifest.
 //!
@@ -126,6 +127,8 @@ fn env_like_literals(source: &str) -> BTreeSet<String> {
 struct Binary {
     reads: BTreeSet<String>,
     has_database: bool,
+    /// It reads `JwtSettings` (todo-api, todo-audit, todo-realtime).
+    verifies_tokens: bool,
 }
 
 fn binaries() -> BTreeMap<&'static str, Binary> {
@@ -173,6 +176,7 @@ fn binaries() -> BTreeMap<&'static str, Binary> {
         reads.insert("RUST_LOG".into());
         let mut uses_consumer_group = false;
         let mut has_database = false;
+        let mut verifies_tokens = false;
         for file in &files {
             if file.file_name().is_some_and(|n| n == "testing.rs") {
                 continue;
@@ -180,7 +184,8 @@ fn binaries() -> BTreeMap<&'static str, Binary> {
             let source = fs::read_to_string(file).unwrap();
             let code = source.split("#[cfg(test)]").next().unwrap_or("");
             uses_consumer_group |= code.contains("ConsumerConfig");
-            has_database |= code.contains("db::pool(") || code.contains("wait_and_migrate");
+            has_database |= code.contains("db::pool(") || code.contains("db::service_pool(");
+            verifies_tokens |= code.contains("JwtSettings::from_env");
             reads.extend(env_like_literals(&source));
         }
         if uses_consumer_group {
@@ -191,6 +196,7 @@ fn binaries() -> BTreeMap<&'static str, Binary> {
             Binary {
                 reads,
                 has_database,
+                verifies_tokens,
             },
         );
     }
@@ -202,6 +208,8 @@ fn binaries() -> BTreeMap<&'static str, Binary> {
 struct Deployed {
     manifest: String,
     binary: String,
+    /// `migrate` for the one-shot migrator (`todo-api migrate`).
+    subcommand: Option<String>,
     vars: BTreeSet<String>,
 }
 
@@ -264,6 +272,7 @@ fn compose() -> Vec<Deployed> {
         out.push(Deployed {
             manifest: format!("docker-compose.yml service {name}"),
             binary: command[0].clone(),
+            subcommand: command.get(1).cloned(),
             vars,
         });
     }
@@ -306,6 +315,7 @@ fn render() -> Vec<Deployed> {
         out.push(Deployed {
             manifest: format!("render.yaml service {name}"),
             binary: command[0].clone(),
+            subcommand: command.get(1).cloned(),
             vars,
         });
     }
@@ -395,6 +405,7 @@ fn civo() -> Vec<Deployed> {
             out.push(Deployed {
                 manifest: format!("{file} {kind} {name}"),
                 binary: command[0].clone(),
+                subcommand: command.get(1).cloned(),
                 vars,
             });
         }
@@ -436,6 +447,15 @@ fn the_source_scan_finds_what_the_binaries_read() {
         .contains("REMINDER_MAX_ATTEMPTS"));
     for binary in ["todo-api", "todo-recurring", "todo-notifier", "todo-audit"] {
         assert!(binaries[binary].has_database, "{binary} has a database");
+    }
+    for binary in ["todo-api", "todo-audit", "todo-realtime"] {
+        assert!(binaries[binary].verifies_tokens, "{binary} verifies tokens");
+    }
+    for binary in ["todo-recurring", "todo-notifier"] {
+        assert!(
+            !binaries[binary].verifies_tokens,
+            "{binary} needs no secret"
+        );
     }
     assert_eq!(
         env_like_literals(
@@ -488,11 +508,22 @@ fn manifests_set_only_variables_their_binary_reads_and_every_required_one() {
                     ));
                 }
             }
-            if !d.vars.contains("JWT_SECRET") {
+            // The migrator verifies no token.
+            let verifies_tokens =
+                binary.verifies_tokens && d.subcommand.as_deref() != Some("migrate");
+            if verifies_tokens && !d.vars.contains("JWT_SECRET") {
                 failures.push(format!(
                     "{}: JWT_SECRET is not set ({} refuses to start)",
                     d.manifest, d.binary
                 ));
+            }
+            if !verifies_tokens {
+                for var in d.vars.iter().filter(|v| v.starts_with("JWT_")) {
+                    failures.push(format!(
+                        "{}: sets {var}, but {} verifies no tokens (keep the secret where it is needed)",
+                        d.manifest, d.binary
+                    ));
+                }
             }
             if binary.has_database && !d.vars.contains("DATABASE_URL") {
                 failures.push(format!(

@@ -6,7 +6,7 @@ use crate::store::AuditStore;
 use prometheus::Registry;
 use std::sync::Arc;
 use todo_shared::auth::JwtKeys;
-use todo_shared::config::{Env, Settings};
+use todo_shared::config::{Env, JwtSettings, Settings};
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
 use todo_shared::envelope::Topic;
@@ -21,12 +21,15 @@ pub fn consumer_config() -> Result<ConsumerConfig, todo_shared::config::ConfigEr
         .with_env(&Env::process())
 }
 
-pub async fn build(settings: &Settings, config: ConsumerConfig) -> anyhow::Result<Audit> {
-    let pool = db::pool(&settings.database)?;
-    db::wait_and_migrate(&pool).await?;
+pub async fn build(
+    settings: &Settings,
+    jwt: &JwtSettings,
+    config: ConsumerConfig,
+) -> anyhow::Result<Audit> {
+    let pool = db::service_pool(&settings.database).await?;
     let state = AuditState {
         pool: pool.clone(),
-        jwt: Arc::new(JwtKeys::new(&settings.jwt_secret)),
+        jwt: Arc::new(JwtKeys::new(jwt)),
     };
     ConsumerService::build(
         settings,

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use todo_audit::{app, replay, DEFAULT_PORT, NAME};
-use todo_shared::config::{exit_on_config_error, Settings};
+use todo_shared::config::{exit_on_config_error, DatabaseSettings, JwtSettings, Settings};
 use todo_shared::{db, shutdown, telemetry};
 
 /// The event store of the todo platform.
@@ -32,8 +32,9 @@ async fn main() {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let config = app::consumer_config().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
+            let jwt = JwtSettings::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
             telemetry::init(NAME);
-            serve(&settings, config).await
+            serve(&settings, &jwt, config).await
         }
         Command::Replay { json } => match run_replay(&settings, json).await {
             Ok(true) => Ok(()),
@@ -46,16 +47,21 @@ async fn main() {
 
 async fn serve(
     settings: &Settings,
+    jwt: &JwtSettings,
     config: todo_shared::consumer::ConsumerConfig,
 ) -> anyhow::Result<()> {
-    let audit = app::build(settings, config).await?;
+    let audit = app::build(settings, jwt, config).await?;
     audit.run(shutdown::on_signal()).await
 }
 
 /// Prints the report; true when the log and the table agree.
 async fn run_replay(settings: &Settings, json: bool) -> anyhow::Result<bool> {
-    let pool = db::pool(&settings.database)?;
-    db::wait_and_migrate(&pool).await?;
+    // A replay reads the whole log: no statement timeout.
+    let database = DatabaseSettings {
+        statement_timeout: std::time::Duration::ZERO,
+        ..settings.database.clone()
+    };
+    let pool = db::service_pool(&database).await?;
     let report = replay::replay(&pool).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -17,7 +17,7 @@ use todo_shared::domain::FieldError;
 use todo_shared::http::{AuthUser, Problem};
 use uuid::Uuid;
 
-/// Most events one `/events` page returns.
+/// Most events one page (`/events`, history) returns.
 pub const MAX_LIMIT: i64 = 1000;
 pub const DEFAULT_LIMIT: i64 = 100;
 
@@ -55,11 +55,10 @@ pub enum AuditError {
 
 impl From<sqlx::Error> for AuditError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                AuditError::Unavailable(e)
-            }
-            other => AuditError::Internal(other),
+        if todo_shared::db::is_unavailable(&e) || todo_shared::db::is_statement_timeout(&e) {
+            AuditError::Unavailable(e)
+        } else {
+            AuditError::Internal(e)
         }
     }
 }
@@ -110,29 +109,72 @@ struct History {
     /// The task's events (task.* and reminder.*) in order, each the whole
     /// CloudEvents envelope: `data.task`, `data.previous`, `data.changed`.
     events: Vec<Box<RawValue>>,
+    /// Pass as `after` for the next page (the last sequence returned).
+    next_after: Option<i64>,
+    /// More events follow this page.
+    has_more: bool,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// A page of the task's history: events after sequence `after` (default:
+/// from the start), at most `limit` ([`DEFAULT_LIMIT`], up to
+/// [`MAX_LIMIT`]).
 async fn history(
     State(state): State<AuditState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<History>, AuditError> {
+    let Query(q) = query.map_err(|e| {
+        AuditError::BadQuery(FieldError::new(
+            "after",
+            format!("{e}; expected ?after=<sequence>&limit=<1..{MAX_LIMIT}>"),
+        ))
+    })?;
     // A string that is not a UUID names no task.
     let task_id = Uuid::parse_str(&id).map_err(|_| AuditError::NotFound)?;
-    let events: Vec<DbJson<Box<RawValue>>> = sqlx::query_scalar(
-        "SELECT envelope FROM audit_events WHERE task_id = $1 AND user_id = $2 ORDER BY sequence",
+    let after = q.after.unwrap_or(0);
+    let limit = page_limit(q.limit)?;
+    let rows: Vec<(i64, DbJson<Box<RawValue>>)> = sqlx::query_as(
+        "SELECT sequence, envelope FROM audit_events
+          WHERE task_id = $1 AND user_id = $2 AND sequence > $3
+          ORDER BY sequence LIMIT $4",
     )
     .bind(task_id)
     .bind(user.as_str())
+    .bind(after)
+    .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    if events.is_empty() {
+    if rows.is_empty() && after == 0 {
         return Err(AuditError::NotFound);
     }
+    let has_more = rows.len() as i64 > limit;
+    let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
     Ok(Json(History {
         task_id,
-        events: events.into_iter().map(|j| j.0).collect(),
+        next_after: page.last().map(|(sequence, _)| *sequence),
+        has_more,
+        events: page.into_iter().map(|(_, j)| j.0).collect(),
     }))
+}
+
+fn page_limit(limit: Option<i64>) -> Result<i64, AuditError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(AuditError::BadQuery(FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )))
+    }
 }
 
 #[derive(Deserialize)]
@@ -174,13 +216,7 @@ async fn events(
             "must be 0 or more",
         )));
     }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(AuditError::BadQuery(FieldError::new(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        )));
-    }
+    let limit = page_limit(q.limit)?;
     let rows: Vec<(i64, DbJson<Box<RawValue>>)> = sqlx::query_as(
         "SELECT sequence, envelope FROM audit_events
           WHERE user_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",

@@ -270,3 +270,92 @@ async fn a_user_never_sees_another_users_history_or_events() {
     audit.stop().await;
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_comes_in_pages_and_early_tokens_are_refused() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    let ann = stack.token("ann");
+    let task = stack.create(&api, &ann, json!({"title": "v1"})).await;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    for i in 2..=7 {
+        let (status, body) = stack
+            .call(
+                &api,
+                Method::PATCH,
+                &format!("/tasks/{id}"),
+                &ann,
+                Some(json!({"title": format!("v{i}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let events = published(&stack).await;
+    wait_stored(&stack, events.len() as i64).await;
+
+    // Seven events, three to a page.
+    let mut titles = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let (status, page) = audit
+            .get(
+                &stack,
+                &format!("/tasks/{id}/history?after={after}&limit=3"),
+                &ann,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        let got = page["events"].as_array().expect("events");
+        assert!(got.len() <= 3, "{page}");
+        titles.extend(got.iter().map(|e| {
+            e["data"]["task"]["title"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }));
+        if !page["has_more"].as_bool().expect("has_more") {
+            break;
+        }
+        after = page["next_after"].as_i64().expect("next_after");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(titles, (1..=7).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    for query in [
+        "limit=5000",
+        "limit=0",
+        "after=%00",
+        "limit=%00",
+        "after=1e400",
+    ] {
+        let (status, body) = audit
+            .get(&stack, &format!("/tasks/{id}/history?{query}"), &ann)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    for query in ["since=%00", "limit=%00", "since=99999999999999999999"] {
+        let (status, body) = audit.get(&stack, &format!("/events?{query}"), &ann).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    let (status, _) = audit.get(&stack, "/tasks/%00/history", &ann).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A token whose nbf lies ahead.
+    let now = chrono::Utc::now().timestamp();
+    let early = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "ann", "iat": now, "nbf": now + 3600, "exp": now + 7200}),
+        &jsonwebtoken::EncodingKey::from_secret(todo_shared::testing::JWT_SECRET.as_bytes()),
+    )
+    .expect("token");
+    let (status, _) = audit.get(&stack, "/events?since=0", &early).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = audit
+        .get(&stack, &format!("/tasks/{id}/history"), &early)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    audit.stop().await;
+    api.stop().await;
+}

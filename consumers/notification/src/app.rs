@@ -54,8 +54,7 @@ impl App {
         options: Options,
         delivery: Arc<dyn Delivery>,
     ) -> anyhow::Result<App> {
-        let pool = db::pool(&settings.database)?;
-        db::wait_and_migrate(&pool).await?;
+        let pool = db::service_pool(&settings.database).await?;
         let changed = Arc::new(Notify::new());
         let signal = OutboxSignal::new();
         let service = ConsumerService::build(

@@ -3,22 +3,23 @@
 
 use crate::hub::{Hub, HubConfig, Pushed};
 use crate::page::{self, PageConfig};
+use crate::slots::ConnectionSlots;
 use crate::socket::{self, Metrics, SessionConfig, SocketState};
 use crate::{frame, NAME};
 use axum::routing::get;
 use axum::Router;
 use futures::FutureExt;
 use prometheus::Registry;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use todo_shared::auth::JwtKeys;
-use todo_shared::config::{ConfigError, Env, KafkaSettings, Settings};
+use todo_shared::config::{ConfigError, Env, JwtSettings, KafkaSettings, Settings};
 use todo_shared::consumer::{ConsumerMetrics, Event, Progress, Tail, TailConfig};
 use todo_shared::envelope::Topic;
 use todo_shared::kafka;
 use todo_shared::ops::{self, Readiness, ReadyCheck};
+use todo_shared::server::HttpLimits;
 use todo_shared::shutdown::{self, Shutdown};
 
 /// todo-realtime's own knobs (`REALTIME_*`).
@@ -26,6 +27,8 @@ use todo_shared::shutdown::{self, Shutdown};
 pub struct Options {
     pub hub: HubConfig,
     pub session: SessionConfig,
+    /// `REALTIME_MAX_CONNECTIONS_PER_USER`: open sockets one user may hold.
+    pub max_connections_per_user: usize,
     pub page: PageConfig,
     pub fetch_wait_max: Duration,
 }
@@ -45,6 +48,7 @@ impl Options {
         let ping: u64 = env.parse_or("REALTIME_PING_INTERVAL_SECS", 20)?;
         let reorder = env.millis_or("REALTIME_REORDER_WAIT_MS", Duration::from_secs(5))?;
         let dev_tokens: bool = env.parse_or("REALTIME_DEV_TOKENS", false)?;
+        let per_user: usize = env.parse_or("REALTIME_MAX_CONNECTIONS_PER_USER", 20)?;
         let fetch_wait_max =
             env.millis_or("CONSUMER_FETCH_WAIT_MAX_MS", Duration::from_millis(10))?;
         let invalid = |var, reason: &str| ConfigError::Invalid {
@@ -75,6 +79,12 @@ impl Options {
                 "must be between 1 and 100000",
             ));
         }
+        if !(1..=100_000).contains(&per_user) {
+            return Err(invalid(
+                "REALTIME_MAX_CONNECTIONS_PER_USER",
+                "must be between 1 and 100000",
+            ));
+        }
         if !(1..=3600).contains(&ping) {
             return Err(invalid(
                 "REALTIME_PING_INTERVAL_SECS",
@@ -94,6 +104,7 @@ impl Options {
                 ping_interval: Duration::from_secs(ping),
                 send_timeout: Duration::from_secs(10),
             },
+            max_connections_per_user: per_user,
             page: PageConfig {
                 api_url: env.or("REALTIME_API_URL", "http://localhost:8080"),
                 dev_tokens,
@@ -106,6 +117,7 @@ impl Options {
 pub struct App {
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: HttpLimits,
     tail: Tail,
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -114,18 +126,23 @@ pub struct App {
 
 impl App {
     /// Binds `0.0.0.0:settings.port` (0: any free port).
-    pub async fn build(settings: &Settings, options: Options) -> anyhow::Result<App> {
+    pub async fn build(
+        settings: &Settings,
+        jwt: &JwtSettings,
+        options: Options,
+    ) -> anyhow::Result<App> {
         let registry = Registry::new();
         let consumer_metrics = ConsumerMetrics::register(&registry)?;
         let metrics = Metrics::register(&registry)?;
         let hub = Arc::new(Hub::new(options.hub.clone()));
-        let keys = Arc::new(JwtKeys::new(&settings.jwt_secret));
+        let keys = Arc::new(JwtKeys::new(jwt));
         let progress = Arc::new(Progress::default());
         let (stop_sessions, sessions_stop) = shutdown::channel();
 
         let sockets = SocketState {
             hub: hub.clone(),
             keys: keys.clone(),
+            slots: ConnectionSlots::new(options.max_connections_per_user),
             metrics: metrics.clone(),
             config: options.session.clone(),
             shutdown: sessions_stop,
@@ -154,6 +171,7 @@ impl App {
         Ok(App {
             listener,
             router,
+            limits: settings.http.clone(),
             tail,
             hub,
             metrics,
@@ -171,6 +189,7 @@ impl App {
         let App {
             listener,
             router,
+            limits,
             tail,
             hub,
             metrics,
@@ -181,12 +200,12 @@ impl App {
             port = listener.local_addr()?.port(),
             "listening"
         );
-        let mut until_shutdown = shutdown.clone();
-        let server = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { until_shutdown.recv().await })
-                .into_future(),
-        );
+        let server = tokio::spawn(todo_shared::server::serve(
+            listener,
+            router,
+            limits,
+            shutdown.clone(),
+        ));
         let mut sessions_shutdown = shutdown.clone();
         tokio::spawn(async move {
             sessions_shutdown.recv().await;

@@ -6,6 +6,7 @@ pub mod app;
 pub mod frame;
 pub mod hub;
 pub mod page;
+pub mod slots;
 pub mod socket;
 
 pub const NAME: &str = "todo-realtime";

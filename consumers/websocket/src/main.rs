@@ -1,16 +1,17 @@
 use todo_realtime::app::{App, Options};
 use todo_realtime::{DEFAULT_PORT, NAME};
-use todo_shared::config::{exit_on_config_error, Settings};
+use todo_shared::config::{exit_on_config_error, JwtSettings, Settings};
 use todo_shared::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() {
     let settings =
         Settings::from_env(DEFAULT_PORT).unwrap_or_else(|e| exit_on_config_error(NAME, &e));
+    let jwt = JwtSettings::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     let options = Options::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     telemetry::init(NAME);
     let result = async {
-        App::build(&settings, options)
+        App::build(&settings, &jwt, options)
             .await?
             .run(shutdown::on_signal())
             .await

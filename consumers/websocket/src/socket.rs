@@ -4,17 +4,17 @@
 
 use crate::frame;
 use crate::hub::{Hub, Live, Start};
+use crate::slots::ConnectionSlots;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use todo_shared::auth::{AuthError, JwtKeys};
-use todo_shared::domain::UserId;
+use todo_shared::auth::{AuthError, JwtKeys, Verified};
 use todo_shared::http::{Problem, Unauthorized};
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::mpsc;
@@ -29,6 +29,8 @@ pub mod close {
     pub const TOO_SLOW: u16 = 4001;
     /// It answered no ping for two intervals.
     pub const SILENT: u16 = 4002;
+    /// The token expired: reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4003;
     /// The server is going away: reconnect (to another replica).
     pub const GOING_AWAY: u16 = 1001;
 }
@@ -114,6 +116,7 @@ impl Metrics {
 pub struct SocketState {
     pub hub: Arc<Hub>,
     pub keys: Arc<JwtKeys>,
+    pub slots: Arc<ConnectionSlots>,
     pub metrics: Metrics,
     pub config: SessionConfig,
     pub shutdown: Shutdown,
@@ -155,9 +158,26 @@ pub async fn upgrade(
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
-    let user = match authenticate(&state.keys, query.token.as_deref(), offered) {
-        Ok(user) => user,
+    let verified = match authenticate(&state.keys, query.token.as_deref(), offered) {
+        Ok(verified) => verified,
         Err(refused) => return refused.into_response(),
+    };
+    let Some(slot) = state.slots.take(verified.user.as_str()) else {
+        state.metrics.closed.with_label_values(&["too_many"]).inc();
+        let mut refused = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "/problems/too-many-connections",
+            "Too many connections",
+        )
+        .detail(format!(
+            "this user already has {} open connections (REALTIME_MAX_CONNECTIONS_PER_USER)",
+            state.slots.per_user()
+        ))
+        .into_response();
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return refused;
     };
     let since = query.since;
     ws.protocols([BEARER_PROTOCOL])
@@ -165,7 +185,10 @@ pub async fn upgrade(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| session(socket, state, user, since))
+        .on_upgrade(move |socket| async move {
+            session(socket, state, verified, since).await;
+            drop(slot);
+        })
 }
 
 /// The user of a valid token from the query, or from the subprotocols
@@ -174,7 +197,7 @@ fn authenticate(
     keys: &JwtKeys,
     query_token: Option<&str>,
     offered: Option<&str>,
-) -> Result<UserId, Unauthorized> {
+) -> Result<Verified, Unauthorized> {
     let from_protocols = offered.and_then(|list| {
         let items: Vec<&str> = list.split(',').map(str::trim).collect();
         items
@@ -188,7 +211,8 @@ fn authenticate(
     keys.verify(token).map_err(|e| Unauthorized(e.to_string()))
 }
 
-async fn session(socket: WebSocket, state: SocketState, user: UserId, since: Option<u64>) {
+async fn session(socket: WebSocket, state: SocketState, verified: Verified, since: Option<u64>) {
+    let user = verified.user;
     let (tx, rx) = mpsc::channel(state.config.send_buffer);
     let sub = state
         .hub
@@ -198,6 +222,7 @@ async fn session(socket: WebSocket, state: SocketState, user: UserId, since: Opt
         socket,
         state: &state,
         latest: sub.latest,
+        expires_at: verified.expires_at,
     }
     .run(sub.start, rx)
     .await;
@@ -211,6 +236,9 @@ struct Session<'a> {
     socket: WebSocket,
     state: &'a SocketState,
     latest: Option<u64>,
+    /// The token's `exp`: the session ends there, as a request with that
+    /// token would be refused from then on.
+    expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Why a session ended; the reason label of the closed-connections metric.
@@ -234,8 +262,16 @@ impl Session<'_> {
         let interval = self.state.config.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut heard = Instant::now();
+        let valid_for = (self.expires_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let expiry = tokio::time::sleep(valid_for);
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
+                _ = &mut expiry => {
+                    return self.close(close::TOKEN_EXPIRED, "token expired: reconnect with a fresh one", "token_expired").await;
+                }
                 live = rx.recv() => {
                     let Some(live) = live else {
                         return self.close(close::TOO_SLOW, "too slow: reconnect with since", "too_slow").await;
@@ -320,15 +356,16 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
+    use todo_shared::config::JwtSettings;
+    use todo_shared::domain::UserId;
 
     #[test]
     fn the_token_comes_from_the_query_or_the_offered_subprotocols() {
-        let keys = JwtKeys::new(&SecretString::from("s".repeat(32)));
+        let keys = JwtKeys::new(&JwtSettings::with_secret(&"s".repeat(32)));
         let alice = UserId::try_from("alice".to_string()).expect("valid user id");
         let token = keys.mint(&alice, Duration::from_secs(60));
         let user = |q: Option<&str>, p: Option<&str>| {
-            authenticate(&keys, q, p).map(|u| u.as_str().to_owned())
+            authenticate(&keys, q, p).map(|v| v.user.as_str().to_owned())
         };
         assert_eq!(user(Some(&token), None).ok().as_deref(), Some("alice"));
         let offered = format!("bearer, {token}");

@@ -242,3 +242,89 @@ async fn a_thousand_connections_all_receive_their_events() {
     rt.stop().await;
     api.stop().await;
 }
+
+/// A token of the stack's secret with exactly these timings.
+fn token_with(user: &str, nbf_from_now: i64, exp_from_now: i64) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let now = chrono::Utc::now().timestamp();
+    encode(
+        &Header::default(),
+        &json!({"sub": user, "iat": now, "nbf": now + nbf_from_now, "exp": now + exp_from_now}),
+        &EncodingKey::from_secret(todo_shared::testing::JWT_SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_hold_more_connections_than_allowed() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[("REALTIME_MAX_CONNECTIONS_PER_USER", "3")]).await;
+    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(&rt.url(&ann, None)).await;
+        c.start().await;
+        held.push(c);
+    }
+    match tokio_tungstenite::connect_async(&rt.url(&ann, None)).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!(
+            "a fourth connection: expected 429, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // Another user is not affected, and a closed connection frees its slot.
+    let mut bobs = Client::connect(&rt.url(&bob, None)).await;
+    bobs.start().await;
+    held.pop().expect("held").close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut again = loop {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&rt.url(&ann, None)).await {
+            break Client { ws };
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    again.start().await;
+    stack
+        .create(&api, &ann, json!({"title": "still live"}))
+        .await;
+    assert_eq!(again.events(1).await[0]["type"], "task.created");
+    rt.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ends_when_its_token_does_and_early_tokens_are_refused() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    match tokio_tungstenite::connect_async(&rt.url(&token_with("ann", 3600, 7200), None)).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 401, "nbf in the future"),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    let mut short = Client::connect(&rt.url(&token_with("ann", -10, 3), None)).await;
+    short.start().await;
+    let started = std::time::Instant::now();
+    let close = loop {
+        match tokio::time::timeout(WAIT, short.ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = close.expect("a close code");
+    assert_eq!(u16::from(frame.code), 4003, "{frame:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    rt.stop().await;
+    api.stop().await;
+}

@@ -32,7 +32,7 @@ impl HandlerError {
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        if is_unavailable(&e) {
+        if crate::db::is_unavailable(&e) {
             HandlerError::Unavailable(e.into())
         } else {
             HandlerError::Failed(e.into())
@@ -48,29 +48,6 @@ impl From<crate::tasks::StoreError> for HandlerError {
             StoreError::Db(db) | StoreError::Outbox(OutboxError::Db(db)) => db.into(),
             other => HandlerError::Failed(other.into()),
         }
-    }
-}
-
-/// Errors that say the database cannot be reached or is not accepting work,
-/// rather than that this statement is wrong.
-fn is_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 53: insufficient resources (too many
-            // connections, disk full); 57P: the server is shutting down or
-            // starting; 58: system error.
-            code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-                || code.starts_with("58")
-        }),
-        _ => false,
     }
 }
 

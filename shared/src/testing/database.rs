@@ -1,7 +1,6 @@
 //! A fresh, migrated PostgreSQL database per test, dropped afterwards.
 
 use crate::config::DatabaseSettings;
-use secrecy::SecretString;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
 pub struct TestDatabase {
@@ -36,7 +35,17 @@ fn with_database(base: &str, name: &str) -> String {
 }
 
 impl TestDatabase {
+    /// A fresh database with the platform's schema.
     pub async fn create() -> TestDatabase {
+        let db = Self::create_empty().await;
+        crate::db::migrate(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("migrations failed on {}: {e}", db.name));
+        db
+    }
+
+    /// A fresh database with nothing in it, not even the schema.
+    pub async fn create_empty() -> TestDatabase {
         let admin_url = admin_url();
         let name = format!("todo_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url)
@@ -50,9 +59,6 @@ impl TestDatabase {
         let pool = PgPool::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("could not connect to {name}: {e}"));
-        crate::db::migrate(&pool)
-            .await
-            .unwrap_or_else(|e| panic!("migrations failed on {name}: {e}"));
         TestDatabase {
             name,
             url,
@@ -77,17 +83,11 @@ impl TestDatabase {
 
     /// Settings that reach this database through `127.0.0.1:port`.
     pub fn settings_via(&self, port: u16) -> DatabaseSettings {
-        DatabaseSettings {
-            url: SecretString::from(with_host_port(&self.url, &format!("127.0.0.1:{port}"))),
-            max_connections: 10,
-        }
+        DatabaseSettings::new(with_host_port(&self.url, &format!("127.0.0.1:{port}")), 10)
     }
 
     pub fn settings(&self) -> DatabaseSettings {
-        DatabaseSettings {
-            url: SecretString::from(self.url.clone()),
-            max_connections: 10,
-        }
+        DatabaseSettings::new(self.url.clone(), 10)
     }
 }
 

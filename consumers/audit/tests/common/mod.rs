@@ -44,7 +44,7 @@ impl Audit {
             database,
             ..stack.settings()
         };
-        let audit = app::build(&settings, config())
+        let audit = app::build(&settings, &stack.jwt_settings(), config())
             .await
             .expect("todo-audit starts");
         let base = format!("http://127.0.0.1:{}", audit.port());

@@ -34,7 +34,7 @@ impl Realtime {
         map.insert("REALTIME_API_URL".into(), api.base.clone());
         let options =
             Options::from_lookup(&Env::new(move |k: &str| map.get(k).cloned())).expect("options");
-        let app = App::build(&stack.settings(), options)
+        let app = App::build(&stack.settings(), &stack.jwt_settings(), options)
             .await
             .expect("todo-realtime starts");
         let base = format!("127.0.0.1:{}", app.port());
