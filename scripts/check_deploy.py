@@ -29,6 +29,8 @@ PORTS = {"todo-api": 8080, "todo-recurring": 8081, "todo-notifier": 8082,
          "todo-audit": 8083, "todo-realtime": 8084}
 # Services with a PostgreSQL database (todo-realtime has none).
 WITH_DATABASE = {"todo-api", "todo-recurring", "todo-notifier", "todo-audit"}
+# The services that verify user tokens (the only ones given JWT_SECRET).
+VERIFY_TOKENS = {"todo-api", "todo-audit", "todo-realtime"}
 SECRETS = {"JWT_SECRET", "DATABASE_URL", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"}
 
 problems = []
@@ -393,8 +395,10 @@ def check_render(file):
         for v in svc.get("envVars", []):
             if "fromGroup" in v:
                 keys += group_keys.get(v["fromGroup"], [])
-        if "JWT_SECRET" not in keys:
+        if name in VERIFY_TOKENS and "JWT_SECRET" not in keys:
             problem(where, f"{name}: JWT_SECRET is not set")
+        if name not in VERIFY_TOKENS and "JWT_SECRET" in keys:
+            problem(where, f"{name}: verifies no tokens, yet gets JWT_SECRET")
         if name in WITH_DATABASE and "DATABASE_URL" not in keys:
             problem(where, f"{name}: DATABASE_URL is not set")
         if name not in WITH_DATABASE and any(k.startswith("DATABASE_") for k in keys):

@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# The test command: installs the test broker if needed, then runs every test
+# The test command: installs what the tests need if it is missing (the test
+# broker; Chromium for the live page's browser test), then runs every test
 # (unit and integration) against real PostgreSQL and a real broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "scripts/test.sh: the browser test needs chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)" >&2
+    exit 1
+  fi
+fi
 if [ -z "${TEST_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   scripts/install-broker.sh
 fi
