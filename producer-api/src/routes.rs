@@ -288,7 +288,7 @@ async fn get_task(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let task = tasks::find(&state.pool, &user, id)
+    let task = db::read(&state.pool, || tasks::find(&state.pool, &user, id))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(task_response(StatusCode::OK, &task))
@@ -568,7 +568,7 @@ async fn list_tasks(
     // One more than asked tells whether another page exists.
     let mut probe = q.clone();
     probe.limit = q.limit + 1;
-    let mut items = tasks::list(&state.pool, &user, &probe).await?;
+    let mut items = db::read(&state.pool, || tasks::list(&state.pool, &user, &probe)).await?;
     let more = items.len() as i64 > q.limit;
     items.truncate(q.limit as usize);
     Ok(Json(Page {

@@ -165,3 +165,69 @@ async fn two_relays_on_one_database_publish_everything_in_order() {
     assert!(survivor.relay_leads(&stack.http).await);
     survivor.stop().await;
 }
+
+/// Terminates every server process of the test database but the caller's
+/// (what a restart, a failover or an operator's pg_terminate_backend does
+/// to a service's pooled connections).
+async fn terminate_connections(stack: &Stack) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_database_connections_never_answer_500() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let alice = stack.token("alice");
+    let task = stack
+        .create(&api, &alice, json!({"title": "warm the pool"}))
+        .await;
+    let path = format!("/tasks/{}", task["id"].as_str().unwrap_or_default());
+    let mut statuses: std::collections::BTreeMap<u16, usize> = Default::default();
+    for round in 0..4 {
+        // Fill the pool with idle connections, then kill them all.
+        let warm = (0..8).map(|_| stack.call(&api, Method::GET, "/tasks", &alice, None));
+        futures::future::join_all(warm).await;
+        assert!(terminate_connections(&stack).await > 0, "round {round}");
+        for i in 0..10 {
+            let (method, route, body) = match i % 3 {
+                0 => (
+                    Method::POST,
+                    "/tasks".to_owned(),
+                    Some(json!({"title": format!("r{round} {i}")})),
+                ),
+                1 => (Method::GET, path.clone(), None),
+                _ => (Method::GET, "/tasks?limit=5".to_owned(), None),
+            };
+            let r = {
+                let mut req = stack.request(&api, method, &route, &alice);
+                if let Some(b) = body {
+                    req = req.json(&b);
+                }
+                req.send().await.expect("request")
+            };
+            let status = r.status();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(
+                    r.headers().contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+            }
+            *statuses.entry(status.as_u16()).or_default() += 1;
+        }
+    }
+    assert!(
+        statuses.keys().all(|s| *s < 500 || *s == 503),
+        "server errors after terminated connections: {statuses:?}"
+    );
+    assert!(
+        statuses.get(&503).copied().unwrap_or(0) == 0,
+        "a dead pooled connection is retried on a fresh one: {statuses:?}"
+    );
+    api.stop().await;
+}

@@ -118,14 +118,55 @@ pub async fn wait_for_schema(pool: &PgPool, patience: Duration) -> Result<(), Sc
 }
 
 /// Begins a transaction. A pooled connection that died since its last use
-/// (the server restarted, a proxy dropped it) fails on `BEGIN`, before any
-/// work: sqlx discards it and this retries once on a fresh connection.
+/// (the server restarted or failed over, `pg_terminate_backend`, a proxy
+/// dropped it) fails on `BEGIN`, before any work: sqlx discards it and this
+/// tries the next one. After a restart every idle connection is dead, so
+/// it may take as many tries as the pool holds; then a new one is opened.
 pub async fn begin(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    match pool.begin().await {
-        Err(sqlx::Error::Io(_) | sqlx::Error::Protocol(_)) => pool.begin().await,
-        other => other,
+    read(pool, || pool.begin()).await
+}
+
+/// Runs a read (or a `BEGIN`) again on the next connection while the one it
+/// got turns out to be dead: reading twice changes nothing. At most once per
+/// connection the pool can hold, and once more on a fresh one.
+pub async fn read<T, E, F, Fut>(pool: &PgPool, mut query: F) -> Result<T, E>
+where
+    E: ConnectionError,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut tries = pool.options().get_max_connections() + 1;
+    loop {
+        match query().await {
+            Err(e) if e.connection_gone() && tries > 1 => tries -= 1,
+            other => return other,
+        }
+    }
+}
+
+/// An error that may say the database connection is gone.
+pub trait ConnectionError {
+    fn connection_gone(&self) -> bool;
+}
+
+impl ConnectionError for sqlx::Error {
+    fn connection_gone(&self) -> bool {
+        is_connection_gone(self)
+    }
+}
+
+/// The connection itself is gone (closed, reset, or the server terminated
+/// it: 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect
+/// now), as opposed to the statement failing on a live one.
+pub fn is_connection_gone(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
     }
 }
 

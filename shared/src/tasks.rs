@@ -24,6 +24,17 @@ pub enum StoreError {
     Corrupt { id: Uuid, reason: String },
 }
 
+impl crate::db::ConnectionError for StoreError {
+    fn connection_gone(&self) -> bool {
+        match self {
+            StoreError::Db(e) | StoreError::Outbox(OutboxError::Db(e)) => {
+                crate::db::is_connection_gone(e)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Who causes a change, carried into its event.
 #[derive(Debug, Clone)]
 pub struct Actor<'a> {
