@@ -25,7 +25,7 @@ fn serialize(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     sample::draft(
-                        env.event_type,
+                        env.event_type.known().expect("a known type"),
                         "load-user-17",
                         env.data.task.clone(),
                         env.data.previous.clone(),

@@ -146,13 +146,74 @@ impl fmt::Display for EventType {
     }
 }
 
+/// The `type` of an event as read: one this code knows, or one that a newer
+/// producer added during a rolling deploy. DESIGN promises
+/// backward-compatible evolution, so an unknown type is data, not an error:
+/// consumers skip what they do not handle, the audit stores it and
+/// todo-realtime forwards it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Known(EventType),
+    Unknown(String),
+}
+
+impl EventKind {
+    pub fn known(&self) -> Option<EventType> {
+        match self {
+            EventKind::Known(t) => Some(*t),
+            EventKind::Unknown(_) => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::Known(t) => t.as_str(),
+            EventKind::Unknown(name) => name,
+        }
+    }
+}
+
+impl From<EventType> for EventKind {
+    fn from(t: EventType) -> Self {
+        EventKind::Known(t)
+    }
+}
+
+impl PartialEq<EventType> for EventKind {
+    fn eq(&self, other: &EventType) -> bool {
+        self.known() == Some(*other)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(match EventType::parse(&name) {
+            Some(t) => EventKind::Known(t),
+            None => EventKind::Unknown(name),
+        })
+    }
+}
+
 /// A CloudEvents 1.0 document in structured mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope<D = serde_json::Value> {
     pub specversion: String,
     pub id: Uuid,
     #[serde(rename = "type")]
-    pub event_type: EventType,
+    pub event_type: EventKind,
     pub source: String,
     pub time: DateTime<Utc>,
     pub subject: String,
@@ -236,7 +297,7 @@ impl<D> EventDraft<D> {
         Envelope {
             specversion: SPEC_VERSION.to_owned(),
             id,
-            event_type: self.event_type,
+            event_type: self.event_type.into(),
             source: self.source.to_owned(),
             time,
             subject: self.subject,
@@ -279,6 +340,26 @@ mod tests {
         }
         assert_eq!(EventType::TaskDeleted.topic(), Topic::TaskEvents);
         assert_eq!(EventType::ReminderSent.topic(), Topic::Reminders);
+    }
+
+    #[test]
+    fn an_event_of_a_type_this_code_does_not_know_is_read_as_such() {
+        let draft = EventDraft {
+            event_type: EventType::TaskCreated,
+            source: "todo-api",
+            subject: "s".into(),
+            userid: "alice".into(),
+            correlationid: "c".into(),
+            causationid: None,
+            data: serde_json::json!({}),
+        };
+        let mut json =
+            serde_json::to_value(draft.into_envelope(Uuid::nil(), Utc::now(), 1)).unwrap();
+        json["type"] = serde_json::json!("task.archived");
+        let env = Envelope::from_slice(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(env.event_type, EventKind::Unknown("task.archived".into()));
+        assert_eq!(env.event_type.known(), None);
+        assert_eq!(serde_json::to_value(&env).unwrap()["type"], "task.archived");
     }
 
     #[test]

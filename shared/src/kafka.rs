@@ -8,7 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use secrecy::ExposeSecret;
 use std::time::Duration;
 
@@ -91,11 +91,20 @@ pub fn admin(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContex
 }
 
 /// Creates every topic of the platform (dead-letter topics included) that
-/// does not exist yet. Existing topics are left as they are.
+/// does not exist yet. Existing topics are left as they are. Where this
+/// service may not create topics (managed Kafka whose service account lacks
+/// CREATE, or a broker without the admin API), topics that exist are
+/// enough: it fails only if one is really missing.
 pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
     let names = TopicNames::new(settings.topic_prefix.clone()).all();
+    // Topics that exist need no CreateTopics request, which this service may
+    // not be allowed to send.
+    let absent = missing_topics(settings, &names).await?;
+    if absent.is_empty() {
+        return Ok(());
+    }
     let admin = admin(settings)?;
-    let new_topics: Vec<NewTopic<'_>> = names
+    let new_topics: Vec<NewTopic<'_>> = absent
         .iter()
         .map(|name| {
             NewTopic::new(
@@ -105,17 +114,78 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
             )
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new_topics, &opts).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                tracing::error!(%topic, error = %code, "could not create topic");
-                return Err(KafkaError::AdminOp(code));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let mut not_mine = Vec::new();
+    match admin.create_topics(&new_topics, &opts).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((
+                        topic,
+                        RDKafkaErrorCode::TopicAuthorizationFailed
+                        | RDKafkaErrorCode::ClusterAuthorizationFailed
+                        | RDKafkaErrorCode::PolicyViolation,
+                    )) => not_mine.push(topic),
+                    Err((topic, code)) => {
+                        tracing::error!(%topic, error = %code, "could not create topic");
+                        return Err(KafkaError::AdminOp(code));
+                    }
+                }
             }
         }
+        Err(e) => {
+            tracing::warn!(error = %e, topics = ?absent, "cannot create topics here");
+            not_mine = absent;
+        }
     }
-    Ok(())
+    if not_mine.is_empty() {
+        return Ok(());
+    }
+    // Another service (or the operator's bootstrap) may have created them
+    // meanwhile.
+    let missing = missing_topics(settings, &not_mine).await?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        tracing::error!(topics = ?missing, "topics are missing and this service may not create them");
+        Err(KafkaError::AdminOp(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))
+    }
+}
+
+/// Which of `topics` the brokers do not know.
+async fn missing_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+) -> Result<Vec<String>, KafkaError> {
+    // A producer's metadata request would let the broker auto-create the
+    // topic with its defaults (the wrong partition count): ask without.
+    let client: rdkafka::producer::BaseProducer = client_config(settings)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let wanted = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for topic in &wanted {
+            let metadata = client
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let exists = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if !exists {
+                missing.push(topic.clone());
+            }
+        }
+        Ok(missing)
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
 }
 
 /// [`ensure_topics`], retried with backoff until it succeeds (true) or

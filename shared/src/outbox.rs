@@ -57,6 +57,7 @@ pub(crate) fn statement_after(change: Option<&str>) -> String {
 /// An event about to be appended: its envelope serialized around the
 /// sequence number, which only the database can give.
 pub(crate) struct Pending<D> {
+    event_type: crate::envelope::EventType,
     envelope: Envelope<D>,
     head: Vec<u8>,
     tail: Vec<u8>,
@@ -70,6 +71,7 @@ const MARKER: &[u8] = b"\"sequence\":-9223372036854775808";
 
 impl<D: Serialize> Pending<D> {
     pub(crate) fn new(draft: EventDraft<D>) -> Result<Self, OutboxError> {
+        let event_type = draft.event_type;
         let envelope = draft.into_envelope(Uuid::now_v7(), crate::domain::now(), PLACEHOLDER);
         let mut head = serde_json::to_vec(&envelope)?;
         // The first `"sequence":` is the envelope's own: it comes before
@@ -81,6 +83,7 @@ impl<D: Serialize> Pending<D> {
         let tail = head.split_off(at + MARKER.len());
         head.truncate(at + KEY.len());
         Ok(Self {
+            event_type,
             head,
             tail,
             envelope,
@@ -95,8 +98,8 @@ impl<D: Serialize> Pending<D> {
         query
             .bind(&self.envelope.userid)
             .bind(self.envelope.id)
-            .bind(self.envelope.event_type.topic().base_name())
-            .bind(self.envelope.event_type.as_str())
+            .bind(self.event_type.topic().base_name())
+            .bind(self.event_type.as_str())
             .bind(&self.head)
             .bind(&self.tail)
     }

@@ -3,7 +3,7 @@
 //! and stopped together, the same way by `main` and by the tests.
 
 use crate::config::Settings;
-use crate::consumer::{ConsumerConfig, ConsumerMetrics, Handler, Runtime};
+use crate::consumer::{ConsumerConfig, ConsumerMetrics, Handler, Health, Runtime};
 use crate::ops::{self, Readiness, ReadyCheck};
 use crate::shutdown::{self, Shutdown};
 use crate::{db, kafka};
@@ -39,8 +39,10 @@ impl<H: Handler> ConsumerService<H> {
         let metrics = ConsumerMetrics::register(&registry)?;
         let probe = kafka::producer(&settings.kafka)?;
         let ready_pool = pool.clone();
+        let health = Arc::new(Health::default());
+        let ready_health = health.clone();
         let ready: ReadyCheck = Arc::new(move || {
-            let (pool, probe) = (ready_pool.clone(), probe.clone());
+            let (pool, probe, health) = (ready_pool.clone(), probe.clone(), ready_health.clone());
             async move {
                 let timeout = Duration::from_secs(2);
                 let (db_ok, broker_ok) = tokio::join!(
@@ -49,9 +51,13 @@ impl<H: Handler> ConsumerService<H> {
                 );
                 // Without the broker the service has nothing new to do but
                 // loses nothing (it resumes from its committed offsets), and
-                // what it serves comes from the database.
+                // what it serves comes from the database. A consumer loop
+                // that never started, or that cannot set a failed event
+                // aside, is stuck: that is not ready.
                 Readiness::new()
                     .required("database", db_ok)
+                    .required("consuming", health.consuming())
+                    .required("dead_letters", health.dead_letters_ok())
                     .informational("broker", broker_ok)
             }
             .boxed()
@@ -70,6 +76,8 @@ impl<H: Handler> ConsumerService<H> {
                 handler,
                 metrics,
                 progress: Arc::default(),
+                health,
+                unknown_types: Default::default(),
             },
             pool,
             limits: settings.http.clone(),

@@ -31,10 +31,11 @@ async fn main() {
         Settings::from_env(DEFAULT_PORT).unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let config = app::consumer_config().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
+            let options =
+                app::Options::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
             let jwt = JwtSettings::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
             telemetry::init(NAME);
-            serve(&settings, &jwt, config).await
+            serve(&settings, &jwt, options).await
         }
         Command::Replay { json } => match run_replay(&settings, json).await {
             Ok(true) => Ok(()),
@@ -48,9 +49,9 @@ async fn main() {
 async fn serve(
     settings: &Settings,
     jwt: &JwtSettings,
-    config: todo_shared::consumer::ConsumerConfig,
+    options: app::Options,
 ) -> anyhow::Result<()> {
-    let audit = app::build(settings, jwt, config).await?;
+    let audit = app::build(settings, jwt, options).await?;
     audit.run(shutdown::on_signal()).await
 }
 

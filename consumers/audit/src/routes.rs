@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRef, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -25,6 +25,9 @@ pub const DEFAULT_LIMIT: i64 = 100;
 pub struct AuditState {
     pub pool: PgPool,
     pub jwt: Arc<JwtKeys>,
+    /// How long `/events` waits for a missing sequence before passing over
+    /// it (`AUDIT_GAP_WAIT_MS`).
+    pub gap_wait: std::time::Duration,
 }
 
 impl FromRef<AuditState> for Arc<JwtKeys> {
@@ -81,13 +84,18 @@ impl IntoResponse for AuditError {
             }
             AuditError::Unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
-                Problem::new(
+                let response = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "/problems/unavailable",
                     "Service unavailable",
                 )
                 .detail("the database is unavailable; retry later")
-                .into_response()
+                .into_response();
+                let mut response = response;
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
             }
             AuditError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
@@ -141,16 +149,18 @@ async fn history(
     let task_id = Uuid::parse_str(&id).map_err(|_| AuditError::NotFound)?;
     let after = q.after.unwrap_or(0);
     let limit = page_limit(q.limit)?;
-    let rows: Vec<(i64, DbJson<Box<RawValue>>)> = sqlx::query_as(
-        "SELECT sequence, envelope FROM audit_events
-          WHERE task_id = $1 AND user_id = $2 AND sequence > $3
-          ORDER BY sequence LIMIT $4",
-    )
-    .bind(task_id)
-    .bind(user.as_str())
-    .bind(after)
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
+    let rows: Vec<(i64, DbJson<Box<RawValue>>)> = todo_shared::db::read(&state.pool, || {
+        sqlx::query_as(
+            "SELECT sequence, envelope FROM audit_events
+              WHERE task_id = $1 AND user_id = $2 AND sequence > $3
+              ORDER BY sequence LIMIT $4",
+        )
+        .bind(task_id)
+        .bind(user.as_str())
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+    })
     .await?;
     if rows.is_empty() && after == 0 {
         return Err(AuditError::NotFound);
@@ -185,19 +195,26 @@ struct Since {
 
 #[derive(Serialize)]
 struct Log {
-    /// Events with sequence `since + 1, since + 2, …` without a gap.
+    /// Events with sequence `since + 1, since + 2, …`, each once, in order.
     events: Vec<Box<RawValue>>,
-    /// Pass as `since` next time: the last sequence returned (or `since`).
+    /// Sequences passed over: missing for longer than the audit waits for a
+    /// late event (`AUDIT_GAP_WAIT_MS`). Such an event was never stored (a
+    /// dead-lettered event, say); an incremental sync fetches the state
+    /// over REST if it cares.
+    gaps: Vec<i64>,
+    /// Pass as `since` next time: the last sequence returned or passed over.
     next_since: i64,
     /// More events follow at once (the page was full). When it is false the
     /// client is up to date, or the next event is still on its way.
     has_more: bool,
 }
 
-/// The user's log after `since`, gap-free: events reach the audit from two
-/// topics, so a later sequence can be stored before an earlier one; the
-/// page stops before the first missing number, and a client that stores
-/// `next_since` gets every event exactly once.
+/// The user's log after `since`, in sequence order. Events reach the audit
+/// from two topics, so a later sequence can be stored before an earlier
+/// one: the page stops before a missing number, and a client that keeps
+/// `next_since` gets every event exactly once. A number missing for longer
+/// than `gap_wait` is reported in `gaps` and passed over, so that one lost
+/// event never stops a user's sync for good.
 async fn events(
     State(state): State<AuditState>,
     AuthUser(user): AuthUser,
@@ -217,32 +234,46 @@ async fn events(
         )));
     }
     let limit = page_limit(q.limit)?;
-    let rows: Vec<(i64, DbJson<Box<RawValue>>)> = sqlx::query_as(
-        "SELECT sequence, envelope FROM audit_events
-          WHERE user_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
-    )
-    .bind(user.as_str())
-    .bind(since)
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
+    let rows: Vec<(i64, DbJson<Box<RawValue>>, bool)> = todo_shared::db::read(&state.pool, || {
+        sqlx::query_as(
+            "SELECT sequence, envelope,
+                    clock_timestamp() - recorded_at > make_interval(secs => $4) AS overdue
+               FROM audit_events
+              WHERE user_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+        )
+        .bind(user.as_str())
+        .bind(since)
+        .bind(limit + 1)
+        .bind(state.gap_wait.as_secs_f64())
+        .fetch_all(&state.pool)
+    })
     .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    let mut next_since = since;
-    let mut has_more = false;
-    for (sequence, envelope) in rows {
-        if sequence != next_since + 1 {
+    let mut page = Log {
+        events: Vec::with_capacity(rows.len()),
+        gaps: Vec::new(),
+        next_since: since,
+        has_more: false,
+    };
+    // Events and passed-over numbers both count toward the page's limit.
+    let room = |page: &Log| limit - (page.events.len() + page.gaps.len()) as i64;
+    for (sequence, envelope, overdue) in rows {
+        if sequence > page.next_since + 1 {
+            // The numbers before this event are missing. Wait for them
+            // while this one is fresh; past that, they are not coming.
+            if !overdue {
+                break;
+            }
+            while page.next_since + 1 < sequence && room(&page) > 0 {
+                page.next_since += 1;
+                page.gaps.push(page.next_since);
+            }
+        }
+        if room(&page) <= 0 {
+            page.has_more = true;
             break;
         }
-        if events.len() as i64 == limit {
-            has_more = true;
-            break;
-        }
-        events.push(envelope.0);
-        next_since = sequence;
+        page.events.push(envelope.0);
+        page.next_since = sequence;
     }
-    Ok(Json(Log {
-        events,
-        next_since,
-        has_more,
-    }))
+    Ok(Json(page))
 }

@@ -2,24 +2,33 @@
 
 use sqlx::PgConnection;
 use todo_shared::consumer::{Event, Handler, HandlerError};
-use todo_shared::envelope::Topic;
+use todo_shared::envelope::{EventKind, Topic};
 use uuid::Uuid;
 
 pub struct AuditStore;
 
 /// The task an event is about: the subject of a task event, the `task_id`
-/// of a reminder event.
+/// of a reminder event. Known by the topic it came from, so that events of
+/// types this version does not know are placed too.
 fn task_id(event: &Event) -> Option<Uuid> {
     let env = &event.envelope;
-    match env.event_type.topic() {
-        Topic::TaskEvents => Uuid::parse_str(&env.subject).ok(),
-        Topic::Reminders => env.data["task_id"]
+    let reminders = Topic::Reminders.base_name();
+    if event.origin.topic.ends_with(reminders) {
+        env.data["task_id"]
             .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok()),
+            .and_then(|s| Uuid::parse_str(s).ok())
+    } else {
+        Uuid::parse_str(&env.subject).ok()
     }
 }
 
 impl Handler for AuditStore {
+    /// Every event, of every type: the store keeps what a newer producer
+    /// sends too, so a sync never has a hole where it is.
+    fn wants(&self, _kind: &EventKind) -> bool {
+        true
+    }
+
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         self.handle_batch(conn, &[event]).await
     }

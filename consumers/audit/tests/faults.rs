@@ -286,3 +286,258 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_stores_nothing_twice() {
     audit.kill();
     api.stop().await;
 }
+
+/// Publishes `value` to `topic`, keyed by its user, past todo-api.
+async fn inject(stack: &Stack, topic: Topic, value: &serde_json::Value) {
+    let producer: FutureProducer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let raw = serde_json::to_vec(value).expect("json");
+    producer
+        .send(
+            FutureRecord::to(&stack.topic(topic))
+                .key(value["userid"].as_str().unwrap_or_default())
+                .payload(&raw),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_that_never_comes_is_passed_over_and_unknown_types_are_kept() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    // A real event as the model for a user whose log the test writes by
+    // hand: 1, 3 and 4 (of a type no version of this code knows), never 2.
+    stack
+        .create(&api, &stack.token("ann"), json!({"title": "model"}))
+        .await;
+    let model = published(&stack).await.remove(0).value;
+    let forged = |sequence: i64, kind: &str| {
+        let mut v = model.clone();
+        v["id"] = json!(uuid::Uuid::new_v4());
+        v["userid"] = json!("gappy");
+        v["sequence"] = json!(sequence);
+        v["type"] = json!(kind);
+        v
+    };
+    inject(&stack, Topic::TaskEvents, &forged(1, "task.created")).await;
+    inject(&stack, Topic::TaskEvents, &forged(3, "task.updated")).await;
+    inject(&stack, Topic::TaskEvents, &forged(4, "task.archived")).await;
+    wait_stored(&stack, 4).await;
+    let archived: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE user_id = 'gappy' AND event_type = 'task.archived'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(archived, 1, "an event of an unknown type is stored");
+
+    let gappy = stack.token("gappy");
+    // At first the page waits at the hole: 2 may still be on its way.
+    let (status, page) = audit.get(&stack, "/events?since=0", &gappy).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    // Then, once 3 has waited longer than the audit waits, 2 is passed over.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let page = loop {
+        let (_, page) = audit.get(&stack, "/events?since=0", &gappy).await;
+        if page["next_since"] == 4 {
+            break page;
+        }
+        assert!(
+            page["next_since"].as_i64().unwrap_or_default() <= 1,
+            "never past the hole without reporting it: {page}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at the gap: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(page["gaps"], json!([2]), "{page}");
+    let sequences: Vec<i64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["sequence"].as_i64())
+        .collect();
+    assert_eq!(sequences, [1, 3, 4]);
+    assert_eq!(page["events"][2]["type"], "task.archived");
+    // Nothing of it was dead-lettered.
+    let dlq = EventReader::new(
+        stack.broker.bootstrap(),
+        &dlq_topic(&stack.topic(Topic::TaskEvents)),
+    )
+    .await;
+    assert!(dlq.drain(Duration::from_secs(2)).await.is_empty());
+    audit.stop().await;
+    api.stop().await;
+}
+
+/// The consumer behind a broker that refuses to create topics (librdkafka's
+/// mock cluster has no CreateTopics, like managed Kafka whose service
+/// account lacks CREATE) and whose produce requests fail for a while: the
+/// dead letter waits, counted, the service says it is not ready, and once
+/// it is through, the event is recorded so a redelivery is not set aside
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let stack = Stack::new().await;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mut kafka = todo_shared::config::KafkaSettings::plaintext(mock.bootstrap_servers(), "m.");
+    kafka.topic_partitions = 2;
+    for name in todo_shared::envelope::TopicNames::new("m.").all() {
+        mock.create_topic(&name, 2, 1).expect("topic");
+    }
+    let settings = todo_shared::config::Settings {
+        kafka: kafka.clone(),
+        ..stack.settings()
+    };
+    let audit = todo_audit::app::build(&settings, &stack.jwt_settings(), common::options())
+        .await
+        .expect("todo-audit builds");
+    let base = format!("http://127.0.0.1:{}", audit.port());
+    let (trigger, shutdown) = todo_shared::shutdown::channel();
+    let handle = tokio::spawn(audit.run(shutdown));
+
+    let ready = |stack: &Stack| {
+        let url = format!("{base}/ready");
+        let http = stack.http.clone();
+        async move {
+            let r = http.get(&url).send().await.expect("ready");
+            let status = r.status();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // It consumes although it could create no topic.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready(&stack).await.0 != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {:?}",
+            ready(&stack).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let producer: FutureProducer = todo_shared::kafka::producer(&kafka).expect("producer");
+    let send = |payload: Vec<u8>| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to("m.task-events").key("x").payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    };
+    // Not an event at all; the broker then refuses the next produce
+    // requests, the dead letter's among them.
+    send(b"not json".to_vec()).await;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 4],
+    );
+    let metric = |stack: &Stack| {
+        let url = format!("{base}/metrics");
+        let http = stack.http.clone();
+        async move {
+            let text = http
+                .get(&url)
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            let sum = |name: &str| -> f64 {
+                text.lines()
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            (
+                sum("todo_dead_letter_failures_total"),
+                sum("todo_events_dead_lettered_total"),
+            )
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut saw_unready = false;
+    loop {
+        let (failures, lettered) = metric(&stack).await;
+        let (status, body) = ready(&stack).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE && body["checks"]["dead_letters"] == false {
+            saw_unready = true;
+        }
+        if lettered >= 1.0 {
+            assert!(failures >= 1.0, "the refusals were counted");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead letter never went through"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_unready, "unready while its dead letters were refused");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready(&stack).await.0 != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready again once through"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An event that fails for good (it claims a sequence another event of
+    // its user holds), then a redelivery of it: set aside once.
+    let model = json!({"specversion": "1.0", "id": uuid::Uuid::new_v4(), "type": "task.created",
+        "source": "test", "time": "2026-12-01T09:00:00Z", "subject": uuid::Uuid::new_v4(),
+        "datacontenttype": "application/json", "dataschema": "task-event/v1",
+        "userid": "x", "correlationid": "c", "sequence": 1, "data": {}});
+    let mut clash = model.clone();
+    clash["id"] = json!(uuid::Uuid::new_v4());
+    send(serde_json::to_vec(&model).expect("json")).await;
+    send(serde_json::to_vec(&clash).expect("json")).await;
+    send(serde_json::to_vec(&clash).expect("json")).await;
+    let mut marker = model.clone();
+    marker["id"] = json!(uuid::Uuid::new_v4());
+    marker["userid"] = json!("y");
+    send(serde_json::to_vec(&marker).expect("json")).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let done: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_events WHERE event_id = $1)")
+                .bind(
+                    uuid::Uuid::parse_str(marker["id"].as_str().unwrap_or_default()).expect("uuid"),
+                )
+                .fetch_one(&stack.db.pool)
+                .await
+                .expect("marker");
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the marker was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, lettered) = metric(&stack).await;
+    assert_eq!(
+        lettered, 2.0,
+        "the unparsable message and the clash, each once"
+    );
+    trigger.trigger();
+    handle.await.expect("task").expect("ran cleanly");
+}

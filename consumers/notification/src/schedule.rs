@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use todo_shared::consumer::{Event, Handler, HandlerError};
 use todo_shared::domain::{in_time_range, Reminder, Task};
-use todo_shared::envelope::{EventDraft, EventType, ReminderEventData};
+use todo_shared::envelope::{EventDraft, EventKind, EventType, ReminderEventData};
 use todo_shared::outbox::{self, OutboxSignal};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -85,8 +85,9 @@ fn data(task: &Task, id: Uuid, remind_at: DateTime<Utc>) -> ReminderEventData {
 }
 
 impl Handler for Schedule {
-    fn wants(&self, event_type: EventType) -> bool {
-        event_type.topic() == todo_shared::envelope::Topic::TaskEvents
+    fn wants(&self, kind: &EventKind) -> bool {
+        kind.known()
+            .is_some_and(|t| t.topic() == todo_shared::envelope::Topic::TaskEvents)
     }
 
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
@@ -106,8 +107,8 @@ impl Handler for Schedule {
         let mut stored: HashMap<Uuid, Stored> =
             stored.into_iter().map(|s| (s.reminder_id, s)).collect();
 
-        let ends = match env.event_type {
-            EventType::TaskDeleted => Some("task deleted"),
+        let ends = match env.event_type.known() {
+            Some(EventType::TaskDeleted) => Some("task deleted"),
             _ if task.completed => Some("task completed"),
             _ => None,
         };

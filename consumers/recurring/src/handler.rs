@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use std::sync::Arc;
 use todo_shared::consumer::{Event, Handler, HandlerError};
 use todo_shared::domain::RecurrenceMode;
-use todo_shared::envelope::EventType;
+use todo_shared::envelope::{EventKind, EventType};
 use todo_shared::outbox::OutboxSignal;
 use tokio::sync::Notify;
 
@@ -20,10 +20,10 @@ pub struct Recurring {
 }
 
 impl Handler for Recurring {
-    fn wants(&self, event_type: EventType) -> bool {
+    fn wants(&self, kind: &EventKind) -> bool {
         matches!(
-            event_type,
-            EventType::TaskCreated | EventType::TaskUpdated | EventType::TaskCompleted
+            kind.known(),
+            Some(EventType::TaskCreated | EventType::TaskUpdated | EventType::TaskCompleted)
         )
     }
 
@@ -34,8 +34,8 @@ impl Handler for Recurring {
             (task.series_id, task.recurrence.as_ref(), task.due_at)
         else {
             // Not (or no longer) recurring.
-            if let (EventType::TaskUpdated, Some(series_id)) =
-                (event.envelope.event_type, task.series_id)
+            if let (Some(EventType::TaskUpdated), Some(series_id)) =
+                (event.known_type(), task.series_id)
             {
                 if data
                     .changed
@@ -48,8 +48,8 @@ impl Handler for Recurring {
             return Ok(());
         };
         let user = &event.envelope.userid;
-        match event.envelope.event_type {
-            EventType::TaskCreated => {
+        match event.known_type() {
+            Some(EventType::TaskCreated) => {
                 // The first task of a series names it; instances created here
                 // are already recorded.
                 let known = series::find(conn, series_id).await?.is_some();
@@ -57,7 +57,7 @@ impl Handler for Recurring {
                     series::start(conn, user, series_id, task, recurrence, due_at).await?;
                 }
             }
-            EventType::TaskUpdated => {
+            Some(EventType::TaskUpdated) => {
                 let changed = data.changed.as_deref().unwrap_or_default();
                 if changed.iter().any(|f| f == "recurrence") {
                     series::start(conn, user, series_id, task, recurrence, due_at).await?;
@@ -65,7 +65,7 @@ impl Handler for Recurring {
                     series::set_template(conn, series_id, task).await?;
                 }
             }
-            EventType::TaskCompleted if recurrence.mode == RecurrenceMode::OnCompletion => {
+            Some(EventType::TaskCompleted) if recurrence.mode == RecurrenceMode::OnCompletion => {
                 let series = match series::find(conn, series_id).await? {
                     Some(s) => s,
                     None => {
@@ -77,7 +77,10 @@ impl Handler for Recurring {
                             .ok_or_else(|| HandlerError::rejected("series vanished"))?
                     }
                 };
-                if !series.active {
+                // Only the latest instance advances its series: completing
+                // an older one again (reopened, or late) must not open a
+                // second instance next to the current one.
+                if !series.active || series.template.0.id != task.id {
                     return Ok(());
                 }
                 // No backlog: the first occurrence after the later of the due
@@ -116,8 +119,8 @@ impl Handler for Recurring {
     fn committed(&self, events: &[&Event]) {
         let touches_schedule = events.iter().any(|e| {
             matches!(
-                e.envelope.event_type,
-                EventType::TaskCreated | EventType::TaskUpdated
+                e.known_type(),
+                Some(EventType::TaskCreated | EventType::TaskUpdated)
             ) && e.envelope.data["task"]["recurrence"]["mode"] == "schedule"
         });
         if touches_schedule {
@@ -125,7 +128,7 @@ impl Handler for Recurring {
         }
         if events
             .iter()
-            .any(|e| e.envelope.event_type == EventType::TaskCompleted)
+            .any(|e| e.known_type() == Some(EventType::TaskCompleted))
         {
             self.signal.committed();
         }

@@ -519,3 +519,87 @@ async fn runs_without_the_token_secret() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_type_this_version_does_not_know_is_skipped_not_dead_lettered() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "weekly", "due_at": "2030-01-07T08:00:00Z",
+                   "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "UTC", "mode": "on_completion"}}),
+        )
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    let created = event_of(&stack, "task.created", &id).await;
+    // A newer producer's event type, in the middle of ann's stream.
+    inject(&stack, "ann", &forged(&created, "task.archived", |_| {})).await;
+    complete(&stack, &api, &ann, &id).await;
+    wait_instances(&stack, &id, 1).await;
+    let dlq = todo_shared::testing::EventReader::new(
+        stack.broker.bootstrap(),
+        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+    )
+    .await;
+    assert!(
+        dlq.drain(Duration::from_secs(2)).await.is_empty(),
+        "nothing set aside"
+    );
+    recurring.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_latest_instance_advances_its_series() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    // Weekly, first due on a Monday a month ago.
+    let first_due = Utc::now() - TimeDelta::days(30);
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "review", "due_at": first_due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                   "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "UTC", "mode": "on_completion"}}),
+        )
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    complete(&stack, &api, &ann, &id).await;
+    let next = wait_instances(&stack, &id, 1).await;
+    assert!(
+        next[0].1 > Utc::now(),
+        "the next instance is ahead: {next:?}"
+    );
+    // The old instance completed again, later than the next one's due time
+    // (as if reopened and completed next month): the series is not the old
+    // instance's to advance any more.
+    let completion = event_of(&stack, "task.completed", &id).await;
+    let late =
+        (next[0].1 + TimeDelta::days(8)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    inject(
+        &stack,
+        "ann",
+        &forged(&completion, "task.completed", |t| {
+            t["completed_at"] = json!(late)
+        }),
+    )
+    .await;
+    let marker = stack.create(&api, &ann, json!({"title": "marker"})).await;
+    let marker = event_of(
+        &stack,
+        "task.created",
+        marker["id"].as_str().unwrap_or_default(),
+    )
+    .await;
+    processed(&stack, "todo-recurring", marker.id()).await;
+    let all = instances(&stack, &id).await;
+    assert_eq!(all.len(), 1, "one open instance, not two: {all:?}");
+    recurring.stop().await;
+    api.stop().await;
+}

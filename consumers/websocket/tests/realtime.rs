@@ -328,3 +328,55 @@ async fn a_connection_ends_when_its_token_does_and_early_tokens_are_refused() {
     rt.stop().await;
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_type_this_version_does_not_know_is_forwarded_in_order() {
+    use rdkafka::producer::FutureRecord;
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let ann = stack.token("ann");
+    let mut client = Client::connect(&rt.url(&ann, None)).await;
+    client.start().await;
+    let task = stack.create(&api, &ann, json!({"title": "one"})).await;
+    let first = client.events(1).await.remove(0);
+    // A newer producer's type, next in ann's sequence, then a change of
+    // this version's.
+    let mut newer = stack
+        .task_events()
+        .await
+        .take(1, WAIT)
+        .await
+        .remove(0)
+        .value;
+    newer["id"] = json!(uuid::Uuid::new_v4());
+    newer["type"] = json!("task.archived");
+    newer["sequence"] = json!(first["sequence"].as_i64().unwrap_or_default() + 1);
+    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    producer
+        .send(
+            FutureRecord::to(&stack.topic(todo_shared::envelope::Topic::TaskEvents))
+                .key("ann")
+                .payload(&serde_json::to_vec(&newer).expect("json")),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+    let frame = &client.events(1).await[0];
+    assert_eq!(frame["type"], "task.archived");
+    assert_eq!(frame["id"], newer["id"]);
+    // The API's next change takes the sequence after the forged one.
+    sqlx::query(
+        "UPDATE event_sequences SET last_sequence = last_sequence + 1 WHERE user_id = 'ann'",
+    )
+    .execute(&stack.db.pool)
+    .await
+    .expect("skip the forged sequence");
+    rename(&stack, &api, &ann, &task, "two").await;
+    let next = &client.events(1).await[0];
+    assert_eq!(next["type"], "task.updated");
+    assert_eq!(sequences(&[first, frame.clone(), next.clone()]), [1, 2, 3]);
+    rt.stop().await;
+    api.stop().await;
+}

@@ -26,6 +26,33 @@ pub async fn claim(
     .await
 }
 
+/// Records one id as processed on its own (a dead-lettered event).
+pub async fn claim_one(pool: &sqlx::PgPool, consumer: &str, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether `id` is recorded as processed by `consumer`.
+pub async fn is_processed(
+    pool: &sqlx::PgPool,
+    consumer: &str,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2)",
+    )
+    .bind(consumer)
+    .bind(id)
+    .fetch_one(pool)
+    .await
+}
+
 /// Forgets records older than `retention` (longer than the topics keep
 /// messages, so nothing that can still be redelivered is forgotten).
 pub async fn prune(

@@ -8,6 +8,8 @@ pub struct ConsumerMetrics {
     pub(crate) duplicates: IntCounterVec,
     pub(crate) failed: IntCounterVec,
     pub(crate) dead_lettered: IntCounterVec,
+    pub(crate) dead_letter_failures: IntCounterVec,
+    pub(crate) unknown_types: IntCounterVec,
     pub(crate) processing: HistogramVec,
     pub(crate) end_to_end: HistogramVec,
     pub(crate) lag: IntGaugeVec,
@@ -43,6 +45,20 @@ impl ConsumerMetrics {
                 "Events sent to a dead-letter topic, by consumer and origin topic",
             ),
             &["consumer", "topic"],
+        )?;
+        let dead_letter_failures = IntCounterVec::new(
+            Opts::new(
+                "todo_dead_letter_failures_total",
+                "Attempts to write a dead letter that the broker refused (the consumer waits meanwhile)",
+            ),
+            &["consumer"],
+        )?;
+        let unknown_types = IntCounterVec::new(
+            Opts::new(
+                "todo_events_unknown_type_total",
+                "Events skipped because this version does not know their type",
+            ),
+            &["consumer", "type"],
         )?;
         let processing = HistogramVec::new(
             HistogramOpts::new(
@@ -81,6 +97,8 @@ impl ConsumerMetrics {
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(failed.clone()))?;
         registry.register(Box::new(dead_lettered.clone()))?;
+        registry.register(Box::new(dead_letter_failures.clone()))?;
+        registry.register(Box::new(unknown_types.clone()))?;
         registry.register(Box::new(processing.clone()))?;
         registry.register(Box::new(end_to_end.clone()))?;
         registry.register(Box::new(lag.clone()))?;
@@ -90,6 +108,8 @@ impl ConsumerMetrics {
             duplicates,
             failed,
             dead_lettered,
+            dead_letter_failures,
+            unknown_types,
             processing,
             end_to_end,
             lag,

@@ -20,17 +20,19 @@ mod context;
 pub mod dead_letters;
 mod dedup;
 mod error;
+mod health;
 mod metrics;
 mod tail;
 
 pub use context::Progress;
 pub use dead_letters::dlq_topic;
 pub use error::HandlerError;
+pub use health::Health;
 pub use metrics::ConsumerMetrics;
 pub use tail::{Tail, TailConfig};
 
 use crate::config::{ConfigError, Env, KafkaSettings};
-use crate::envelope::{Envelope, TaskEventData, Topic, TopicNames};
+use crate::envelope::{Envelope, EventKind, EventType, TaskEventData, Topic, TopicNames};
 use crate::retry::backoff;
 use crate::shutdown::Shutdown;
 use context::RuntimeContext;
@@ -63,6 +65,12 @@ pub struct Origin {
 }
 
 impl Event {
+    /// Its type, if this code knows it (handlers only see unknown types if
+    /// they ask for them).
+    pub fn known_type(&self) -> Option<EventType> {
+        self.envelope.event_type.known()
+    }
+
     /// The payload of a `task.*` event; one that does not fit is rejected
     /// (dead-lettered), since retrying cannot fix it.
     pub fn task_data(&self) -> Result<TaskEventData, HandlerError> {
@@ -79,10 +87,11 @@ impl Event {
 /// delivered.
 pub trait Handler: Send + Sync + 'static {
     /// Whether this handler wants events of this type at all; others are
-    /// acknowledged without a transaction.
-    fn wants(&self, event_type: crate::envelope::EventType) -> bool {
-        let _ = event_type;
-        true
+    /// acknowledged without a transaction. By default every type this code
+    /// knows; a type it does not know (a newer producer's) is skipped and
+    /// counted, never dead-lettered.
+    fn wants(&self, kind: &EventKind) -> bool {
+        kind.known().is_some()
     }
 
     fn handle(
@@ -200,6 +209,10 @@ pub struct Runtime<H> {
     pub handler: Arc<H>,
     pub metrics: ConsumerMetrics,
     pub progress: Arc<Progress>,
+    pub health: Arc<Health>,
+    /// Event types skipped because this code does not know them, logged
+    /// once each (bounded: a type name comes from a producer).
+    pub unknown_types: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Shutdown arrived while waiting; the batch in hand is left uncommitted
@@ -233,6 +246,7 @@ impl<H: Handler> Runtime<H> {
         consumer.subscribe(&topic_refs)?;
         let dead_letters = DeadLetters::new(&self.kafka, &self.config.name)?;
         tracing::info!(consumer = %self.config.name, topics = ?topics, "consuming");
+        self.health.set_consuming(true);
 
         let pruner = tokio::spawn(prune_forever(
             self.pool.clone(),
@@ -240,6 +254,7 @@ impl<H: Handler> Runtime<H> {
             self.config.dedup_retention,
         ));
         self.consume(&consumer, &dead_letters, &mut shutdown).await;
+        self.health.set_consuming(false);
         pruner.abort();
 
         // Commit what is done and leave the group (both block on the broker).
@@ -319,7 +334,11 @@ impl<H: Handler> Runtime<H> {
         let mut seen: HashSet<Uuid> = HashSet::with_capacity(batch.len());
         for msg in batch {
             match parse(msg) {
-                Ok(event) if !self.handler.wants(event.envelope.event_type) => {}
+                Ok(event) if !self.handler.wants(&event.envelope.event_type) => {
+                    if let EventKind::Unknown(name) = &event.envelope.event_type {
+                        self.skip_unknown(name, &event);
+                    }
+                }
                 Ok(event) => {
                     if seen.insert(event.envelope.id) {
                         events.push((event, msg));
@@ -350,6 +369,14 @@ impl<H: Handler> Runtime<H> {
             }
         }
         for (msg, reason) in poison {
+            let id = letter_id(msg, None);
+            if dedup::is_processed(&self.pool, &self.config.name, id)
+                .await
+                .unwrap_or(false)
+            {
+                // Set aside already, before a redelivery.
+                continue;
+            }
             tracing::warn!(
                 consumer = %self.config.name, topic = msg.topic(), partition = msg.partition(),
                 offset = msg.offset(), error = %reason, "unparsable message; dead-lettering it"
@@ -359,7 +386,8 @@ impl<H: Handler> Runtime<H> {
                 error: &reason,
                 attempts: 1,
             };
-            self.dead_letter(&letter, dead_letters, shutdown).await?;
+            self.dead_letter(&letter, id, dead_letters, shutdown)
+                .await?;
         }
         self.metrics
             .processing
@@ -401,7 +429,9 @@ impl<H: Handler> Runtime<H> {
                     error: &reason,
                     attempts,
                 };
-                return self.dead_letter(&letter, dead_letters, shutdown).await;
+                return self
+                    .dead_letter(&letter, letter_id(msg, Some(event)), dead_letters, shutdown)
+                    .await;
             }
             tracing::warn!(
                 consumer = %self.config.name, event_id = %event.envelope.id, event_type,
@@ -491,12 +521,19 @@ impl<H: Handler> Runtime<H> {
         Ok(())
     }
 
+    /// Publishes a dead letter and waits for the broker's acknowledgement,
+    /// for as long as it takes: the consumer cannot go past an event it has
+    /// neither processed nor set aside. Meanwhile the failures are counted
+    /// and the service reports itself unready. Once set aside, the event is
+    /// recorded as processed, so a redelivery does not set it aside again.
     async fn dead_letter(
         &self,
         letter: &DeadLetter<'_>,
+        id: Uuid,
         dead_letters: &DeadLetters,
         shutdown: &mut Shutdown,
     ) -> Flow {
+        let name = self.config.name.as_str();
         let mut attempt = 0;
         loop {
             let sent = tokio::select! {
@@ -507,17 +544,60 @@ impl<H: Handler> Runtime<H> {
                 Ok(()) => {
                     self.metrics
                         .dead_lettered
-                        .with_label_values(&[&self.config.name, letter.message.topic()])
+                        .with_label_values(&[name, letter.message.topic()])
                         .inc();
+                    self.health.set_dead_letters_ok(true);
+                    if let Err(e) = dedup::claim_one(&self.pool, name, id).await {
+                        // A redelivery would set it aside once more.
+                        tracing::warn!(consumer = name, error = %e, "dead letter not recorded as processed");
+                    }
                     return Ok(());
                 }
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(consumer = %self.config.name, error = %e, attempt, "dead-letter topic refused the event; retrying");
+                    self.metrics
+                        .dead_letter_failures
+                        .with_label_values(&[name])
+                        .inc();
+                    self.health.set_dead_letters_ok(false);
+                    tracing::warn!(consumer = name, error = %e, attempt, "dead-letter topic refused the event; retrying");
                     wait(backoff(attempt), shutdown).await?;
                 }
             }
         }
+    }
+
+    /// An event whose type this code does not know: skipped and counted;
+    /// logged the first time its type is seen.
+    fn skip_unknown(&self, type_name: &str, event: &Event) {
+        let name = self.config.name.as_str();
+        let mut seen = self.unknown_types.lock().unwrap_or_else(|p| p.into_inner());
+        let first = seen.len() < 100 && seen.insert(type_name.to_owned());
+        let label = if first || seen.contains(type_name) {
+            type_name
+        } else {
+            "other"
+        };
+        self.metrics
+            .unknown_types
+            .with_label_values(&[name, label])
+            .inc();
+        if first {
+            tracing::warn!(consumer = name, event_type = type_name, event_id = %event.envelope.id,
+                "skipping events of a type this version does not know (a newer producer's?)");
+        }
+    }
+}
+
+/// The id a dead letter is recorded under: the event's, or for a message
+/// that is not an event at all, one derived from where it was read.
+fn letter_id(msg: &OwnedMessage, event: Option<&Event>) -> Uuid {
+    match event {
+        Some(e) => e.envelope.id,
+        None => Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()).as_bytes(),
+        ),
     }
 }
 

@@ -118,10 +118,10 @@ impl Tail {
             }
             match parse(&msg.detach()) {
                 Ok(event) => {
-                    let event_type = event.envelope.event_type.as_str();
+                    let event_type = event.envelope.event_type.to_string();
                     self.metrics
                         .consumed
-                        .with_label_values(&[name, event_type])
+                        .with_label_values(&[name, &event_type])
                         .inc();
                     let age = (chrono::Utc::now() - event.envelope.time)
                         .to_std()
@@ -138,7 +138,7 @@ impl Tail {
                     {
                         self.metrics
                             .failed
-                            .with_label_values(&[name, event_type])
+                            .with_label_values(&[name, &event_type])
                             .inc();
                         tracing::error!(consumer = name, event_id = %id,
                             error = %crate::panics::message(&*panic), "event could not be delivered; skipped");

@@ -26,6 +26,14 @@ pub fn config() -> ConsumerConfig {
     config
 }
 
+/// The audit as tests run it: a missing sequence is passed over after 2 s.
+pub fn options() -> app::Options {
+    app::Options {
+        consumer: config(),
+        gap_wait: Duration::from_secs(2),
+    }
+}
+
 pub struct Audit {
     pub base: String,
     trigger: Option<ShutdownTrigger>,
@@ -44,7 +52,7 @@ impl Audit {
             database,
             ..stack.settings()
         };
-        let audit = app::build(&settings, &stack.jwt_settings(), config())
+        let audit = app::build(&settings, &stack.jwt_settings(), options())
             .await
             .expect("todo-audit starts");
         let base = format!("http://127.0.0.1:{}", audit.port());
