@@ -152,7 +152,10 @@ impl From<sqlx::Error> for ApiError {
         use todo_shared::db;
         if db::is_unique_violation(&e) {
             ApiError::Conflict("a resource with this identity already exists".into())
-        } else if db::is_unavailable(&e) || db::is_statement_timeout(&e) {
+        } else if db::is_unavailable(&e)
+            || db::is_statement_timeout(&e)
+            || db::is_transient_conflict(&e)
+        {
             ApiError::Unavailable(e.to_string())
         } else {
             ApiError::Internal(e.to_string())

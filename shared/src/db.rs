@@ -212,6 +212,13 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A deadlock (40P01) or a serialization failure (40001): the transaction
+/// lost a race, not a fault of its statements; the same work succeeds when
+/// tried again.
+pub fn is_transient_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
 /// PostgreSQL cancelled a statement that ran past `statement_timeout`.
 pub fn is_statement_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))

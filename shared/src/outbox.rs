@@ -31,6 +31,22 @@ pub async fn append<D: Serialize>(
     Ok(pending.into_envelope(sequence))
 }
 
+/// Locks `user`'s sequence row until the transaction ends (creating it if
+/// the user has no event yet). Every transaction that appends a user's
+/// events and locks rows of theirs takes this lock first: one lock order
+/// everywhere, so a consumer and a clock working on the same user wait for
+/// each other instead of deadlocking.
+pub async fn lock_sequence(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO event_sequences (user_id, last_sequence) VALUES ($1, 0)
+         ON CONFLICT (user_id) DO UPDATE SET last_sequence = event_sequences.last_sequence",
+    )
+    .bind(user)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The one statement that takes the user's next sequence and inserts the
 /// outbox row, after `change` (a data-modifying CTE such as `task AS (INSERT
 /// INTO tasks ...)`, its parameters numbered from `$7`): a change and its

@@ -1,16 +1,17 @@
 //! Assembles todo-notifier (consumer, clock, outbox notifications) the same
 //! way for `main` and the tests.
 
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockMetrics};
 use crate::delivery::{Delivery, LogDelivery};
 use crate::schedule::Schedule;
 use axum::Router;
 use prometheus::Registry;
 use std::sync::Arc;
+use std::time::Duration;
 use todo_shared::config::{ConfigError, Env, Settings};
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
-use todo_shared::envelope::Topic;
+use todo_shared::envelope::{Topic, TopicNames};
 use todo_shared::outbox::OutboxSignal;
 use todo_shared::service::ConsumerService;
 use todo_shared::shutdown::Shutdown;
@@ -29,6 +30,10 @@ pub struct Options {
     pub consumer: ConsumerConfig,
     /// `REMINDER_MAX_ATTEMPTS`: delivery attempts before `reminder.failed`.
     pub max_attempts: i32,
+    /// `REMINDER_DELIVERY_LEASE_SECS`: how long a delivery in progress keeps
+    /// other attempts away; a replica that died mid-delivery is replaced
+    /// after it.
+    pub delivery_lease: Duration,
 }
 
 impl Options {
@@ -41,9 +46,17 @@ impl Options {
                 reason: "must be between 1 and 100".into(),
             });
         }
+        let lease: u64 = env.parse_or("REMINDER_DELIVERY_LEASE_SECS", 60)?;
+        if !(1..=3600).contains(&lease) {
+            return Err(ConfigError::Invalid {
+                var: "REMINDER_DELIVERY_LEASE_SECS",
+                reason: "must be between 1 and 3600".into(),
+            });
+        }
         Ok(Options {
             consumer: ConsumerConfig::new(crate::NAME, &[Topic::TaskEvents]).with_env(&env)?,
             max_attempts,
+            delivery_lease: Duration::from_secs(lease),
         })
     }
 }
@@ -57,11 +70,14 @@ impl App {
         let pool = db::service_pool(&settings.database).await?;
         let changed = Arc::new(Notify::new());
         let signal = OutboxSignal::new();
+        let registry = Registry::new();
+        let clock_metrics = ClockMetrics::register(&registry)?;
+        let topic = TopicNames::new(settings.kafka.topic_prefix.clone()).name(Topic::TaskEvents);
         let service = ConsumerService::build(
             settings,
             options.consumer,
             pool.clone(),
-            Registry::new(),
+            registry,
             Arc::new(Schedule {
                 changed: changed.clone(),
                 signal: signal.clone(),
@@ -76,6 +92,9 @@ impl App {
             delivery,
             max_attempts: options.max_attempts,
             progress: service.progress(),
+            topic,
+            lease: options.delivery_lease,
+            metrics: clock_metrics,
         };
         Ok(App {
             service,

@@ -1,29 +1,53 @@
-//! Fires reminders at their time. No polling: the clock sleeps until the
-//! nearest reminder and is woken when one is scheduled or moved.
+//! Fires reminders at their time, then delivers them. No polling: the clock
+//! sleeps until the nearest reminder (on the database's clock) and is woken
+//! when one is scheduled or moved, or when this replica's partitions change.
 //!
-//! Exactly once: a reminder is taken with `FOR UPDATE SKIP LOCKED` (other
-//! replicas skip it), and its `reminder.triggered`, its delivery record and
-//! `reminder.sent` commit in one transaction with its new state. A crash
-//! before that commit leaves it scheduled and publishes nothing; after it,
-//! it is never taken again.
+//! A reminder goes `scheduled` → `delivering` → `sent` (or `failed`):
+//!
+//! 1. Firing: in one transaction per user, its due reminders become
+//!    `delivering` and their `reminder.triggered` events are appended.
+//!    Nothing has reached anyone yet: a rollback here repeats nothing.
+//! 2. Delivering, after that commit: each reminder is leased (its
+//!    `attempt_at` moves `lease` ahead, so no other replica takes it), then
+//!    delivered outside any transaction, with a delivery id that is the same
+//!    on every attempt of that firing.
+//! 3. Recording: `sent` with `reminder.sent`, or a retry later, or `failed`
+//!    with `reminder.failed` after `max_attempts`. A crash between 2 and 3
+//!    leaves the lease to expire and the reminder to be delivered again with
+//!    the same delivery id: at least once, never silently dropped.
+//!
+//! Which reminders: only those whose task events come from a partition this
+//! replica owns and has read to its end since it was assigned. After a
+//! crash or a rebalance, the completion that cancels a reminder may still
+//! sit unread in a partition; its new owner reads it before it fires
+//! anything of that partition.
+//!
+//! Locks: a user's sequence row, then their reminder rows, as the consumer
+//! does (one lock order everywhere), and never two users' in one
+//! transaction.
 
 use crate::delivery::{Delivery, Due};
 use crate::schedule::{publish, Cause};
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
+use prometheus::{IntCounter, Registry};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_shared::consumer::{HandlerError, Progress};
 use todo_shared::envelope::{EventType, ReminderEventData};
-use todo_shared::outbox::OutboxSignal;
+use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 /// The longest sleep: a safety net for a wake-up another replica missed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// Reminders fired per transaction.
+/// Users whose reminders are fired per round, and reminders delivered.
 const BATCH: i64 = 500;
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 32;
 
 pub struct Clock {
     pub pool: PgPool,
@@ -32,15 +56,36 @@ pub struct Clock {
     pub delivery: Arc<dyn Delivery>,
     /// Delivery attempts before `reminder.failed`.
     pub max_attempts: i32,
-    /// Reminders that came due while the service was down wait until the
-    /// task events of that time have been read (a completion cancels them).
+    /// Which partitions of `topic` this replica owns and has caught up on.
     pub progress: Arc<Progress>,
+    /// The task-events topic (prefix included) the reminders' partitions
+    /// are of.
+    pub topic: String,
+    /// How long a delivery in progress keeps other replicas away.
+    pub lease: Duration,
+    pub metrics: ClockMetrics,
+}
+
+#[derive(Clone)]
+pub struct ClockMetrics {
+    rounds: IntCounter,
+}
+
+impl ClockMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let rounds = IntCounter::new(
+            "todo_reminder_clock_rounds_total",
+            "Rounds of the reminder clock (each fires, delivers and computes its next sleep)",
+        )?;
+        registry.register(Box::new(rounds.clone()))?;
+        Ok(Self { rounds })
+    }
 }
 
 #[derive(sqlx::FromRow)]
-struct Row {
-    reminder_id: uuid::Uuid,
-    task_id: uuid::Uuid,
+struct Delivering {
+    reminder_id: Uuid,
+    task_id: Uuid,
     user_id: String,
     title: String,
     due_at: Option<DateTime<Utc>>,
@@ -48,136 +93,259 @@ struct Row {
     attempts: i32,
 }
 
-impl Clock {
-    pub async fn run(self, mut shutdown: Shutdown) {
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = self.progress.caught_up() => {}
+impl Delivering {
+    fn data(&self) -> ReminderEventData {
+        ReminderEventData {
+            task_id: self.task_id,
+            reminder_id: self.reminder_id,
+            remind_at: self.remind_at,
+            due_at: self.due_at,
+            title: self.title.clone(),
+            reason: None,
+            fired_at: None,
+            late_ms: None,
+            sent_at: None,
         }
+    }
+}
+
+impl Clock {
+    pub async fn run(self, shutdown: Shutdown) {
+        // A partition caught up or taken away changes what is ours to fire.
+        let (progress, changed) = (self.progress.clone(), self.changed.clone());
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.recv() => return,
+                    _ = progress.ownership_changed() => changed.notify_one(),
+                }
+            }
+        });
         run_rounds("reminder", &self.changed, shutdown, || self.round()).await
     }
 
-    /// Fires what is due; returns how long until the next reminder.
+    /// Fires and delivers what is due; returns how long until the next
+    /// reminder of this replica's partitions.
     async fn round(&self) -> anyhow::Result<Duration> {
+        self.metrics.rounds.inc();
+        let partitions = self.progress.caught_up_partitions(&self.topic);
         loop {
-            let mut tx = todo_shared::db::begin(&self.pool).await?;
-            let due: Vec<Row> = sqlx::query_as(
-                "SELECT reminder_id, task_id, user_id, title, due_at, remind_at, attempts
-                   FROM reminders
+            let users: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT user_id FROM reminders
                   WHERE state = 'scheduled' AND attempt_at <= now()
-                  ORDER BY attempt_at LIMIT $1
-                    FOR UPDATE SKIP LOCKED",
+                    AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
+                  LIMIT $2",
             )
+            .bind(&partitions)
             .bind(BATCH)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-            for r in &due {
-                self.fire(&mut tx, r)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for user in &users {
+                self.fire(user, &partitions).await?;
             }
-            tx.commit().await?;
-            if !due.is_empty() {
-                self.signal.committed();
-            }
-            if (due.len() as i64) < BATCH {
+            if (users.len() as i64) < BATCH {
                 break;
             }
         }
-        let next: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT min(attempt_at) FROM reminders WHERE state = 'scheduled'")
-                .fetch_one(&self.pool)
-                .await?;
+        loop {
+            let leased = self.lease_due(&partitions).await?;
+            let n = leased.len();
+            let results: Vec<anyhow::Result<()>> = futures::stream::iter(leased)
+                .map(|r| self.deliver(r))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            results.into_iter().collect::<anyhow::Result<()>>()?;
+            if (n as i64) < BATCH {
+                break;
+            }
+        }
+        let next: Option<f64> = sqlx::query_scalar(
+            "SELECT GREATEST(EXTRACT(EPOCH FROM attempt_at - clock_timestamp()), 0)::float8
+               FROM reminders
+              WHERE state IN ('scheduled', 'delivering')
+                AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
+              ORDER BY attempt_at LIMIT 1
+                FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&partitions)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(next
-            .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
+            .map(|secs| Duration::try_from_secs_f64(secs).unwrap_or(MAX_SLEEP))
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP))
     }
 
-    async fn fire(&self, conn: &mut sqlx::PgConnection, r: &Row) -> Result<(), HandlerError> {
+    /// Fires `user`'s due reminders: `delivering`, with their
+    /// `reminder.triggered`, in one transaction.
+    async fn fire(&self, user: &str, partitions: &[i32]) -> anyhow::Result<()> {
+        let mut tx = todo_shared::db::begin(&self.pool).await?;
+        outbox::lock_sequence(&mut tx, user).await?;
+        let due: Vec<Delivering> = sqlx::query_as(
+            "UPDATE reminders SET state = 'delivering', attempts = 0, attempt_at = now(),
+                    updated_at = now()
+              WHERE reminder_id IN (
+                    SELECT reminder_id FROM reminders
+                     WHERE user_id = $1 AND state = 'scheduled' AND attempt_at <= now()
+                       AND (kafka_partition IS NULL OR kafka_partition = ANY($2))
+                       FOR UPDATE SKIP LOCKED)
+              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts",
+        )
+        .bind(user)
+        .bind(partitions)
+        .fetch_all(&mut *tx)
+        .await?;
         let now = Utc::now();
-        let late_ms = (now - r.remind_at).num_milliseconds().max(0);
-        let correlation = uuid::Uuid::new_v4().to_string();
-        let cause = Cause {
-            user: &r.user_id,
-            correlation_id: &correlation,
-            causation_id: Some(r.reminder_id.to_string()),
-        };
-        let data = ReminderEventData {
-            task_id: r.task_id,
-            reminder_id: r.reminder_id,
-            remind_at: r.remind_at,
-            due_at: r.due_at,
-            title: r.title.clone(),
-            reason: None,
-            fired_at: Some(now),
-            late_ms: Some(late_ms),
-            sent_at: None,
-        };
-        if r.attempts == 0 {
-            publish(conn, &cause, EventType::ReminderTriggered, data.clone()).await?;
+        for r in &due {
+            let data = ReminderEventData {
+                fired_at: Some(now),
+                late_ms: Some((now - r.remind_at).num_milliseconds().max(0)),
+                ..r.data()
+            };
+            publish(&mut tx, &cause(r), EventType::ReminderTriggered, data)
+                .await
+                .map_err(anyhow_of)?;
         }
-        let attempts = r.attempts + 1;
+        tx.commit().await?;
+        if !due.is_empty() {
+            self.signal.committed();
+        }
+        Ok(())
+    }
+
+    /// Takes the reminders due for (another) delivery attempt, moving their
+    /// `attempt_at` past the lease.
+    async fn lease_due(&self, partitions: &[i32]) -> anyhow::Result<Vec<Delivering>> {
+        Ok(sqlx::query_as(
+            "UPDATE reminders SET attempt_at = now() + make_interval(secs => $3), updated_at = now()
+              WHERE reminder_id IN (
+                    SELECT reminder_id FROM reminders
+                     WHERE state = 'delivering' AND attempt_at <= now()
+                       AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
+                     ORDER BY attempt_at LIMIT $2
+                       FOR UPDATE SKIP LOCKED)
+              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts",
+        )
+        .bind(partitions)
+        .bind(BATCH)
+        .bind(self.lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One delivery attempt, then its record.
+    async fn deliver(&self, r: Delivering) -> anyhow::Result<()> {
+        let now = Utc::now();
         let due = Due {
             reminder_id: r.reminder_id,
+            delivery_id: Due::delivery_id(r.reminder_id, r.remind_at),
             task_id: r.task_id,
-            user_id: &r.user_id,
-            title: &r.title,
+            user_id: r.user_id.clone(),
+            title: r.title.clone(),
             due_at: r.due_at,
             remind_at: r.remind_at,
-            late_ms,
-            attempt: attempts,
+            late_ms: (now - r.remind_at).num_milliseconds().max(0),
+            attempt: r.attempts + 1,
         };
-        match self.delivery.deliver(&due) {
+        let outcome = self.delivery.deliver(&due).await;
+        self.record(&r, due.attempt, outcome).await
+    }
+
+    async fn record(
+        &self,
+        r: &Delivering,
+        attempts: i32,
+        outcome: Result<(), String>,
+    ) -> anyhow::Result<()> {
+        let mut tx = todo_shared::db::begin(&self.pool).await?;
+        outbox::lock_sequence(&mut tx, &r.user_id).await?;
+        // The row may have moved on meanwhile (the reminder was moved to a
+        // new time and scheduled again): then this firing's outcome is
+        // reported, and the row left to its new schedule.
+        let current: Option<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT state, remind_at FROM reminders WHERE reminder_id = $1 FOR UPDATE",
+        )
+        .bind(r.reminder_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let ours = current.is_some_and(|(state, at)| state == "delivering" && at == r.remind_at);
+        let now = Utc::now();
+        match outcome {
             Ok(()) => {
-                sqlx::query(
-                    "UPDATE reminders SET state = 'sent', attempts = $2, updated_at = now()
-                      WHERE reminder_id = $1",
-                )
-                .bind(r.reminder_id)
-                .bind(attempts)
-                .execute(&mut *conn)
-                .await?;
+                if ours {
+                    set_state(&mut tx, r.reminder_id, "sent", attempts, None).await?;
+                }
                 let sent = ReminderEventData {
                     sent_at: Some(now),
-                    fired_at: None,
-                    late_ms: None,
-                    ..data
+                    ..r.data()
                 };
-                publish(conn, &cause, EventType::ReminderSent, sent).await
+                publish(&mut tx, &cause(r), EventType::ReminderSent, sent)
+                    .await
+                    .map_err(anyhow_of)?;
             }
-            Err(reason) if attempts >= self.max_attempts => {
-                tracing::error!(reminder_id = %r.reminder_id, user_id = %r.user_id, attempts, %reason, "reminder delivery failed for good");
-                sqlx::query(
-                    "UPDATE reminders SET state = 'failed', attempts = $2, updated_at = now()
-                      WHERE reminder_id = $1",
-                )
-                .bind(r.reminder_id)
-                .bind(attempts)
-                .execute(&mut *conn)
-                .await?;
+            Err(reason) if attempts >= self.max_attempts || !ours => {
+                tracing::error!(reminder_id = %r.reminder_id, user_id = %r.user_id, attempts, %reason,
+                    "reminder delivery failed for good");
+                if ours {
+                    set_state(&mut tx, r.reminder_id, "failed", attempts, None).await?;
+                }
                 let failed = ReminderEventData {
                     reason: Some(reason),
-                    fired_at: None,
-                    late_ms: None,
-                    ..data
+                    ..r.data()
                 };
-                publish(conn, &cause, EventType::ReminderFailed, failed).await
+                publish(&mut tx, &cause(r), EventType::ReminderFailed, failed)
+                    .await
+                    .map_err(anyhow_of)?;
             }
             Err(reason) => {
-                let retry = backoff(attempts as u32);
-                tracing::warn!(reminder_id = %r.reminder_id, attempts, %reason, retry_in = ?retry, "reminder delivery failed; retrying");
-                sqlx::query(
-                    "UPDATE reminders SET attempts = $2, attempt_at = $3, updated_at = now()
-                      WHERE reminder_id = $1",
-                )
-                .bind(r.reminder_id)
-                .bind(attempts)
-                .bind(now + TimeDelta::from_std(retry).unwrap_or_default())
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
+                let retry = backoff(u32::try_from(attempts).unwrap_or(u32::MAX));
+                tracing::warn!(reminder_id = %r.reminder_id, attempts, %reason, retry_in = ?retry,
+                    "reminder delivery failed; retrying");
+                let at = now + TimeDelta::from_std(retry).unwrap_or_default();
+                set_state(&mut tx, r.reminder_id, "delivering", attempts, Some(at)).await?;
             }
         }
+        tx.commit().await?;
+        self.signal.committed();
+        Ok(())
     }
+}
+
+async fn set_state(
+    conn: &mut sqlx::PgConnection,
+    reminder_id: Uuid,
+    state: &str,
+    attempts: i32,
+    attempt_at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE reminders SET state = $2, attempts = $3, attempt_at = coalesce($4, attempt_at),
+                updated_at = now()
+          WHERE reminder_id = $1",
+    )
+    .bind(reminder_id)
+    .bind(state)
+    .bind(attempts)
+    .bind(attempt_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Every event of one firing has the reminder as its cause and a
+/// correlation id of its own, derived from it (the same on a retry).
+fn cause(r: &Delivering) -> Cause<'_> {
+    Cause {
+        user: &r.user_id,
+        correlation_id: std::borrow::Cow::Owned(
+            Due::delivery_id(r.reminder_id, r.remind_at).to_string(),
+        ),
+        causation_id: Some(r.reminder_id.to_string()),
+    }
+}
+
+fn anyhow_of(e: HandlerError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
 }

@@ -40,7 +40,7 @@ pub struct Schedule {
 /// Where a reminder.* event comes from: the task event that caused it.
 pub struct Cause<'a> {
     pub user: &'a str,
-    pub correlation_id: &'a str,
+    pub correlation_id: std::borrow::Cow<'a, str>,
     pub causation_id: Option<String>,
 }
 
@@ -57,7 +57,7 @@ pub async fn publish(
             source: SOURCE,
             subject: data.reminder_id.to_string(),
             userid: cause.user.to_owned(),
-            correlationid: cause.correlation_id.to_owned(),
+            correlationid: cause.correlation_id.clone().into_owned(),
             causationid: cause.causation_id.clone(),
             data,
         },
@@ -95,9 +95,12 @@ impl Handler for Schedule {
         let env = &event.envelope;
         let cause = Cause {
             user: &env.userid,
-            correlation_id: &env.correlationid,
+            correlation_id: std::borrow::Cow::Borrowed(&env.correlationid),
             causation_id: Some(env.id.to_string()),
         };
+        // The user's sequence row before their reminder rows, as the clock
+        // takes them.
+        todo_shared::outbox::lock_sequence(conn, &env.userid).await?;
         let stored: Vec<Stored> = sqlx::query_as(
             "SELECT reminder_id, remind_at, state FROM reminders WHERE task_id = $1 FOR UPDATE",
         )
@@ -143,12 +146,13 @@ impl Handler for Schedule {
             if schedule {
                 sqlx::query(
                     "INSERT INTO reminders (reminder_id, task_id, user_id, spec, title, due_at,
-                                            remind_at, state, attempts, attempt_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', 0, $7)
+                                            remind_at, state, attempts, attempt_at, kafka_partition)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', 0, $7, $8)
                      ON CONFLICT (reminder_id) DO UPDATE
                         SET title = EXCLUDED.title, due_at = EXCLUDED.due_at,
                             remind_at = EXCLUDED.remind_at, state = 'scheduled', attempts = 0,
-                            attempt_at = EXCLUDED.attempt_at, updated_at = now()",
+                            attempt_at = EXCLUDED.attempt_at,
+                            kafka_partition = EXCLUDED.kafka_partition, updated_at = now()",
                 )
                 .bind(id)
                 .bind(task.id)
@@ -157,6 +161,7 @@ impl Handler for Schedule {
                 .bind(&task.title)
                 .bind(task.due_at)
                 .bind(remind_at)
+                .bind(event.origin.partition)
                 .execute(&mut *conn)
                 .await?;
                 publish(
@@ -184,6 +189,12 @@ impl Handler for Schedule {
             cancel(conn, &cause, &task, s, "removed from the task").await?;
         }
         Ok(())
+    }
+
+    /// It appends reminder events: a user's sequence row is held for that
+    /// user's events only.
+    fn per_user_transactions(&self) -> bool {
+        true
     }
 
     fn committed(&self, events: &[&Event]) {

@@ -21,26 +21,57 @@ use tokio::task::JoinHandle;
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Notifier {
+    base: String,
     trigger: ShutdownTrigger,
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
+fn options() -> Options {
+    let mut consumer = ConsumerConfig::new(todo_notifier::NAME, &[Topic::TaskEvents]);
+    consumer.session_timeout = Duration::from_secs(6);
+    Options {
+        consumer,
+        max_attempts: 3,
+        delivery_lease: Duration::from_secs(2),
+    }
+}
+
 impl Notifier {
     async fn spawn(stack: &Stack, delivery: Arc<dyn Delivery>) -> Notifier {
-        let mut consumer = ConsumerConfig::new(todo_notifier::NAME, &[Topic::TaskEvents]);
-        consumer.session_timeout = Duration::from_secs(6);
-        let options = Options {
-            consumer,
-            max_attempts: 3,
-        };
-        let app = App::build(&stack.settings(), options, delivery)
+        Self::spawn_with(stack.settings(), delivery).await
+    }
+
+    async fn spawn_with(
+        settings: todo_shared::config::Settings,
+        delivery: Arc<dyn Delivery>,
+    ) -> Notifier {
+        let app = App::build(&settings, options(), delivery)
             .await
             .expect("todo-notifier starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
         let (trigger, shutdown) = shutdown::channel();
         Notifier {
+            base,
             trigger,
             handle: tokio::spawn(app.run(shutdown)),
         }
+    }
+
+    /// The sum of a metric's samples in this notifier's /metrics.
+    async fn metric(&self, stack: &Stack, name: &str) -> f64 {
+        let text = stack
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     async fn stop(self) {
@@ -377,8 +408,9 @@ struct Flaky {
     calls: AtomicU32,
 }
 
+#[async_trait::async_trait]
 impl Delivery for Flaky {
-    fn deliver(&self, due: &Due<'_>) -> Result<(), String> {
+    async fn deliver(&self, due: &Due) -> Result<(), String> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if due.attempt <= self.failures {
             Err(format!("mail server said no (attempt {})", due.attempt))
@@ -583,5 +615,420 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
         letters.iter().map(|l| &l.value).collect::<Vec<_>>()
     );
     notifier.stop().await;
+    api.stop().await;
+}
+
+/// Counts deliveries (by delivery id); the first one cuts the notifier's
+/// way to the database right after it has delivered, so that recording it
+/// fails.
+struct CutAfterFirst {
+    proxy: Arc<todo_shared::testing::TcpProxy>,
+    delivered: std::sync::Mutex<Vec<uuid::Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl Delivery for CutAfterFirst {
+    async fn deliver(&self, due: &Due) -> Result<(), String> {
+        let first = {
+            let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+            delivered.push(due.delivery_id);
+            delivered.len() == 1
+        };
+        if first {
+            self.proxy.cut();
+            let proxy = self.proxy.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                proxy.restore();
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Counts deliveries.
+struct Counting(AtomicU32);
+
+#[async_trait::async_trait]
+impl Delivery for Counting {
+    async fn deliver(&self, _due: &Due) -> Result<(), String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_is_delivered_only_after_its_firing_commits() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    // The commit of a firing fails, for as long as the flag is set (a
+    // deferred trigger: the failure comes at COMMIT, after the firing's
+    // statements all went through).
+    for statement in [
+        "CREATE TABLE test_fail_firing (fail boolean NOT NULL)",
+        "INSERT INTO test_fail_firing VALUES (true)",
+        "CREATE FUNCTION test_fail_firing() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.state = 'delivering' AND OLD.state = 'scheduled'
+              AND (SELECT fail FROM test_fail_firing) THEN
+             RAISE EXCEPTION 'injected failure at commit';
+           END IF;
+           RETURN NEW;
+         END $$",
+        "CREATE CONSTRAINT TRIGGER test_fail_firing AFTER UPDATE ON reminders
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_fail_firing()",
+    ] {
+        sqlx::query(statement)
+            .execute(&stack.db.pool)
+            .await
+            .expect(statement);
+    }
+    let counting = Arc::new(Counting(AtomicU32::new(0)));
+    let notifier = Notifier::spawn(&stack, counting.clone()).await;
+    reminders_due(&stack, &api, 1, 1, 1).await;
+    // Let the clock try (and fail) to fire it a few times.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let start = notifier
+        .metric(&stack, "todo_reminder_clock_rounds_total")
+        .await;
+    while notifier
+        .metric(&stack, "todo_reminder_clock_rounds_total")
+        .await
+        < start + 3.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock never came round"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counting.0.load(Ordering::SeqCst),
+        0,
+        "a rolled-back firing delivered nothing"
+    );
+    sqlx::query("UPDATE test_fail_firing SET fail = false")
+        .execute(&stack.db.pool)
+        .await
+        .expect("stop failing");
+    let reader = reminders(&stack).await;
+    let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
+    assert_eq!(count(&events, "reminder.triggered"), 1);
+    assert_eq!(
+        counting.0.load(Ordering::SeqCst),
+        1,
+        "delivered once, once committed"
+    );
+    notifier.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_record_is_lost_is_delivered_again_with_the_same_id() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let proxy = Arc::new(todo_shared::testing::TcpProxy::start(stack.db.server_addr()).await);
+    let delivery = Arc::new(CutAfterFirst {
+        proxy: proxy.clone(),
+        delivered: Default::default(),
+    });
+    let settings = todo_shared::config::Settings {
+        database: stack.db.settings_via(proxy.port()),
+        ..stack.settings()
+    };
+    let notifier = Notifier::spawn_with(settings, delivery.clone()).await;
+    reminders_due(&stack, &api, 1, 1, 1).await;
+    let reader = reminders(&stack).await;
+    let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
+    let more = reader.drain(Duration::from_secs(2)).await;
+    let events: Vec<Received> = events.into_iter().chain(more).collect();
+    assert_eq!(count(&events, "reminder.triggered"), 1);
+    assert_eq!(count(&events, "reminder.sent"), 1);
+    let delivered = delivery
+        .delivered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert_eq!(
+        delivered.len(),
+        2,
+        "delivered again after the record was lost: {delivered:?}"
+    );
+    assert_eq!(delivered[0], delivered[1], "with the same delivery id");
+    notifier.stop().await;
+    api.stop().await;
+}
+
+/// Deadlocks PostgreSQL has detected in the test's database.
+async fn deadlocks(stack: &Stack) -> i64 {
+    sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(&stack.db.pool)
+        .await
+        .expect("deadlocks")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clock_and_a_burst_of_task_events_never_deadlock() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
+    let users = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let due = Utc::now() + TimeDelta::seconds(8);
+    // Each user's tasks alternate: one whose reminder fires at `due`, one
+    // whose reminder is an hour later.
+    let mut tasks = Vec::new();
+    for (i, user) in users.iter().cycle().take(users.len() * 40).enumerate() {
+        let token = stack.token(user);
+        let at = if (i / users.len()) % 2 == 0 {
+            due
+        } else {
+            due + TimeDelta::hours(1)
+        };
+        let task = stack
+            .create(
+                &api,
+                &token,
+                json!({"title": format!("t{i}"), "due_at": secs(at + TimeDelta::minutes(10)),
+                       "reminders": [{"before": "PT10M"}]}),
+            )
+            .await;
+        tasks.push((
+            token,
+            task["id"].as_str().unwrap_or_default().to_owned(),
+            at,
+        ));
+    }
+    let before = deadlocks(&stack).await;
+    // Just as the reminders fire, every task moves by a minute: the later
+    // ones' reminders move (the consumer takes the user's sequence row),
+    // the firing ones' rows are the clock's (the consumer waits for them).
+    let start = due - TimeDelta::milliseconds(150);
+    tokio::time::sleep((start - Utc::now()).to_std().unwrap_or_default()).await;
+    let (stack_ref, api_ref) = (&stack, &api);
+    let burst = tasks.iter().map(|(token, id, at)| {
+        let body = json!({"due_at": secs(*at + TimeDelta::minutes(11))});
+        let path = format!("/tasks/{id}");
+        async move {
+            stack_ref
+                .call(api_ref, Method::PATCH, &path, token, Some(body))
+                .await
+        }
+    });
+    for (status, body) in futures::future::join_all(burst).await {
+        assert!(status.is_success(), "{status} {body}");
+    }
+    // Wait until the consumer has applied every task event (the creates and
+    // the burst) and nothing due is left to fire or deliver.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (applied, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM processed_events WHERE consumer = 'todo-notifier'),
+                    (SELECT count(*) FROM reminders
+                      WHERE state IN ('scheduled', 'delivering') AND attempt_at <= now())",
+        )
+        .fetch_one(&stack.db.pool)
+        .await
+        .expect("progress");
+        if applied >= 2 * tasks.len() as i64 && pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{applied} events applied, {pending} reminders still due"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        deadlocks(&stack).await,
+        before,
+        "deadlocks between clock and consumer"
+    );
+    let dlq = EventReader::new(
+        stack.broker.bootstrap(),
+        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+    )
+    .await;
+    assert!(
+        dlq.drain(Duration::from_secs(2)).await.is_empty(),
+        "nothing set aside"
+    );
+    notifier.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_locked_elsewhere_does_not_make_the_clock_spin() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
+    let ann = stack.token("ann");
+    let far = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "far", "reminders": [{"at": secs(Utc::now() + TimeDelta::hours(1))}]}),
+        )
+        .await;
+    let due = Utc::now() + TimeDelta::seconds(2);
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "held", "reminders": [{"at": secs(due)}]}),
+        )
+        .await;
+    // Another replica holds the due reminder (here: the test's transaction).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut holder = stack.db.pool.begin().await.expect("begin");
+    loop {
+        let held: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT reminder_id FROM reminders WHERE task_id = $1::uuid AND state = 'scheduled' FOR UPDATE",
+        )
+        .bind(task["id"].as_str())
+        .fetch_optional(&mut *holder)
+        .await
+        .expect("lock");
+        if held.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never scheduled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(
+        (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(500),
+    )
+    .await;
+    let before = notifier
+        .metric(&stack, "todo_reminder_clock_rounds_total")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rounds = notifier
+        .metric(&stack, "todo_reminder_clock_rounds_total")
+        .await
+        - before;
+    assert!(
+        rounds <= 5.0,
+        "{rounds} rounds in 3 s while the due reminder was held elsewhere"
+    );
+    holder.rollback().await.expect("release");
+    // Once released, it fires (a schedule change wakes the clock).
+    let reader = reminders(&stack).await;
+    stack
+        .call(&api, Method::PATCH, &format!("/tasks/{}", far["id"].as_str().unwrap_or_default()), &ann,
+              Some(json!({"title": "far, renamed", "reminders": [{"at": secs(Utc::now() + TimeDelta::hours(2))}]})))
+        .await;
+    read_until(&reader, |got| {
+        got.iter()
+            .any(|e| e.event_type() == "reminder.sent" && e.value["data"]["task_id"] == task["id"])
+    })
+    .await;
+    notifier.stop().await;
+    api.stop().await;
+}
+
+/// A todo-notifier binary on a port of its own.
+fn spawn_binary_on(stack: &Stack, port: u16) -> Killed {
+    Killed(Some(
+        stack
+            .service_command(env!("CARGO_BIN_EXE_todo-notifier"))
+            .env("PORT", port.to_string())
+            .spawn()
+            .expect("todo-notifier binary starts"),
+    ))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn assigned_partitions(stack: &Stack, port: u16) -> f64 {
+    let Ok(r) = stack
+        .http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    r.text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("todo_consumer_assigned_partitions"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_replica_dies_its_partitions_reminders_wait_for_their_completions() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_binary_on(&stack, port_a);
+    let mut b = spawn_binary_on(&stack, port_b);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while assigned_partitions(&stack, port_a).await == 0.0
+        || assigned_partitions(&stack, port_b).await == 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replicas never shared the partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Users spread over both replicas' partitions, each with a reminder
+    // due shortly after the crash below.
+    let reader = reminders(&stack).await;
+    let due = Utc::now() + TimeDelta::seconds(6);
+    let mut tasks = Vec::new();
+    for u in 0..16 {
+        let token = stack.token(&format!("user{u}"));
+        let task = stack
+            .create(
+                &api,
+                &token,
+                json!({"title": "call back", "reminders": [{"at": secs(due)}]}),
+            )
+            .await;
+        tasks.push((token, task));
+    }
+    read_until(&reader, |got| {
+        count(got, "reminder.scheduled") == tasks.len()
+    })
+    .await;
+    // B dies without a goodbye; every task is completed right after, so the
+    // completions of B's partitions sit unread until A takes them over (the
+    // session timeout, 6 s), after the reminders are due.
+    b.kill();
+    for (token, task) in &tasks {
+        let (status, body) = stack
+            .call(
+                &api,
+                Method::POST,
+                &format!(
+                    "/tasks/{}/complete",
+                    task["id"].as_str().unwrap_or_default()
+                ),
+                token,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let events = read_until(&reader, |got| {
+        count(got, "reminder.cancelled") == tasks.len()
+    })
+    .await;
+    let more = reader.drain(Duration::from_secs(2)).await;
+    let events: Vec<Received> = events.into_iter().chain(more).collect();
+    assert_eq!(
+        count(&events, "reminder.triggered"),
+        0,
+        "a reminder fired although its task was completed before it was due"
+    );
+    a.kill();
     api.stop().await;
 }

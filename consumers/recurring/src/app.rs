@@ -35,11 +35,13 @@ impl App {
             schedule_changed: changed.clone(),
             signal: signal.clone(),
         };
+        let registry = Registry::new();
+        let rounds = crate::scheduler::rounds_metric(&registry)?;
         let service = ConsumerService::build(
             settings,
             config,
             pool.clone(),
-            Registry::new(),
+            registry,
             Arc::new(handler),
             Router::new(),
         )
@@ -50,6 +52,7 @@ impl App {
                 pool: pool.clone(),
                 changed,
                 signal: signal.clone(),
+                rounds,
             },
             signal,
             pool,

@@ -29,6 +29,9 @@ impl Handler for Recurring {
 
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         let data = event.task_data()?;
+        // The user's sequence row before the series row, as the scheduler
+        // takes them.
+        todo_shared::outbox::lock_sequence(conn, &event.envelope.userid).await?;
         let task = &data.task;
         let (Some(series_id), Some(recurrence), Some(due_at)) =
             (task.series_id, task.recurrence.as_ref(), task.due_at)
@@ -114,6 +117,12 @@ impl Handler for Recurring {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Instances are created through the outbox: a user's sequence row is
+    /// held for that user's events only.
+    fn per_user_transactions(&self) -> bool {
+        true
     }
 
     fn committed(&self, events: &[&Event]) {

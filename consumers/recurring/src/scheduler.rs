@@ -1,31 +1,48 @@
 //! `schedule` mode: each instance is created when its occurrence arrives,
 //! whether or not the previous one was completed. The scheduler sleeps until
-//! the nearest `next_at`, or until a schedule series starts or changes.
-//! After downtime only the latest missed occurrence is created. Several
-//! replicas may run: series are taken with `FOR UPDATE SKIP LOCKED`, and an
-//! occurrence gets one instance however often it is attempted.
+//! the nearest `next_at` (on the database's clock), or until a schedule
+//! series starts or changes. After downtime only the latest missed
+//! occurrence is created. Several replicas may run: series are taken with
+//! `FOR UPDATE SKIP LOCKED`, and an occurrence gets one instance however
+//! often it is attempted.
+//!
+//! Locks: one series per transaction, its user's sequence row first, as the
+//! consumer takes them, so the two never deadlock.
 
 use crate::series::{self, SeriesRow};
 use chrono::{DateTime, Utc};
+use prometheus::{IntCounter, Registry};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_shared::consumer::HandlerError;
-use todo_shared::outbox::OutboxSignal;
+use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::retry::run_rounds;
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 /// The longest sleep: a safety net against a missed wake-up (another
 /// replica's change, a clock jump).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// Series handled per transaction.
+/// Due series looked up per query.
 const BATCH: i64 = 100;
 
 pub struct Scheduler {
     pub pool: PgPool,
     pub changed: Arc<Notify>,
     pub signal: OutboxSignal,
+    pub rounds: IntCounter,
+}
+
+/// `todo_recurring_scheduler_rounds_total`.
+pub fn rounds_metric(registry: &Registry) -> prometheus::Result<IntCounter> {
+    let rounds = IntCounter::new(
+        "todo_recurring_scheduler_rounds_total",
+        "Rounds of the schedule-mode scheduler (each creates what is due and computes its next sleep)",
+    )?;
+    registry.register(Box::new(rounds.clone()))?;
+    Ok(rounds)
 }
 
 impl Scheduler {
@@ -35,67 +52,20 @@ impl Scheduler {
 
     /// Creates what is due; returns how long until the next thing is.
     async fn round(&self) -> anyhow::Result<Duration> {
+        self.rounds.inc();
         loop {
-            let now = Utc::now();
-            let mut tx = todo_shared::db::begin(&self.pool).await?;
-            let due: Vec<SeriesRow> = sqlx::query_as(
-                "SELECT series_id, user_id, recurrence, dtstart, template, active
-                   FROM recurring_series
-                  WHERE active AND mode = 'schedule' AND next_at <= $1
-                  ORDER BY next_at LIMIT $2
-                    FOR UPDATE SKIP LOCKED",
+            let due: Vec<(Uuid, String)> = sqlx::query_as(
+                "SELECT series_id, user_id FROM recurring_series
+                  WHERE active AND mode = 'schedule' AND next_at <= now()
+                  ORDER BY next_at LIMIT $1",
             )
-            .bind(now)
             .bind(BATCH)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
             let mut created = 0;
-            for s in &due {
-                // A series whose rule cannot be evaluated stops, alone: the
-                // others in this round go on.
-                let evaluated = s
-                    .rule()
-                    .map_err(|e| e.to_string())
-                    .and_then(|rule| Ok((rule.latest_at_or_before(now)?, rule.next_after(now)?)));
-                let (due_now, next) = match evaluated {
-                    Ok(times) => times,
-                    Err(e) => {
-                        tracing::error!(series_id = %s.series_id, error = %e, "unusable rule; series stopped");
-                        series::stop(&mut tx, s.series_id).await?;
-                        continue;
-                    }
-                };
-                if let Some(occurrence) = due_now {
-                    let correlation = uuid::Uuid::new_v4().to_string();
-                    match series::create_instance(&mut tx, s, occurrence, &correlation, None).await
-                    {
-                        Ok(Some(task)) => {
-                            created += 1;
-                            tracing::info!(
-                                series_id = %s.series_id, task_id = %task.id, due_at = %occurrence,
-                                late_ms = (now - occurrence).num_milliseconds(), "scheduled instance created"
-                            );
-                        }
-                        Ok(None) => {}
-                        Err(HandlerError::Rejected(e)) => {
-                            tracing::error!(series_id = %s.series_id, error = %e, "instance cannot be created; series stopped");
-                            series::stop(&mut tx, s.series_id).await?;
-                            continue;
-                        }
-                        Err(e) => return Err(anyhow::anyhow!("{e}")),
-                    }
-                }
-                sqlx::query(
-                    "UPDATE recurring_series SET next_at = $2, active = $3, updated_at = now()
-                      WHERE series_id = $1",
-                )
-                .bind(s.series_id)
-                .bind(next)
-                .bind(next.is_some())
-                .execute(&mut *tx)
-                .await?;
+            for (series_id, user) in &due {
+                created += self.advance(*series_id, user).await?;
             }
-            tx.commit().await?;
             if created > 0 {
                 self.signal.committed();
             }
@@ -103,14 +73,94 @@ impl Scheduler {
                 break;
             }
         }
-        let next: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT min(next_at) FROM recurring_series WHERE active AND mode = 'schedule'",
+        // The nearest series no other replica is working on right now:
+        // counting a locked one (due, being handled elsewhere) would make
+        // this loop spin until the other replica is done.
+        let next: Option<f64> = sqlx::query_scalar(
+            "SELECT GREATEST(EXTRACT(EPOCH FROM next_at - clock_timestamp()), 0)::float8
+               FROM recurring_series
+              WHERE active AND mode = 'schedule'
+              ORDER BY next_at LIMIT 1
+                FOR UPDATE SKIP LOCKED",
         )
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
         Ok(next
-            .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
+            .map(|secs| Duration::try_from_secs_f64(secs).unwrap_or(MAX_SLEEP))
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP))
     }
+
+    /// Creates the due instance of one series and moves it to its next
+    /// occurrence, in one transaction; how many instances it created.
+    async fn advance(&self, series_id: Uuid, user: &str) -> anyhow::Result<usize> {
+        let mut tx = todo_shared::db::begin(&self.pool).await?;
+        outbox::lock_sequence(&mut tx, user).await?;
+        let row: Option<SeriesRowAt> = sqlx::query_as(
+            "SELECT series_id, user_id, recurrence, dtstart, template, active, now() AS now
+               FROM recurring_series
+              WHERE series_id = $1 AND active AND mode = 'schedule' AND next_at <= now()
+                FOR UPDATE SKIP LOCKED",
+        )
+        .bind(series_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(SeriesRowAt { series: s, now }) = row else {
+            // Another replica got there first.
+            return Ok(0);
+        };
+        // A series whose rule cannot be evaluated stops, alone.
+        let evaluated = s
+            .rule()
+            .map_err(|e| e.to_string())
+            .and_then(|rule| Ok((rule.latest_at_or_before(now)?, rule.next_after(now)?)));
+        let (due_now, next) = match evaluated {
+            Ok(times) => times,
+            Err(e) => {
+                tracing::error!(series_id = %s.series_id, error = %e, "unusable rule; series stopped");
+                series::stop(&mut tx, s.series_id).await?;
+                tx.commit().await?;
+                return Ok(0);
+            }
+        };
+        let mut created = 0;
+        if let Some(occurrence) = due_now {
+            let correlation = Uuid::new_v4().to_string();
+            match series::create_instance(&mut tx, &s, occurrence, &correlation, None).await {
+                Ok(Some(task)) => {
+                    created = 1;
+                    tracing::info!(
+                        series_id = %s.series_id, task_id = %task.id, due_at = %occurrence,
+                        late_ms = (now - occurrence).num_milliseconds(), "scheduled instance created"
+                    );
+                }
+                Ok(None) => {}
+                Err(HandlerError::Rejected(e)) => {
+                    tracing::error!(series_id = %s.series_id, error = %e, "instance cannot be created; series stopped");
+                    series::stop(&mut tx, s.series_id).await?;
+                    tx.commit().await?;
+                    return Ok(0);
+                }
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            }
+        }
+        sqlx::query(
+            "UPDATE recurring_series SET next_at = $2, active = $3, updated_at = now()
+              WHERE series_id = $1",
+        )
+        .bind(s.series_id)
+        .bind(next)
+        .bind(next.is_some())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SeriesRowAt {
+    #[sqlx(flatten)]
+    series: SeriesRow,
+    now: DateTime<Utc>,
 }

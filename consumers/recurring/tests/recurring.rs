@@ -17,6 +17,7 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Recurring {
+    base: String,
     trigger: ShutdownTrigger,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -30,11 +31,30 @@ impl Recurring {
         let app = App::build(&stack.settings(), config)
             .await
             .expect("todo-recurring starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
         let (trigger, shutdown) = shutdown::channel();
         Recurring {
+            base,
             trigger,
             handle: tokio::spawn(app.run(shutdown)),
         }
+    }
+
+    /// The sum of a metric's samples in this service's /metrics.
+    async fn metric(&self, stack: &Stack, name: &str) -> f64 {
+        let text = stack
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     async fn stop(self) {
@@ -600,6 +620,75 @@ async fn only_the_latest_instance_advances_its_series() {
     processed(&stack, "todo-recurring", marker.id()).await;
     let all = instances(&stack, &id).await;
     assert_eq!(all.len(), 1, "one open instance, not two: {all:?}");
+    recurring.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_locked_elsewhere_does_not_make_the_scheduler_spin() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    // Daily, its next occurrence 2 s away.
+    let soon = Utc::now() + TimeDelta::seconds(2);
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "daily", "due_at": (soon - TimeDelta::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
+        )
+        .await;
+    let series = task["id"].as_str().expect("id").to_owned();
+    // Another replica holds the series (here: the test's transaction).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut holder = stack.db.pool.begin().await.expect("begin");
+    loop {
+        let held: Option<Uuid> = sqlx::query_scalar(
+            "SELECT series_id FROM recurring_series WHERE series_id = $1::uuid FOR UPDATE",
+        )
+        .bind(&series)
+        .fetch_optional(&mut *holder)
+        .await
+        .expect("lock");
+        if held.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the series never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(
+        (soon - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(500),
+    )
+    .await;
+    let before = recurring
+        .metric(&stack, "todo_recurring_scheduler_rounds_total")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rounds = recurring
+        .metric(&stack, "todo_recurring_scheduler_rounds_total")
+        .await
+        - before;
+    assert!(
+        rounds <= 5.0,
+        "{rounds} rounds in 3 s while the due series was held elsewhere"
+    );
+    holder.rollback().await.expect("release");
+    // Released, it gets its instance (a new schedule series wakes the
+    // scheduler).
+    stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "wake", "due_at": "2030-01-01T00:00:00Z",
+                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
+        )
+        .await;
+    wait_instances(&stack, &series, 1).await;
     recurring.stop().await;
     api.stop().await;
 }

@@ -10,6 +10,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,15 +43,70 @@ impl RuntimeContext {
 /// only on events, waits for it after a start: a reminder that came due
 /// while it was down must not fire before the completion that cancelled it
 /// has been read.
+///
+/// Per partition too: which partitions this member owns now, and whether it
+/// has read each to its end since it was assigned. A service acting on time
+/// for the users of a partition (the reminder clock) acts only for those:
+/// after a rebalance, the new owner first reads what the old one left.
 #[derive(Debug, Default)]
 pub struct Progress {
     caught_up: AtomicBool,
     notify: Notify,
+    /// (topic, partition) of this member → caught up since assigned.
+    owned: std::sync::Mutex<HashMap<(String, i32), bool>>,
+    ownership: Notify,
 }
 
 impl Progress {
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// The partitions of `topic` this member owns and has read to their end
+    /// since they were assigned.
+    pub fn caught_up_partitions(&self, topic: &str) -> Vec<i32> {
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<i32> = owned
+            .iter()
+            .filter(|((t, _), caught_up)| t == topic && **caught_up)
+            .map(|((_, p), _)| *p)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Resolves when the caught-up partitions change (one was assigned,
+    /// revoked, or read to its end).
+    pub async fn ownership_changed(&self) {
+        self.ownership.notified().await
+    }
+
+    fn assigned(&self, tpl: &TopicPartitionList) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for p in tpl.elements() {
+            owned.insert((p.topic().to_owned(), p.partition()), false);
+        }
+        self.ownership.notify_waiters();
+    }
+
+    fn revoked(&self, tpl: &TopicPartitionList) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for p in tpl.elements() {
+            owned.remove(&(p.topic().to_owned(), p.partition()));
+        }
+        self.ownership.notify_waiters();
+    }
+
+    /// A statistics snapshot said `(topic, partition)` has nothing left to
+    /// read.
+    fn reached_end(&self, topic: &str, partition: i32) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(caught_up) = owned.get_mut(&(topic.to_owned(), partition)) {
+            if !*caught_up {
+                *caught_up = true;
+                self.ownership.notify_waiters();
+            }
+        }
     }
 
     /// Resolves once the consumer has caught up (at once if it has).
@@ -85,6 +141,8 @@ impl ClientContext for RuntimeContext {
                 // when the partition is empty.
                 if p.consumer_lag > 0 || (p.consumer_lag < 0 && p.hi_offset > 0) {
                     behind += 1;
+                } else {
+                    self.progress.reached_end(topic, *partition);
                 }
                 if p.consumer_lag >= 0 {
                     self.metrics
@@ -119,6 +177,7 @@ impl ConsumerContext for RuntimeContext {
                         tracing::warn!(consumer = %self.name, error = %e, "commit before revoke failed")
                     }
                 }
+                self.progress.revoked(tpl);
                 for p in tpl.elements() {
                     let _ = self.metrics.lag.remove_label_values(&[
                         &self.name,
@@ -137,6 +196,7 @@ impl ConsumerContext for RuntimeContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.progress.assigned(tpl);
             tracing::info!(consumer = %self.name, partitions = %describe(tpl), "partitions assigned");
         }
         let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);

@@ -5,9 +5,10 @@ use std::fmt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// A dependency does not answer (database down, connection lost). The
-    /// event is not at fault: it is retried, with backoff, until the
-    /// dependency is back, and never dead-lettered for this.
+    /// A dependency does not answer (database down, connection lost), or
+    /// the transaction lost a race (a deadlock, a serialization failure).
+    /// The event is not at fault: it is retried, with backoff, until it
+    /// goes through, and never dead-lettered for this.
     #[error("unavailable: {0:#}")]
     Unavailable(anyhow::Error),
     /// The event cannot be processed as it is (its payload does not fit):
@@ -32,7 +33,7 @@ impl HandlerError {
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&e) {
+        if crate::db::is_unavailable(&e) || crate::db::is_transient_conflict(&e) {
             HandlerError::Unavailable(e.into())
         } else {
             HandlerError::Failed(e.into())

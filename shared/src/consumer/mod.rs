@@ -115,6 +115,16 @@ pub trait Handler: Send + Sync + 'static {
         }
     }
 
+    /// One transaction per user instead of one per batch. For handlers that
+    /// append to the outbox: that locks the user's sequence row until the
+    /// transaction ends, so a batch of many users' events would make each
+    /// of those users' API writes wait for the whole batch, and a
+    /// transaction holding several users' rows can deadlock with a clock
+    /// that works user by user.
+    fn per_user_transactions(&self) -> bool {
+        false
+    }
+
     /// Called after the transaction that applied `events` has committed
     /// (e.g. to wake a scheduler). Must not block.
     fn committed(&self, events: &[&Event]) {
@@ -359,11 +369,11 @@ impl<H: Handler> Runtime<H> {
             }
         }
 
-        if !events.is_empty() {
-            let all: Vec<&Event> = events.iter().map(|(e, _)| e).collect();
+        for group in self.transactions(&events) {
+            let all: Vec<&Event> = group.iter().map(|(e, _)| *e).collect();
             if let Err(e) = self.apply_waiting(&all, shutdown).await? {
                 tracing::debug!(consumer = %self.config.name, error = %e, "batch failed; applying its events one by one");
-                for (event, msg) in &events {
+                for (event, msg) in group {
                     self.apply_one(event, msg, dead_letters, shutdown).await?;
                 }
             }
@@ -394,6 +404,32 @@ impl<H: Handler> Runtime<H> {
             .with_label_values(&[&self.config.name])
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// How a batch's events are split into transactions: all in one, or
+    /// one per user (in the order each user first appears; a user's events
+    /// keep their order).
+    fn transactions<'e>(
+        &self,
+        events: &'e [(Event, &'e OwnedMessage)],
+    ) -> Vec<Vec<(&'e Event, &'e OwnedMessage)>> {
+        if events.is_empty() {
+            return Vec::new();
+        }
+        if !self.handler.per_user_transactions() {
+            return vec![events.iter().map(|(e, m)| (e, *m)).collect()];
+        }
+        let mut groups: Vec<Vec<(&Event, &OwnedMessage)>> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = Default::default();
+        for (event, msg) in events {
+            let user = event.envelope.userid.as_str();
+            let at = *index.entry(user).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[at].push((event, *msg));
+        }
+        groups
     }
 
     /// One event on its own, retried up to `max_attempts`, then dead-lettered.
