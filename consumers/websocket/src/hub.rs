@@ -98,6 +98,10 @@ struct Feed {
     /// The sequence expected next; everything before it was delivered.
     /// 0 until the first event (sequences start at 1).
     next: u64,
+    /// The lowest sequence this feed took from the log: an event below it
+    /// was never delivered here (it arrived late, from the other topic, as
+    /// the feed started).
+    start: u64,
     /// Delivered events, sequences `next - history.len() .. next`.
     history: VecDeque<Pushed>,
     /// Events that arrived before their predecessor, with their arrival.
@@ -110,6 +114,7 @@ impl Feed {
     fn empty(now: Instant) -> Feed {
         Feed {
             next: 0,
+            start: 0,
             history: VecDeque::new(),
             held: BTreeMap::new(),
             subscribers: Vec::new(),
@@ -155,6 +160,31 @@ impl Feed {
     fn pop_oldest(&mut self, bytes: &AtomicUsize) {
         if let Some(e) = self.history.pop_front() {
             bytes.fetch_sub(e.text.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// An event older than anything this feed took from the log: its two
+    /// topics are read side by side, so as a feed starts, its first event
+    /// can come from one topic before an earlier one from the other. It
+    /// cannot reach the connections that expect it in order any more: they
+    /// are told to resync (never silently left without it). It joins the
+    /// history when that leaves no hole, so a resume from before it gets it.
+    fn arrived_late(&mut self, event: Pushed, ledger: &Ledger<'_>) {
+        let sequence = event.sequence;
+        self.subscribers.retain(|s| {
+            if s.after < sequence {
+                s.tx.try_send(Live::Resync).is_ok()
+            } else {
+                true
+            }
+        });
+        let contiguous = sequence + 1 == self.start
+            && self.history.front().map(|e| e.sequence) == Some(self.start)
+            && self.history.len() < ledger.config.max_events;
+        if contiguous {
+            ledger.bytes.fetch_add(event.text.len(), Ordering::Relaxed);
+            self.history.push_front(event);
+            self.start = sequence;
         }
     }
 
@@ -248,10 +278,13 @@ impl Hub {
         let feed = feed_of(&mut shard, user, now);
         if feed.next == 0 {
             feed.next = event.sequence;
+            feed.start = event.sequence;
         }
         let ledger = self.ledger();
-        if event.sequence < feed.next {
-            // Redelivered, or older than where this replica started.
+        if event.sequence < feed.start {
+            feed.arrived_late(event, &ledger);
+        } else if event.sequence < feed.next {
+            // Redelivered.
         } else if event.sequence == feed.next {
             feed.deliver(event, &ledger, &mut counts);
             feed.drain_held(&ledger, &mut counts);
@@ -321,6 +354,7 @@ impl Hub {
                     feed.pop_oldest(&self.bytes);
                 }
                 feed.next = first;
+                feed.start = first;
                 feed.drain_held(&self.ledger(), &mut counts);
             }
         }
@@ -532,6 +566,32 @@ mod tests {
             backlog(&hub.subscribe("alice", Some(1), tx, now)),
             ["resync"]
         );
+    }
+
+    #[test]
+    fn an_earlier_event_arriving_after_a_feed_started_is_a_resync_not_a_silent_loss() {
+        let (hub, now) = (hub(100), Instant::now());
+        let (tx, mut rx) = mpsc::channel(10);
+        // A client that has nothing yet, and a live one.
+        hub.subscribe("alice", Some(0), tx, now);
+        let (live, mut live_rx) = mpsc::channel(10);
+        // 5 comes first (from the reminders topic); 4 (task events) after.
+        hub.publish("alice", event(5), now);
+        hub.subscribe("alice", None, live, now);
+        hub.publish("alice", event(4), now);
+        assert_eq!(received(&mut rx), ["5", "resync"], "it missed 4");
+        assert!(
+            received(&mut live_rx).is_empty(),
+            "a live start never expected 4"
+        );
+        // From now on a resume from before 4 gets both, in order.
+        let (tx, _rx) = mpsc::channel(10);
+        assert_eq!(
+            backlog(&hub.subscribe("alice", Some(3), tx, now)),
+            ["4", "5"]
+        );
+        hub.publish("alice", event(6), now);
+        assert_eq!(received(&mut rx), ["6"]);
     }
 
     #[test]

@@ -380,3 +380,57 @@ async fn an_event_of_a_type_this_version_does_not_know_is_forwarded_in_order() {
     rt.stop().await;
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_event_from_the_other_topic_after_a_later_one_is_a_resync() {
+    use rdkafka::producer::FutureRecord;
+    use todo_shared::envelope::Topic;
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    // A real task event as the model of zed's, written by hand.
+    stack
+        .create(&api, &stack.token("ann"), json!({"title": "model"}))
+        .await;
+    let model = stack
+        .task_events()
+        .await
+        .take(1, WAIT)
+        .await
+        .remove(0)
+        .value;
+    let zed = stack.token("zed");
+    let mut client = Client::connect(&rt.url(&zed, Some(0))).await;
+    client.start().await;
+    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let send = |topic: Topic, sequence: i64, kind: &str| {
+        let mut v = model.clone();
+        v["id"] = json!(uuid::Uuid::new_v4());
+        v["userid"] = json!("zed");
+        v["sequence"] = json!(sequence);
+        v["type"] = json!(kind);
+        let (producer, name) = (producer.clone(), stack.topic(topic));
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&name)
+                        .key("zed")
+                        .payload(&serde_json::to_vec(&v).expect("json")),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    };
+    // Zed's reminder event 2 is read first; the task event 1 before it
+    // arrives later, from the other topic.
+    send(Topic::Reminders, 2, "reminder.scheduled").await;
+    let frame = &client.events(1).await[0];
+    assert_eq!(frame["sequence"], 2);
+    send(Topic::TaskEvents, 1, "task.created").await;
+    let frame = &client.events(1).await[0];
+    assert_eq!(frame["type"], "resync", "told it missed 1: {frame}");
+    rt.stop().await;
+    api.stop().await;
+}
