@@ -4,7 +4,7 @@
 use crate::extract::{CorrelationId, CORRELATION_HEADER};
 use crate::limits::{WriteLimiter, WriteQuota};
 use crate::state::{AppState, HttpMetrics};
-use crate::{idempotency, routes};
+use crate::{idempotency, mcp, routes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -132,7 +132,7 @@ impl Application {
             config: options.relay.clone(),
             metrics: relay_metrics,
         });
-        let router = router(state.clone(), registry, &options, http);
+        let router = router(state.clone(), registry, &options, http)?;
         let listener =
             tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], settings.port))).await?;
         Ok(Application {
@@ -202,7 +202,12 @@ async fn housekeeping(state: AppState, mut shutdown: Shutdown) {
     }
 }
 
-fn router(state: AppState, registry: Registry, options: &ApiOptions, http: HttpMetrics) -> Router {
+fn router(
+    state: AppState,
+    registry: Registry,
+    options: &ApiOptions,
+    http: HttpMetrics,
+) -> Result<Router, mcp::SchemaError> {
     let ready_state = state.clone();
     let ready: ops::ReadyCheck = Arc::new(move || {
         let s = ready_state.clone();
@@ -234,24 +239,34 @@ fn router(state: AppState, registry: Registry, options: &ApiOptions, http: HttpM
             axum::http::header::IF_MATCH,
             axum::http::HeaderName::from_static("idempotency-key"),
             axum::http::HeaderName::from_static(CORRELATION_HEADER),
+            // A browser-based MCP client (MCP Inspector) sends these.
+            axum::http::HeaderName::from_static("mcp-protocol-version"),
+            axum::http::HeaderName::from_static("mcp-session-id"),
+            axum::http::HeaderName::from_static("mcp-method"),
+            axum::http::HeaderName::from_static("mcp-name"),
+            axum::http::HeaderName::from_static("last-event-id"),
         ])
         .expose_headers([
             axum::http::header::ETAG,
             axum::http::header::LOCATION,
+            axum::http::header::WWW_AUTHENTICATE,
             axum::http::HeaderName::from_static(CORRELATION_HEADER),
+            axum::http::HeaderName::from_static("mcp-session-id"),
         ])
         .max_age(Duration::from_secs(600))
         .allow_origin(match &options.cors_origins {
             None => AllowOrigin::any(),
             Some(list) => AllowOrigin::list(list.clone()),
         });
-    routes::router()
+    let mcp = mcp::router(&state)?;
+    Ok(routes::router()
+        .merge(mcp)
         .route_layer(middleware::from_fn_with_state(http, record_metrics))
         .with_state(state)
         .merge(ops::router(registry, ready))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(correlate))
-        .layer(cors)
+        .layer(cors))
 }
 
 /// Gives every request a correlation id (the caller's or a new one), runs it

@@ -85,11 +85,12 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
+impl ApiError {
+    /// The RFC 9457 document of this error: the words every edge answers
+    /// with (problem+json over REST, a tool error over MCP).
+    pub fn problem(&self) -> Problem {
         let (kind, title) = self.kind();
-        let (detail, errors) = match &self {
+        let (detail, errors) = match self {
             ApiError::Validation(errors) => (
                 errors
                     .iter()
@@ -118,10 +119,15 @@ impl IntoResponse for ApiError {
             }
             other => (other.to_string(), vec![]),
         };
-        let mut response = Problem::new(status, kind, title)
+        Problem::new(self.status(), kind, title)
             .detail(detail)
             .errors(errors)
-            .into_response();
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.problem().into_response();
         if let ApiError::PayloadTooLarge { .. } = self {
             // The rest of the body was not read: the connection cannot carry
             // another request, and a client that reused it would see it die.

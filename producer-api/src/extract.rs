@@ -67,15 +67,6 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-impl IfMatch {
-    pub fn check(&self, current: i64) -> Result<(), ApiError> {
-        match self.0 {
-            Some(expected) if expected != current => Err(ApiError::PreconditionFailed { current }),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// `Idempotency-Key` (1–255 visible ASCII characters).
 pub struct IdempotencyKey(pub Option<String>);
 
@@ -87,11 +78,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             return Ok(IdempotencyKey(None));
         };
         match raw.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
-                Ok(IdempotencyKey(Some(k.to_owned())))
-            }
+            Ok(k) if crate::idempotency::is_valid_key(k) => Ok(IdempotencyKey(Some(k.to_owned()))),
             _ => Err(ApiError::BadRequest {
-                detail: "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+                detail: format!("Idempotency-Key {}", crate::idempotency::KEY_RULE),
                 field: Some("Idempotency-Key".into()),
             }),
         }
@@ -154,21 +143,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// Parses `bytes` as `T`, naming the field of the first problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = strip_position(&inner.to_string());
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let field = if path == "." { "body".to_owned() } else { path };
-                ApiError::field(field, message)
-            }
-            _ => ApiError::BadRequest {
-                detail: format!("the body is not valid JSON: {inner}"),
-                field: None,
-            },
+    serde_path_to_error::deserialize(de).map_err(field_error)
+}
+
+/// Like [`parse_json`], from JSON already parsed (an MCP tool's arguments):
+/// the same refusals in the same words.
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(field_error)
+}
+
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let message = strip_position(&inner.to_string());
+    match inner.classify() {
+        serde_json::error::Category::Data => {
+            let field = if path == "." { "body".to_owned() } else { path };
+            ApiError::field(field, message)
         }
-    })
+        _ => ApiError::BadRequest {
+            detail: format!("the body is not valid JSON: {inner}"),
+            field: None,
+        },
+    }
 }
 
 /// serde_json appends " at line 1 column 42" to data errors: the field path

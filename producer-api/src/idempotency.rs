@@ -12,6 +12,13 @@ use todo_shared::domain::UserId;
 /// Keys are kept this long, then pruned.
 pub const RETENTION_HOURS: i32 = 24;
 
+/// What a key must be, as the refusal of a bad one says it.
+pub const KEY_RULE: &str = "must be 1-255 visible ASCII characters";
+
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 pub enum Claim {
     /// First use: go ahead, then [`store`] the response.
     New,

@@ -5,7 +5,10 @@ pub mod app;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod input;
 pub mod limits;
+pub mod mcp;
+pub mod operations;
 pub mod routes;
 pub mod state;
 #[cfg(feature = "testing")]

@@ -3,6 +3,8 @@
 //! broker and topic prefix, and as many API instances (each with its relay)
 //! as the test wants. Nothing is mocked.
 
+pub mod mcp;
+
 use crate::app::{ApiOptions, Application};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;

@@ -5,6 +5,7 @@
 //! holds a bad value fails to deserialize with an error that names its field.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -63,8 +64,13 @@ fn time_range_error() -> String {
 
 /// An RFC 3339 instant in the accepted range ([`earliest_time`] to
 /// [`latest_time`]), with PostgreSQL's precision (microseconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "DateTime<Utc>", into = "DateTime<Utc>")]
+#[schemars(
+    description = "An RFC 3339 time such as 2026-12-01T09:00:00Z (between 1970 and 9999)"
+)]
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
@@ -141,8 +147,12 @@ impl fmt::Display for UserId {
 }
 
 /// 1–500 characters, not blank, no control characters other than none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(
+    description = "1 to 500 characters, not blank, no control characters",
+    extend("minLength" = 1, "maxLength" = MAX_TITLE_CHARS)
+)]
 pub struct Title(String);
 
 impl Title {
@@ -177,8 +187,12 @@ impl From<Title> for String {
 }
 
 /// Free text up to 10,000 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(
+    description = "Free text up to 10,000 characters (line breaks and tabs allowed)",
+    extend("maxLength" = MAX_DESCRIPTION_CHARS)
+)]
 pub struct Description(String);
 
 impl Description {
@@ -212,9 +226,21 @@ impl From<Description> for String {
 }
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schemars(description = "One of low, medium (the default), high, urgent")]
 pub enum Priority {
     Low,
     #[default]
@@ -250,8 +276,12 @@ impl FromStr for Priority {
 }
 
 /// Up to 20 distinct tags of 1–50 characters; duplicates are folded.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
+#[schemars(
+    description = "Up to 20 tags of 1 to 50 characters each; duplicates are folded",
+    extend("maxItems" = MAX_TAGS)
+)]
 pub struct Tags(Vec<String>);
 
 impl Tags {
@@ -294,8 +324,9 @@ impl From<Tags> for Vec<String> {
 }
 
 /// An IANA time zone name such as `Europe/Berlin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(description = "An IANA time zone name such as Europe/Berlin or UTC")]
 pub struct TimeZone(chrono_tz::Tz);
 
 impl TimeZone {
@@ -321,8 +352,11 @@ impl From<TimeZone> for String {
 
 /// The RRULE part of an RFC 5545 recurrence (no DTSTART: that is the task's
 /// `due_at`), checked by the `rrule` crate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(
+    description = "An RFC 5545 RRULE such as FREQ=WEEKLY;BYDAY=MO (FREQ DAILY, WEEKLY, MONTHLY or YEARLY; no DTSTART: the first occurrence is due_at)"
+)]
 pub struct RecurrenceRule(String);
 
 impl RecurrenceRule {
@@ -462,15 +496,19 @@ fn refuse_sparse_or_impossible(rule: &rrule::RRule<rrule::Unvalidated>) -> Resul
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(
+    description = "on_completion: the next instance is created when this one is completed; schedule: each instance is created when its time comes"
+)]
 pub enum RecurrenceMode {
     OnCompletion,
     Schedule,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "How the task repeats; needs due_at (the first occurrence)")]
 pub struct Recurrence {
     pub rule: RecurrenceRule,
     pub timezone: TimeZone,
@@ -480,8 +518,11 @@ pub struct Recurrence {
 /// An ISO 8601 duration of weeks, days, hours, minutes and seconds (`PT1H`,
 /// `P1D`, `P1DT30M`), positive and at most a year. Years and months are
 /// refused: their length depends on the calendar.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(
+    description = "An ISO 8601 duration before due_at such as PT1H, P1D or P1DT30M (weeks, days, hours, minutes, seconds; at most 366 days)"
+)]
 pub struct LeadTime {
     text: String,
     duration: Duration,
@@ -550,8 +591,11 @@ impl From<LeadTime> for String {
 }
 
 /// A reminder: a lead time before `due_at`, or an absolute time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(
+    description = "{\"before\": <ISO 8601 duration before due_at>} or {\"at\": <RFC 3339 time>}"
+)]
 pub enum Reminder {
     Before(LeadTime),
     At(Timestamp),
@@ -572,8 +616,12 @@ impl Reminder {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "Vec<Reminder>", into = "Vec<Reminder>")]
+#[schemars(
+    description = "Up to 10 reminders, each {\"before\": \"PT1H\"} (ISO 8601 duration before due_at) or {\"at\": \"2026-12-01T08:00:00Z\"} (RFC 3339 time)",
+    extend("maxItems" = MAX_REMINDERS)
+)]
 pub struct Reminders(Vec<Reminder>);
 
 impl Reminders {
@@ -671,7 +719,7 @@ impl TaskSpec {
 }
 
 /// A task as stored, served and carried in events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     pub id: Uuid,
     pub title: String,
