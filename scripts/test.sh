@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need if it is missing (the test
 # broker; Chromium for the live page's browser test), then runs every test
-# (unit and integration) against real PostgreSQL and a real broker.
+# (unit and integration) against real PostgreSQL and a real broker, then
+# the official Python MCP SDK against todo-api's /mcp (in a virtualenv;
+# MCP_INTEROP=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -17,3 +19,6 @@ if [ -z "${TEST_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   scripts/install-broker.sh
 fi
 cargo test --workspace --all-features "$@"
+if [ "${MCP_INTEROP:-1}" != 0 ]; then
+  scripts/mcp-interop.sh
+fi

@@ -87,8 +87,7 @@ async fn create_task(
     body: JsonBody<TaskBody>,
 ) -> Result<Response, ApiError> {
     let key = keyed(key, &uri, &body.raw);
-    let answer =
-        operations::create(&state, caller(&user, &correlation), body.value, key).await?;
+    let answer = operations::create(&state, caller(&user, &correlation), body.value, key).await?;
     Ok(answer_response(answer))
 }
 
@@ -148,8 +147,7 @@ async fn complete_task(
     let caller = caller(&user, &correlation);
     let key = keyed(key, &uri, &[]);
     let answer =
-        operations::change_state(&state, caller, &id, expected, key, StateChange::Complete)
-            .await?;
+        operations::change_state(&state, caller, &id, expected, key, StateChange::Complete).await?;
     Ok(answer_response(answer))
 }
 

@@ -97,7 +97,9 @@ async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
     assert_eq!(created["series_id"], created["id"]);
     let summary = &added.text[0];
     assert!(
-        summary.starts_with("Added task") && summary.contains("Water the plants") && !summary.contains('\n'),
+        summary.starts_with("Added task")
+            && summary.contains("Water the plants")
+            && !summary.contains('\n'),
         "a one-line summary: {summary}"
     );
     let (status, rest) = rest_get(&stack, &api, &alice, &id).await;
@@ -107,9 +109,17 @@ async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
     let reader = client("corr-read").await;
     let got = reader.call("get_task", json!({"task_id": id})).await;
     assert_eq!(got.ok(), &rest);
-    let page = reader.call("list_tasks", json!({"status": "open", "limit": 10})).await;
+    let page = reader
+        .call("list_tasks", json!({"status": "open", "limit": 10}))
+        .await;
     let (_, rest_page) = stack
-        .call(&api, Method::GET, "/tasks?status=open&limit=10", &alice, None)
+        .call(
+            &api,
+            Method::GET,
+            "/tasks?status=open&limit=10",
+            &alice,
+            None,
+        )
         .await;
     assert_eq!(page.ok(), &rest_page, "the page exactly as REST returns it");
     assert_eq!(page.ok()["items"], json!([created]));
@@ -130,7 +140,10 @@ async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
     let updated = updated.ok().clone();
     assert_eq!(updated["title"], "Water all plants");
     assert_eq!(updated["description"], Value::Null);
-    assert_eq!(updated["priority"], "high", "a partial update keeps the rest");
+    assert_eq!(
+        updated["priority"], "high",
+        "a partial update keeps the rest"
+    );
     assert_eq!(updated["tags"], json!(["home", "garden"]));
     assert_eq!(updated["version"], 2);
 
@@ -150,7 +163,11 @@ async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
         .await
         .call("delete_task", json!({"task_id": id}))
         .await;
-    assert_eq!(deleted.ok()["title"], "Water all plants", "the task as it was");
+    assert_eq!(
+        deleted.ok()["title"],
+        "Water all plants",
+        "the task as it was"
+    );
     let (status, _) = rest_get(&stack, &api, &alice, &id).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -183,7 +200,10 @@ async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
         assert_eq!(e.value["source"], "todo-api");
     }
     assert_eq!(events[0].value["data"]["task"], created);
-    assert_eq!(events[1].value["data"]["changed"], json!(["title", "description"]));
+    assert_eq!(
+        events[1].value["data"]["changed"],
+        json!(["title", "description"])
+    );
     api.stop().await;
 }
 
@@ -203,9 +223,16 @@ async fn the_protocol_revisions_of_the_assistants_are_negotiated() {
             let a = t.annotations.as_ref().expect("annotations");
             let read_only = matches!(t.name.as_ref(), "list_tasks" | "get_task");
             assert_eq!(a.read_only_hint, Some(read_only), "{}", t.name);
-            assert_eq!(a.destructive_hint, Some(t.name == "delete_task").filter(|_| !read_only), "{}", t.name);
+            assert_eq!(
+                a.destructive_hint,
+                Some(t.name == "delete_task").filter(|_| !read_only),
+                "{}",
+                t.name
+            );
         }
-        let added = client.call("add_task", json!({"title": format!("on {version}")})).await;
+        let added = client
+            .call("add_task", json!({"title": format!("on {version}")}))
+            .await;
         assert_eq!(added.ok()["title"], format!("on {version}"));
         client.close().await;
     }
@@ -216,17 +243,23 @@ async fn the_protocol_revisions_of_the_assistants_are_negotiated() {
         .post(format!("{}/mcp", api.base))
         .bearer_auth(&alice)
         .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2024-01-01", "capabilities": {},
-            "clientInfo": {"name": "old", "version": "0"}}}))
+            "clientInfo": {"name": "old", "version": "0"}}}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
-    let agreed = body["result"]["protocolVersion"].as_str().unwrap_or_default();
+    let agreed = body["result"]["protocolVersion"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        ProtocolVersion::KNOWN_VERSIONS.iter().any(|v| v.as_str() == agreed),
+        ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .any(|v| v.as_str() == agreed),
         "{body}"
     );
     api.stop().await;
@@ -244,7 +277,11 @@ async fn without_a_valid_token_every_request_is_refused_with_401() {
     let expired = stack.jwt.mint_expired(&alice, Duration::from_secs(3600));
     let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                       "params": {"name": "add_task", "arguments": {"title": "sneaky"}}});
-    for (what, token) in [("none", None), ("forged", Some(&forged)), ("expired", Some(&expired))] {
+    for (what, token) in [
+        ("none", None),
+        ("forged", Some(&forged)),
+        ("expired", Some(&expired)),
+    ] {
         let mut req = stack
             .http
             .post(format!("{}/mcp", api.base))
@@ -286,7 +323,11 @@ async fn another_users_task_is_not_found_and_stays_as_it_was() {
         ("delete_task", json!({"task_id": id})),
     ] {
         let reply = alice.call(tool, args).await;
-        assert_eq!(reply.refusal(), "Not found: task_id: no such task", "{tool}");
+        assert_eq!(
+            reply.refusal(),
+            "Not found: task_id: no such task",
+            "{tool}"
+        );
     }
     let listed = alice.call("list_tasks", json!({})).await;
     assert_eq!(listed.ok()["items"], json!([]));
@@ -313,8 +354,16 @@ async fn bad_input_is_a_tool_error_naming_the_field_and_writes_nothing() {
     let alice = stack.mcp(&api, &token).await;
 
     let bodies: Vec<(&str, Value, &str)> = vec![
-        ("missing title", json!({"priority": "low"}), "arguments: missing field `title`"),
-        ("unknown priority", json!({"title": "t", "priority": "critical"}), "priority: unknown variant `critical`"),
+        (
+            "missing title",
+            json!({"priority": "low"}),
+            "arguments: missing field `title`",
+        ),
+        (
+            "unknown priority",
+            json!({"title": "t", "priority": "critical"}),
+            "priority: unknown variant `critical`",
+        ),
         (
             "bad RRULE",
             json!({"title": "t", "due_at": "2026-12-01T09:00:00Z",
@@ -326,8 +375,16 @@ async fn bad_input_is_a_tool_error_naming_the_field_and_writes_nothing() {
             json!({"title": "t", "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
             "due_at: a recurring task needs due_at",
         ),
-        ("bad due_at", json!({"title": "t", "due_at": "tomorrow"}), "due_at: "),
-        ("unknown field", json!({"title": "t", "priorty": "low"}), "priorty: unknown field `priorty`"),
+        (
+            "bad due_at",
+            json!({"title": "t", "due_at": "tomorrow"}),
+            "due_at: ",
+        ),
+        (
+            "unknown field",
+            json!({"title": "t", "priorty": "low"}),
+            "priorty: unknown field `priorty`",
+        ),
         (
             "bad lead time",
             json!({"title": "t", "due_at": "2026-12-01T09:00:00Z", "reminders": [{"before": "soon"}]}),
@@ -337,7 +394,10 @@ async fn bad_input_is_a_tool_error_naming_the_field_and_writes_nothing() {
     for (what, body, words) in &bodies {
         let reply = alice.call("add_task", body.clone()).await;
         let message = reply.refusal();
-        assert!(message.starts_with("Invalid request: "), "{what}: {message}");
+        assert!(
+            message.starts_with("Invalid request: "),
+            "{what}: {message}"
+        );
         assert!(message.contains(words), "{what}: {message}");
         let rest = rest_detail(&stack, &api, &token, body).await;
         assert_eq!(
@@ -348,32 +408,76 @@ async fn bad_input_is_a_tool_error_naming_the_field_and_writes_nothing() {
         assert!(reply.structured.is_none(), "{what}");
     }
     let bad_key = alice
-        .call("add_task", json!({"title": "t", "idempotency_key": "with space"}))
+        .call(
+            "add_task",
+            json!({"title": "t", "idempotency_key": "with space"}),
+        )
         .await;
-    assert!(bad_key.refusal().contains("idempotency_key: must be 1-255 visible ASCII"), "{:?}", bad_key.text);
-    let list = alice.call("list_tasks", json!({"limit": 0, "status": "maybe", "colour": "red"})).await;
+    assert!(
+        bad_key
+            .refusal()
+            .contains("idempotency_key: must be 1-255 visible ASCII"),
+        "{:?}",
+        bad_key.text
+    );
+    let list = alice
+        .call(
+            "list_tasks",
+            json!({"limit": 0, "status": "maybe", "colour": "red"}),
+        )
+        .await;
     assert_eq!(
         list.refusal(),
         "Invalid request: colour: unknown query parameter; limit: expected a number from 1 to 200; status: expected open, completed or all"
     );
     let unknown = "0190f1e0-0000-7000-8000-000000000000";
-    for tool in ["get_task", "update_task", "complete_task", "reopen_task", "delete_task"] {
+    for tool in [
+        "get_task",
+        "update_task",
+        "complete_task",
+        "reopen_task",
+        "delete_task",
+    ] {
         for task_id in [json!(unknown), json!("not-a-uuid")] {
             let reply = alice.call(tool, json!({"task_id": task_id})).await;
-            assert_eq!(reply.refusal(), "Not found: task_id: no such task", "{tool}");
+            assert_eq!(
+                reply.refusal(),
+                "Not found: task_id: no such task",
+                "{tool}"
+            );
         }
         let reply = alice.call(tool, json!({})).await;
-        assert!(reply.refusal().contains("missing field `task_id`"), "{tool}: {:?}", reply.text);
+        assert!(
+            reply.refusal().contains("missing field `task_id`"),
+            "{tool}: {:?}",
+            reply.text
+        );
     }
     assert_eq!(writes(&stack).await, (0, 0), "nothing written");
 
     // Refused changes to a task leave it as it was.
-    let task = alice.call("add_task", json!({"title": "keep me"})).await.ok().clone();
+    let task = alice
+        .call("add_task", json!({"title": "keep me"}))
+        .await
+        .ok()
+        .clone();
     let id = id_of(&task);
     for (what, args, words) in [
-        ("null title", json!({"task_id": id, "title": null}), "title: must not be null"),
-        ("bad priority", json!({"task_id": id, "priority": "critical"}), "priority: unknown variant"),
-        ("unknown field", json!({"task_id": id, "colour": "red"}), "colour: unknown field"),
+        (
+            "null title",
+            json!({"task_id": id, "title": null}),
+            "title: must not be null",
+        ),
+        (
+            "bad priority",
+            json!({"task_id": id, "priority": "critical"}),
+            "priority: unknown variant",
+        ),
+        (
+            "unknown field",
+            json!({"task_id": id, "colour": "red"}),
+            "colour: unknown field",
+        ),
         (
             "stale version",
             json!({"task_id": id, "expected_version": 7, "title": "x"}),
@@ -384,12 +488,23 @@ async fn bad_input_is_a_tool_error_naming_the_field_and_writes_nothing() {
         assert!(reply.refusal().contains(words), "{what}: {:?}", reply.text);
     }
     for tool in ["complete_task", "delete_task"] {
-        let reply = alice.call(tool, json!({"task_id": id, "expected_version": 0})).await;
-        assert!(reply.refusal().contains("expected_version: version mismatch"), "{tool}");
+        let reply = alice
+            .call(tool, json!({"task_id": id, "expected_version": 0}))
+            .await;
+        assert!(
+            reply
+                .refusal()
+                .contains("expected_version: version mismatch"),
+            "{tool}"
+        );
     }
     let (_, now) = rest_get(&stack, &api, &token, &id).await;
     assert_eq!(now, task, "the task is as it was");
-    assert_eq!(writes(&stack).await, (1, 1), "only the valid add was written");
+    assert_eq!(
+        writes(&stack).await,
+        (1, 1),
+        "only the valid add was written"
+    );
     api.stop().await;
 }
 
@@ -420,18 +535,39 @@ async fn a_retried_call_with_its_idempotency_key_returns_the_first_result() {
     assert!(again.text[0].contains("first result"), "{:?}", again.text);
     assert_eq!(stack.count("tasks").await, 1);
     let reused = alice
-        .call("add_task", json!({"title": "other", "idempotency_key": "add-1"}))
+        .call(
+            "add_task",
+            json!({"title": "other", "idempotency_key": "add-1"}),
+        )
         .await;
-    assert!(reused.refusal().contains("Idempotency-Key reused"), "{:?}", reused.text);
+    assert!(
+        reused.refusal().contains("Idempotency-Key reused"),
+        "{:?}",
+        reused.text
+    );
 
     let id = id_of(&first);
     let complete = json!({"task_id": id, "idempotency_key": "done-1"});
-    let done = alice.call("complete_task", complete.clone()).await.ok().clone();
+    let done = alice
+        .call("complete_task", complete.clone())
+        .await
+        .ok()
+        .clone();
     alice.call("reopen_task", json!({"task_id": id})).await.ok();
     let replayed = alice.call("complete_task", complete).await;
-    assert_eq!(replayed.ok(), &done, "the first completion's answer, not a second one");
+    assert_eq!(
+        replayed.ok(),
+        &done,
+        "the first completion's answer, not a second one"
+    );
     let (_, now) = stack
-        .call(&api, Method::GET, &format!("/tasks/{id}"), &stack.token("alice"), None)
+        .call(
+            &api,
+            Method::GET,
+            &format!("/tasks/{id}"),
+            &stack.token("alice"),
+            None,
+        )
         .await;
     assert_eq!(now["completed"], false, "the retry completed nothing");
     api.stop().await;
@@ -451,7 +587,11 @@ async fn rest_and_mcp_share_one_write_allowance() {
     stack.create(&api, &token, json!({"title": "two"})).await;
     let alice = stack.mcp(&api, &token).await;
     let refused = alice.call("add_task", json!({"title": "three"})).await;
-    assert!(refused.refusal().starts_with("Too many requests: "), "{:?}", refused.text);
+    assert!(
+        refused.refusal().starts_with("Too many requests: "),
+        "{:?}",
+        refused.text
+    );
     assert_eq!(stack.count("tasks").await, 2);
     api.stop().await;
 }
@@ -473,28 +613,54 @@ async fn any_replica_serves_any_request_of_a_conversation() {
             .json(&body);
         async move { req.send().await.unwrap() }
     };
-    let init = post(0, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    let init = post(
+        0,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "balanced", "version": "0"}}}))
+        "clientInfo": {"name": "balanced", "version": "0"}}}),
+    )
     .await;
     assert_eq!(init.status(), StatusCode::OK);
-    assert!(init.headers().get("mcp-session-id").is_none(), "no session to stick to");
-    let initialized = post(1, json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
-    assert!(initialized.status().is_success(), "{}", initialized.status());
-    let added: Value = post(2, json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "add_task", "arguments": {"title": "balanced"}}}))
+    assert!(
+        init.headers().get("mcp-session-id").is_none(),
+        "no session to stick to"
+    );
+    let initialized = post(
+        1,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert!(
+        initialized.status().is_success(),
+        "{}",
+        initialized.status()
+    );
+    let added: Value = post(
+        2,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "add_task", "arguments": {"title": "balanced"}}}),
+    )
     .await
     .json()
     .await
     .unwrap();
-    let id = added["result"]["structuredContent"]["id"].as_str().unwrap().to_owned();
-    let got: Value = post(3, json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-        "params": {"name": "get_task", "arguments": {"task_id": id}}}))
+    let id = added["result"]["structuredContent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got: Value = post(
+        3,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "get_task", "arguments": {"task_id": id}}}),
+    )
     .await
     .json()
     .await
     .unwrap();
-    assert_eq!(got["result"]["structuredContent"]["title"], "balanced", "{got}");
+    assert_eq!(
+        got["result"]["structuredContent"]["title"], "balanced",
+        "{got}"
+    );
     assert_eq!(got["result"]["isError"], false);
     for r in replicas {
         r.stop().await;

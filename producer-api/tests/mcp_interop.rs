@@ -28,6 +28,9 @@ async fn the_python_sdk_runs_the_scenario() {
         .await
         .expect("the Python scenario ends within 5 minutes")
         .expect("python runs");
-    assert!(status.success(), "the Python SDK's scenario failed: {status}");
+    assert!(
+        status.success(),
+        "the Python SDK's scenario failed: {status}"
+    );
     api.stop().await;
 }

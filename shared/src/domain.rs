@@ -68,9 +68,7 @@ fn time_range_error() -> String {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(try_from = "DateTime<Utc>", into = "DateTime<Utc>")]
-#[schemars(
-    description = "An RFC 3339 time such as 2026-12-01T09:00:00Z (between 1970 and 9999)"
-)]
+#[schemars(description = "An RFC 3339 time such as 2026-12-01T09:00:00Z (between 1970 and 9999)")]
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {

@@ -222,6 +222,51 @@ async fn completing_an_instance_creates_the_next_one_in_the_tasks_zone() {
     api.stop().await;
 }
 
+/// An assistant's way: add_task and complete_task over MCP (rmcp's client);
+/// todo-recurring sees the same event as from REST and creates the next
+/// instance, which list_tasks then shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_a_weekly_task_over_mcp_creates_the_next_instance() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let mcp = stack.mcp(&api, &stack.token("ann")).await;
+    let added = mcp
+        .call(
+            "add_task",
+            json!({
+                "title": "Water the plants", "due_at": "2030-01-07T08:00:00Z",
+                "recurrence": {"rule": "FREQ=WEEKLY;BYDAY=MO", "timezone": "Europe/Berlin", "mode": "on_completion"}
+            }),
+        )
+        .await;
+    let id = added.ok()["id"].as_str().expect("id").to_owned();
+    let done = mcp.call("complete_task", json!({"task_id": id})).await;
+    assert_eq!(done.ok()["completed"], true);
+
+    let next = wait_instances(&stack, &id, 1).await;
+    assert_eq!(
+        next[0].1,
+        at("2030-01-14T08:00:00Z"),
+        "the next Monday, 09:00 Berlin"
+    );
+    let open = mcp.call("list_tasks", json!({"status": "open"})).await;
+    let items = open.ok()["items"].as_array().expect("items").clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["id"], next[0].0.to_string());
+    assert_eq!(items[0]["series_id"], id.as_str());
+    assert_eq!(items[0]["title"], "Water the plants");
+    let created = event_of(&stack, "task.created", &next[0].0.to_string()).await;
+    let completion = event_of(&stack, "task.completed", &id).await;
+    assert_eq!(
+        created.value["correlationid"], completion.value["correlationid"],
+        "the instance's event carries the completion's correlation id"
+    );
+    mcp.close().await;
+    recurring.stop().await;
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_and_repeated_completions_create_one_instance() {
     let stack = Stack::new().await;

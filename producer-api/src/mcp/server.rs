@@ -73,7 +73,10 @@ impl Reply {
                 let task: Task = serde_json::from_value(body.clone())
                     .map_err(|e| ApiError::Internal(format!("stored answer: {e}")))?;
                 Ok(Reply {
-                    summary: format!("{verb} {} (the first result of this idempotency_key)", describe(&task)),
+                    summary: format!(
+                        "{verb} {} (the first result of this idempotency_key)",
+                        describe(&task)
+                    ),
                     structured: body,
                 })
             }
@@ -88,7 +91,10 @@ fn describe(task: &Task) -> String {
         task.priority.as_str().to_owned(),
     ];
     if let Some(due) = task.due_at {
-        facts.push(format!("due {}", due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)));
+        facts.push(format!(
+            "due {}",
+            due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        ));
     }
     if let Some(r) = &task.recurrence {
         facts.push(format!("repeats {}", r.rule.as_str()));
@@ -107,7 +113,11 @@ fn take<T: DeserializeOwned + Arguments>(args: &mut Map<String, Value>) -> Resul
 }
 
 /// What identifies a keyed call: the tool, and its arguments but the key.
-fn keyed(retry: Retry, tool: &str, rest: &Map<String, Value>) -> Result<Option<Idempotency>, ApiError> {
+fn keyed(
+    retry: Retry,
+    tool: &str,
+    rest: &Map<String, Value>,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(key) = retry.idempotency_key else {
         return Ok(None);
     };
@@ -159,7 +169,11 @@ fn refusal(error: &ApiError) -> CallToolResult {
             .errors
             .iter()
             .map(|e| {
-                let field = if e.field == "body" { "arguments" } else { &e.field };
+                let field = if e.field == "body" {
+                    "arguments"
+                } else {
+                    &e.field
+                };
                 format!("{field}: {}", e.message)
             })
             .collect::<Vec<_>>()
@@ -206,13 +220,20 @@ impl TodoMcp {
                         page.items.len(),
                         page.offset
                     ),
-                    None => format!("{} tasks from offset {}; no more", page.items.len(), page.offset),
+                    None => format!(
+                        "{} tasks from offset {}; no more",
+                        page.items.len(),
+                        page.offset
+                    ),
                 };
                 Reply::new(summary, &page)
             }
             "get_task" => {
                 let target: Target = parse_value(Value::Object(args))?;
-                Reply::task("Found", &operations::get(state, caller.user, &target.task_id).await?)
+                Reply::task(
+                    "Found",
+                    &operations::get(state, caller.user, &target.task_id).await?,
+                )
             }
             "update_task" => {
                 let target: Target = take(&mut args)?;
@@ -233,7 +254,10 @@ impl TodoMcp {
                 let expected: Expected = take(&mut args)?;
                 let retry: Retry = take(&mut args)?;
                 if let Some(name) = args.keys().next() {
-                    return Err(ApiError::field(name.clone(), format!("unknown field `{name}`")));
+                    return Err(ApiError::field(
+                        name.clone(),
+                        format!("unknown field `{name}`"),
+                    ));
                 }
                 let mut identity = Map::new();
                 identity.insert("task_id".into(), Value::String(target.task_id.clone()));
@@ -257,16 +281,14 @@ impl TodoMcp {
             "delete_task" => {
                 let target: Target = take(&mut args)?;
                 let expected: Expected = parse_value(Value::Object(args))?;
-                let task = operations::delete(
-                    state,
-                    caller,
-                    &target.task_id,
-                    expected.expected_version,
-                )
-                .await?;
+                let task =
+                    operations::delete(state, caller, &target.task_id, expected.expected_version)
+                        .await?;
                 Reply::task("Deleted", &task)
             }
-            _ => Err(ApiError::Internal(format!("tool {tool} is listed but not run"))),
+            _ => Err(ApiError::Internal(format!(
+                "tool {tool} is listed but not run"
+            ))),
         }
     }
 }
@@ -275,8 +297,7 @@ impl ServerHandler for TodoMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(
-                Implementation::new("todo-api", env!("CARGO_PKG_VERSION"))
-                    .with_title("Todo tasks"),
+                Implementation::new("todo-api", env!("CARGO_PKG_VERSION")).with_title("Todo tasks"),
             )
             .with_instructions(INSTRUCTIONS)
     }
@@ -308,7 +329,10 @@ impl ServerHandler for TodoMcp {
         // it (see `super::authenticate`), with its correlation id.
         let parts = context.extensions.get::<Parts>();
         let Some(AuthUser(user)) = parts.and_then(|p| p.extensions.get::<AuthUser>()) else {
-            return Err(ErrorData::internal_error("the request was not authenticated", None));
+            return Err(ErrorData::internal_error(
+                "the request was not authenticated",
+                None,
+            ));
         };
         let correlation = parts
             .and_then(|p| p.extensions.get::<CorrelationId>().cloned())

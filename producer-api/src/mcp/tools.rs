@@ -212,11 +212,7 @@ mod tests {
     use super::*;
 
     fn tool_named(name: &str) -> Tool {
-        all()
-            .unwrap()
-            .into_iter()
-            .find(|t| t.name == name)
-            .unwrap()
+        all().unwrap().into_iter().find(|t| t.name == name).unwrap()
     }
 
     #[test]
@@ -249,7 +245,12 @@ mod tests {
 
     fn names_of<T: JsonSchema + Arguments>() {
         let schema = Value::Object(generate::<T>(false).unwrap());
-        let names: Vec<_> = schema["properties"].as_object().unwrap().keys().cloned().collect();
+        let names: Vec<_> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         assert_eq!(names, T::NAMES);
     }
 
@@ -276,7 +277,12 @@ mod tests {
             let reads = ["list_tasks", "get_task"].contains(&t.name.as_ref());
             assert_eq!(a.read_only_hint, Some(reads), "{}", t.name);
             if !reads {
-                assert_eq!(a.destructive_hint, Some(t.name == "delete_task"), "{}", t.name);
+                assert_eq!(
+                    a.destructive_hint,
+                    Some(t.name == "delete_task"),
+                    "{}",
+                    t.name
+                );
             }
             assert!(t.output_schema.is_some(), "{}", t.name);
         }
