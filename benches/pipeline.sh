@@ -17,7 +17,10 @@
 #      each fires (reminder.triggered committed, and the notifier's fired_at,
 #      minus remind_at);
 #   8. (not in the default steps) todo-realtime: create sent -> its event on
-#      a WebSocket, 200 clients, `rate` creates/s.
+#      a WebSocket, 200 clients, `rate` creates/s;
+#   9. (not in the default steps) MCP add_task vs POST /tasks: both at
+#      `rate`/2 per second, interleaved, in one open-loop run; p50/p99 of
+#      each and their ratio.
 # Reports (JSON, and SVG plots of todo-load's latencies) land in target/bench/.
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
 #   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (60 s),
@@ -96,6 +99,20 @@ print(f'  = {api / pg:.2f} x PostgreSQL alone ({pg:,.0f} tx/s; target 0.6 x)')"
       --seconds "$seconds" --report "$out/open-loop.json"
     benches/quantiles.py $api/metrics todo_outbox_publish_latency_seconds
   fi
+  stop todo-api
+fi
+
+if want 9; then
+  start todo-api 18080
+  echo "== 9. MCP add_task vs POST /tasks, open loop at ${rate}/s in all, half each (${seconds}s)"
+  "$bin/todo-load" --url $api --rate "$rate" --concurrency 512 --mix create=1,mcp_create=1 \
+    --seconds "$seconds" --report "$out/mcp-vs-rest.json"
+  python3 -c "
+import json
+ops = json.load(open('$out/mcp-vs-rest.json'))['by_op']
+rest, mcp = ops['create'], ops['mcp_create']
+for q in ('p50_ms', 'p99_ms'):
+    print(f'  {q[:3]}: MCP {mcp[q]:.2f} ms / REST {rest[q]:.2f} ms = {mcp[q] / rest[q]:.2f} x')"
   stop todo-api
 fi
 

@@ -15,6 +15,11 @@
 //!
 //! `--reminders-in` gives every created task an absolute reminder within one
 //! window (reminder lateness of todo-notifier, pipeline step 7).
+//!
+//! The op `mcp_create` creates the same task as `create` through the MCP
+//! tool `add_task` (a `tools/call` POST to `/mcp`, as an assistant's client
+//! sends once it has initialized), so `--mix create=1,mcp_create=1 --rate R`
+//! measures both edges at the same rate, interleaved, in one run.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -114,14 +119,17 @@ enum Op {
     Update,
     Complete,
     Delete,
+    #[serde(rename = "mcp_create")]
+    McpCreate,
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::Create, Op::Update, Op::Complete, Op::Delete];
+    const ALL: [Op; 5] = [Op::Create, Op::Update, Op::Complete, Op::Delete, Op::McpCreate];
 
     fn name(self) -> &'static str {
         match self {
             Op::Create => "create",
+            Op::McpCreate => "mcp_create",
             Op::Update => "update",
             Op::Complete => "complete",
             Op::Delete => "delete",
@@ -146,7 +154,9 @@ impl FromStr for Mix {
             let op = Op::ALL
                 .into_iter()
                 .find(|op| op.name() == name.trim())
-                .ok_or_else(|| format!("{name:?}: expected create, update, complete or delete"))?;
+                .ok_or_else(|| {
+                    format!("{name:?}: expected create, update, complete, delete or mcp_create")
+                })?;
             let weight: u32 = weight
                 .trim()
                 .parse()
@@ -214,6 +224,7 @@ impl Target {
         };
         let existing = match op {
             Op::Create => None,
+            Op::McpCreate => return (op, self.create_over_mcp(user).await),
             Op::Delete | Op::Complete => {
                 let mut open = user.open.lock().unwrap_or_else(|e| e.into_inner());
                 let n = open.len();
@@ -265,6 +276,54 @@ impl Target {
     }
 
     async fn create(&self, user: &User) -> Result<(), String> {
+        let body = self.task_body();
+        let response = self
+            .send(
+                user,
+                self.client.post(format!("{}/tasks", self.base)).json(&body),
+            )
+            .await?;
+        let task: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        self.opened(user, &task);
+        Ok(())
+    }
+
+    /// The same create as [`Self::create`], as the tool call `add_task`.
+    async fn create_over_mcp(&self, user: &User) -> Result<(), String> {
+        let call = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "add_task", "arguments": self.task_body()}
+        });
+        let request = self
+            .client
+            .post(format!("{}/mcp", self.base))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&call);
+        let response = self.send(user, request).await?;
+        let answer: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        let result = &answer["result"];
+        if result["isError"] != false {
+            let why = result["content"][0]["text"]
+                .as_str()
+                .or(answer["error"]["message"].as_str())
+                .unwrap_or("no result");
+            return Err(format!("MCP {why}"));
+        }
+        self.opened(user, &result["structuredContent"]);
+        Ok(())
+    }
+
+    fn opened(&self, user: &User, task: &serde_json::Value) {
+        if let Some(id) = task["id"].as_str() {
+            user.open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_owned());
+        }
+    }
+
+    fn task_body(&self) -> serde_json::Value {
         let mut body = serde_json::json!({
             "title": "Buy milk and bread on the way home",
             "priority": "high",
@@ -282,20 +341,7 @@ impl Target {
             body["reminders"] = serde_json::json!([{ "at": rfc3339(at) }]);
             body["due_at"] = rfc3339(at + chrono::TimeDelta::hours(1)).into();
         }
-        let response = self
-            .send(
-                user,
-                self.client.post(format!("{}/tasks", self.base)).json(&body),
-            )
-            .await?;
-        let task: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-        if let Some(id) = task["id"].as_str() {
-            user.open
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.to_owned());
-        }
-        Ok(())
+        body
     }
 }
 
@@ -877,7 +923,7 @@ fn print_summary(r: &Report) {
     );
     for (op, l) in &r.by_op {
         println!(
-            "  {op:<8} {:>8} ok  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            "  {op:<10} {:>8} ok  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             l.count, l.p50_ms, l.p99_ms, l.max_ms
         );
     }
@@ -919,5 +965,7 @@ mod tests {
         assert!("create".parse::<Mix>().is_err());
         assert!("explode=1".parse::<Mix>().is_err());
         assert!("create=0".parse::<Mix>().is_err());
+        let both: Mix = "create=1,mcp_create=1".parse().unwrap();
+        assert_eq!(both.weights, [(Op::Create, 1), (Op::McpCreate, 1)]);
     }
 }
