@@ -124,7 +124,13 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 5] = [Op::Create, Op::Update, Op::Complete, Op::Delete, Op::McpCreate];
+    const ALL: [Op; 5] = [
+        Op::Create,
+        Op::Update,
+        Op::Complete,
+        Op::Delete,
+        Op::McpCreate,
+    ];
 
     fn name(self) -> &'static str {
         match self {
