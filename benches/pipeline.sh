@@ -103,6 +103,7 @@ print(f'  = {api / pg:.2f} x PostgreSQL alone ({pg:,.0f} tx/s; target 0.6 x)')"
 fi
 
 if want 9; then
+  "$bin/todo-api" migrate >/dev/null
   start todo-api 18080
   echo "== 9. MCP add_task vs POST /tasks, open loop at ${rate}/s in all, half each (${seconds}s)"
   "$bin/todo-load" --url $api --rate "$rate" --concurrency 512 --mix create=1,mcp_create=1 \
