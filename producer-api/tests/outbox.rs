@@ -96,7 +96,7 @@ async fn a_broker_outage_fails_no_request_and_loses_no_event() {
         let made: Vec<_> = expected
             .iter()
             .enumerate()
-            .filter(|(i, _)| (i % 2 == 0) == (user == "alice"))
+            .filter(|(i, _)| (i.is_multiple_of(2)) == (user == "alice"))
             .map(|(_, id)| id.as_str())
             .collect();
         let got: Vec<_> = mine
@@ -129,7 +129,7 @@ async fn two_relays_on_one_database_publish_everything_in_order() {
     // Writes through both instances at once.
     let users: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
     let work = users.iter().enumerate().map(|(i, u)| {
-        let api = if i % 2 == 0 { &first } else { &second };
+        let api = if i.is_multiple_of(2) { &first } else { &second };
         churn(&stack, api, u, 25)
     });
     let total: usize = futures::future::join_all(work).await.into_iter().sum();

@@ -483,7 +483,7 @@ fn refuse_sparse_or_impossible(rule: &rrule::RRule<rrule::Unvalidated>) -> Resul
             );
         }
         let interval = rule.get_interval();
-        if !rule.get_by_weekday().is_empty() && interval % 7 == 0 {
+        if !rule.get_by_weekday().is_empty() && interval.is_multiple_of(7) {
             return Err(format!(
                 "FREQ=DAILY;INTERVAL={interval} with BYDAY always falls on one weekday: \
                  write it as FREQ=WEEKLY;INTERVAL={}",

@@ -53,7 +53,7 @@ async fn steady_changes(stack: &Stack, api: &Api, per_user: usize, spread: Durat
             let task = stack
                 .create(api, &token, json!({"title": format!("{user} {i}")}))
                 .await;
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 let path = format!(
                     "/tasks/{}/complete",
                     task["id"].as_str().unwrap_or_default()

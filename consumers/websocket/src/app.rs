@@ -247,10 +247,10 @@ async fn housekeeping(hub: Arc<Hub>, metrics: Metrics) {
         let counts = hub.expire_held(Instant::now());
         metrics.frames_sent(counts.sent);
         metrics.slow_dropped(counts.dropped);
-        if ticks % 240 == 0 {
+        if ticks.is_multiple_of(240) {
             hub.sweep(Instant::now());
         }
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             metrics.resume_buffer(hub.buffered_bytes(), hub.window());
         }
     }

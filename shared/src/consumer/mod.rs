@@ -490,7 +490,7 @@ impl<H: Handler> Runtime<H> {
             match self.apply(events).await {
                 Err(e) if e.is_unavailable() => {
                     outage += 1;
-                    if outage == 1 || outage % 10 == 0 {
+                    if outage == 1 || outage.is_multiple_of(10) {
                         tracing::warn!(consumer = %self.config.name, error = %e, attempt = outage, "database unavailable; waiting");
                     }
                     wait(backoff(outage), shutdown).await?;
