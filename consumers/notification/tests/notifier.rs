@@ -779,7 +779,7 @@ async fn the_clock_and_a_burst_of_task_events_never_deadlock() {
     let mut tasks = Vec::new();
     for (i, user) in users.iter().cycle().take(users.len() * 40).enumerate() {
         let token = stack.token(user);
-        let at = if (i / users.len()) % 2 == 0 {
+        let at = if (i / users.len()).is_multiple_of(2) {
             due
         } else {
             due + TimeDelta::hours(1)
