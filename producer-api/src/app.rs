@@ -58,14 +58,6 @@ impl Default for ApiOptions {
 impl ApiOptions {
     pub fn from_env() -> Result<Self, ConfigError> {
         let env = Env::process();
-        let defaults = RelayConfig::default();
-        let batch_size: i64 = env.parse_or("OUTBOX_BATCH_SIZE", defaults.batch_size)?;
-        if !(1..=50_000).contains(&batch_size) {
-            return Err(ConfigError::Invalid {
-                var: "OUTBOX_BATCH_SIZE",
-                reason: "must be between 1 and 50000".into(),
-            });
-        }
         let cors_origins = match env.get("CORS_ALLOWED_ORIGINS") {
             None => None,
             Some(list) if list.trim() == "*" => None,
@@ -81,13 +73,9 @@ impl ApiOptions {
             ),
         };
         Ok(Self {
-            relay: RelayConfig {
-                batch_size,
-                poll_interval: env.millis_or("OUTBOX_POLL_INTERVAL_MS", defaults.poll_interval)?,
-                ..defaults
-            },
+            relay: RelayConfig::from_lookup(&env)?,
             writes: WriteQuota::from_lookup(&env)?,
-            run_relay: env.parse_or("OUTBOX_RELAY_ENABLED", true)?,
+            run_relay: todo_shared::relay::enabled_from(&env)?,
             cors_origins,
         })
     }

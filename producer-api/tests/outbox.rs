@@ -231,3 +231,179 @@ async fn terminated_database_connections_never_answer_500() {
     );
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_back_without_its_data_gets_its_topics_and_the_backlog_within_seconds() {
+    let mut stack = Stack::new().await;
+    // Not the broker's auto-create default: the relay makes them itself.
+    stack.kafka.topic_partitions = 3;
+    let api = stack.spawn_api().await;
+    let alice = stack.token("alice");
+    stack.create(&api, &alice, json!({"title": "before"})).await;
+    stack.outbox_drained(WAIT).await;
+    stack.broker.stop();
+    for i in 0..50 {
+        let token = stack.token(if i % 2 == 0 { "alice" } else { "bob" });
+        stack
+            .create(&api, &token, json!({"title": format!("during outage {i}")}))
+            .await;
+    }
+    // Back, empty, and nobody creates the topics but the relay.
+    stack.broker.restart();
+    let back = std::time::Instant::now();
+    stack.outbox_drained(Duration::from_secs(30)).await;
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(20), "the backlog took {took:?}");
+    let events = stack.task_events().await.take(50, WAIT).await;
+    assert_per_user_order_from(&events, &[("alice", 2), ("bob", 1)]);
+    let partitions: std::collections::HashSet<i32> = events.iter().map(|e| e.partition).collect();
+    assert!(partitions.iter().all(|p| *p < 3), "{partitions:?}");
+    let metadata = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", stack.broker.bootstrap())
+            .create()
+            .expect("client");
+        let topic = stack.topic(todo_shared::envelope::Topic::TaskEvents);
+        let m = client
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .expect("metadata");
+        m.topics()[0].partitions().len()
+    };
+    assert_eq!(metadata, 3, "recreated with the configured partitions");
+    eprintln!("broker back empty: 50 events delivered {took:?} later");
+    api.stop().await;
+}
+
+/// Per user (the key), sequences grow by one from `first`, no event twice.
+fn assert_per_user_order_from(events: &[todo_shared::testing::Received], first: &[(&str, i64)]) {
+    let mut next: std::collections::HashMap<&str, i64> = first.iter().copied().collect();
+    let mut ids = std::collections::HashSet::new();
+    for e in events {
+        assert!(ids.insert(e.id().to_owned()), "{} twice", e.id());
+        let want = next.get_mut(e.key.as_str()).expect("a known user");
+        assert_eq!(e.sequence(), *want, "{}: out of order", e.key);
+        *want += 1;
+    }
+}
+
+/// The relay's leader is the lease holder: a leader that freezes (SIGSTOP)
+/// keeps its database connection, and with a session lock would keep the
+/// leadership for as long as that connection lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_within_seconds() {
+    let stack = Stack::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let mut leader = stack
+        .service_command(env!("CARGO_BIN_EXE_todo-api"))
+        .env("PORT", port.to_string())
+        .spawn()
+        .expect("todo-api starts");
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let leads = match stack.http.get(&metrics).send().await {
+            Ok(r) => r
+                .text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.trim() == "todo_outbox_relay_leader 1"),
+            Err(_) => false,
+        };
+        if leads {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the binary never led"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let standby = stack.spawn_api().await;
+    assert!(!standby.relay_leads(&stack.http).await, "one leader");
+    // SAFETY: kill(2) on a child of ours.
+    unsafe { libc::kill(leader.id() as i32, libc::SIGSTOP) };
+    let frozen = std::time::Instant::now();
+    let alice = stack.token("alice");
+    let task = stack
+        .create(&standby, &alice, json!({"title": "after the freeze"}))
+        .await;
+    let reader = stack.task_events().await;
+    let event = loop {
+        let e = reader
+            .next(Duration::from_secs(30))
+            .await
+            .expect("published after the freeze");
+        if e.value["data"]["task"]["id"] == task["id"] {
+            break e;
+        }
+    };
+    let took = frozen.elapsed();
+    assert!(took < Duration::from_secs(15), "replaced after {took:?}");
+    assert!(standby.relay_leads(&stack.http).await);
+    eprintln!(
+        "frozen leader replaced: event {} published {took:?} after SIGSTOP",
+        event.id()
+    );
+    // Thawed, the old leader finds its lease gone and stands by.
+    unsafe { libc::kill(leader.id() as i32, libc::SIGCONT) };
+    let more = stack
+        .create(&standby, &alice, json!({"title": "both alive"}))
+        .await;
+    stack.outbox_drained(WAIT).await;
+    let all = stack.task_events().await.take(2, WAIT).await;
+    assert_eq!(all[1].value["data"]["task"]["id"], more["id"]);
+    assert_per_user_order_from(&all, &[("alice", 1)]);
+    let _ = leader.kill();
+    let _ = leader.wait();
+    standby.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_each_database_blip_publishing_resumes_at_once() {
+    let stack = Stack::new().await;
+    let proxy = todo_shared::testing::TcpProxy::start(stack.db.server_addr()).await;
+    let settings = todo_shared::config::Settings {
+        database: stack.db.settings_via(proxy.port()),
+        ..stack.settings()
+    };
+    let api = stack.spawn_api_with(settings, stack.api_options()).await;
+    let alice = stack.token("alice");
+    let mut waits = Vec::new();
+    for i in 0..7 {
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.restore();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let task = loop {
+            let (status, body) = stack
+                .call(
+                    &api,
+                    reqwest::Method::POST,
+                    "/tasks",
+                    &alice,
+                    Some(json!({"title": format!("blip {i}")})),
+                )
+                .await;
+            if status == StatusCode::CREATED {
+                break body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let created = std::time::Instant::now();
+        let _ = task;
+        stack.outbox_drained(WAIT).await;
+        waits.push(created.elapsed());
+    }
+    eprintln!("time to publish after each blip: {waits:?}");
+    assert!(
+        waits.iter().all(|w| *w < Duration::from_secs(4)),
+        "publishing waited longer after each blip: {waits:?}"
+    );
+    api.stop().await;
+}

@@ -66,6 +66,18 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     cfg
 }
 
+/// The outbox relay's producer: the platform's producer, which never lets
+/// the broker auto-create a topic with its defaults (the relay creates its
+/// topics itself, with their partitions), and gives up on a topic that does
+/// not exist after seconds rather than half a minute, so that a broker
+/// restarted without its data has its topics back quickly.
+pub fn relay_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    producer_config(settings)
+        .set("allow.auto.create.topics", "false")
+        .set("topic.metadata.propagation.max.ms", "3000")
+        .create()
+}
+
 /// A consumer in `group_id` that never commits on its own: the consumer
 /// runtime stores and commits offsets once the handler's work is durable.
 pub fn consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {

@@ -13,6 +13,7 @@ use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
 use todo_shared::envelope::{Topic, TopicNames};
 use todo_shared::outbox::OutboxSignal;
+use todo_shared::relay::Relay;
 use todo_shared::service::ConsumerService;
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
@@ -22,6 +23,9 @@ pub struct App {
     clock: Clock,
     signal: OutboxSignal,
     pool: sqlx::PgPool,
+    /// A standby relay: the outbox rows this service writes are published
+    /// even while no todo-api runs.
+    relay: Option<Relay>,
 }
 
 /// The notifier's own knobs.
@@ -71,6 +75,7 @@ impl App {
         let changed = Arc::new(Notify::new());
         let signal = OutboxSignal::new();
         let registry = Registry::new();
+        let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
         let clock_metrics = ClockMetrics::register(&registry)?;
         let topic = TopicNames::new(settings.kafka.topic_prefix.clone()).name(Topic::TaskEvents);
         let service = ConsumerService::build(
@@ -101,6 +106,7 @@ impl App {
             clock,
             signal,
             pool,
+            relay,
         })
     }
 
@@ -119,7 +125,11 @@ impl App {
             self.signal
                 .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
         );
+        let relay = self.relay.map(|r| tokio::spawn(r.run(shutdown.clone())));
         let result = self.service.run(shutdown).await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         let _ = clock.await;
         let _ = notifier.await;
         result

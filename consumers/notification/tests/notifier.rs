@@ -1032,3 +1032,24 @@ async fn after_a_replica_dies_its_partitions_reminders_wait_for_their_completion
     a.kill();
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_todo_api_down_the_notifiers_own_relay_publishes_its_reminders() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
+    let ann = stack.token("ann");
+    let task = stack
+        .create(&api, &ann, json!({"title": "later", "reminders": [{"at": secs(Utc::now() + TimeDelta::seconds(4))}]}))
+        .await;
+    let reader = reminders(&stack).await;
+    read_until(&reader, |got| count(got, "reminder.scheduled") == 1).await;
+    // No todo-api any more: only the notifier's relay can publish.
+    api.stop().await;
+    let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
+    assert_eq!(count(&events, "reminder.triggered"), 1);
+    assert!(events
+        .iter()
+        .all(|e| e.value["data"]["task_id"] == task["id"]));
+    notifier.stop().await;
+}

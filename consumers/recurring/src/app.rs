@@ -11,6 +11,7 @@ use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
 use todo_shared::envelope::Topic;
 use todo_shared::outbox::OutboxSignal;
+use todo_shared::relay::Relay;
 use todo_shared::service::ConsumerService;
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
@@ -20,6 +21,9 @@ pub struct App {
     scheduler: Scheduler,
     signal: OutboxSignal,
     pool: sqlx::PgPool,
+    /// A standby relay: the outbox rows this service writes are published
+    /// even while no todo-api runs.
+    relay: Option<Relay>,
 }
 
 pub fn consumer_config() -> Result<ConsumerConfig, ConfigError> {
@@ -36,6 +40,7 @@ impl App {
             signal: signal.clone(),
         };
         let registry = Registry::new();
+        let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
         let rounds = crate::scheduler::rounds_metric(&registry)?;
         let service = ConsumerService::build(
             settings,
@@ -56,6 +61,7 @@ impl App {
             },
             signal,
             pool,
+            relay,
         })
     }
 
@@ -69,7 +75,11 @@ impl App {
             self.signal
                 .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
         );
+        let relay = self.relay.map(|r| tokio::spawn(r.run(shutdown.clone())));
         let result = self.service.run(shutdown).await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         let _ = scheduler.await;
         let _ = notifier.await;
         result
