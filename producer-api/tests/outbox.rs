@@ -407,3 +407,41 @@ async fn after_each_database_blip_publishing_resumes_at_once() {
     );
     api.stop().await;
 }
+
+/// The relay's stall guard counts the broker's silence about rows in
+/// flight, not the idle time before them: the first change after a quiet
+/// spell longer than the stall timeout is published without a producer
+/// restart (before, every such change purged the producer and was sent
+/// twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_change_after_a_quiet_spell_is_not_taken_for_a_stall() {
+    let stack = Stack::new().await;
+    let mut options = stack.api_options();
+    options.relay.stall_timeout = Duration::from_secs(2);
+    let api = stack.spawn_api_with(stack.settings(), options).await;
+    let ann = stack.token("ann");
+    let reader = stack.task_events().await;
+    stack.create(&api, &ann, json!({"title": "before"})).await;
+    assert!(reader.next(WAIT).await.is_some(), "the first event");
+    // Quiet for longer than the stall timeout: that is the scenario.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.create(&api, &ann, json!({"title": "after"})).await;
+    let after = reader.next(WAIT).await.expect("the second event");
+    assert_eq!(after.value["data"]["task"]["title"], "after");
+    let metrics = stack
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(|l| l.trim() == "todo_outbox_stalls_total 0"),
+        "{}",
+        metrics.lines().filter(|l| l.contains("stall")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(reader.next(Duration::from_secs(1)).await.is_none(), "sent once");
+    api.stop().await;
+}

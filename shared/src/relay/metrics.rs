@@ -1,6 +1,8 @@
 //! The relay's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct RelayMetrics {
@@ -12,6 +14,7 @@ pub struct RelayMetrics {
     pub(super) backlog: IntGauge,
     pub(super) in_flight: IntGauge,
     pub(super) leader: IntGauge,
+    pub(super) stalls: IntCounter,
 }
 
 impl RelayMetrics {
@@ -63,6 +66,11 @@ impl RelayMetrics {
             "todo_outbox_relay_leader",
             "1 while this process's relay leads",
         )?;
+        let stalls = IntCounter::new(
+            "todo_outbox_stalls_total",
+            "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced",
+        )?;
+        registry.register(Box::new(stalls.clone()))?;
         for m in [&published, &failed, &set_aside] {
             registry.register(Box::new(m.clone()))?;
         }
@@ -78,6 +86,7 @@ impl RelayMetrics {
             latency,
             batch_duration,
             backlog,
+            stalls,
             in_flight,
             leader,
         })

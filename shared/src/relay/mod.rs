@@ -297,7 +297,9 @@ struct Leading<'r> {
     /// in the outbox, to follow it.
     first_failed: HashMap<String, i64>,
     halt: Option<Halt>,
-    /// Last acknowledgement or failure of a row in flight.
+    /// Last acknowledgement or failure of a row in flight, or when rows
+    /// went in flight while none were: how long the broker has been silent
+    /// about what it was given (never the idle time before).
     last_progress: Instant,
     renewed: Instant,
     vacuum: Vacuum,
@@ -339,6 +341,7 @@ impl Leading<'_> {
                     "the broker has not acknowledged anything; starting a new producer"
                 );
                 self.halt = Some(Halt::Resend);
+                self.relay.metrics.stalls.inc();
                 // Purged, every delivery in flight fails now.
                 publisher.reset().await;
                 self.last_progress = Instant::now();
@@ -388,6 +391,11 @@ impl Leading<'_> {
             return Ok(false);
         }
         let producer = publisher.get()?.clone();
+        if self.sent.is_empty() {
+            // The broker's silence is counted from now, not from the last
+            // acknowledgement before an idle spell.
+            self.last_progress = Instant::now();
+        }
         let headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some(CONTENT_TYPE),
