@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need if it is missing (the test
 # broker; Chromium for the live page's browser test), then runs every test
-# (unit and integration) against real PostgreSQL and a real broker, then
+# (unit and integration) against real PostgreSQL, a real broker and a real
+# SMTP server (aiosmtpd), then
 # the official Python MCP SDK against todo-api's /mcp (in a virtualenv;
 # MCP_INTEROP=0 skips it).
 set -euo pipefail
@@ -18,6 +19,20 @@ fi
 if [ -z "${TEST_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   scripts/install-broker.sh
 fi
+# A real SMTP server for the e-mail channel's tests (aiosmtpd, in a
+# virtualenv cached beside the broker).
+AIOSMTPD_VERSION=1.4.6
+smtp_venv="${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/smtp-venv"
+if ! "$smtp_venv/bin/python" -c "import aiosmtpd" 2>/dev/null; then
+  if ! python3 -c "import ensurepip" 2>/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+  fi
+  rm -rf "$smtp_venv"
+  python3 -m venv "$smtp_venv"
+  timeout 300 "$smtp_venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+fi
+export TEST_SMTP_PYTHON="$smtp_venv/bin/python"
 cargo test --workspace --all-features "$@"
 if [ "${MCP_INTEROP:-1}" != 0 ]; then
   scripts/mcp-interop.sh

@@ -3,6 +3,7 @@
 
 use crate::extract::{CorrelationId, CORRELATION_HEADER};
 use crate::limits::{WriteLimiter, WriteQuota};
+use crate::preferences::ChannelSettings;
 use crate::state::{AppState, HttpMetrics};
 use crate::{idempotency, mcp, routes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -19,6 +20,7 @@ use todo_shared::auth::JwtKeys;
 use todo_shared::config::{ConfigError, Env, JwtSettings, Settings};
 use todo_shared::ops::{self, Readiness};
 use todo_shared::outbox::OutboxSignal;
+use todo_shared::preferences::WebhookKey;
 use todo_shared::relay::{Relay, RelayConfig, RelayMetrics};
 use todo_shared::server::HttpLimits;
 use todo_shared::shutdown::Shutdown;
@@ -42,6 +44,8 @@ pub struct ApiOptions {
     /// Origins allowed by CORS (`None`: any origin; tokens, not cookies,
     /// authenticate, so a foreign page gains nothing it was not given).
     pub cors_origins: Option<Vec<HeaderValue>>,
+    /// What reminders may use (`WEBHOOK_SECRET_KEY`, `VAPID_PUBLIC_KEY`).
+    pub channels: ChannelSettings,
 }
 
 impl Default for ApiOptions {
@@ -51,6 +55,7 @@ impl Default for ApiOptions {
             writes: WriteQuota::default(),
             run_relay: true,
             cors_origins: None,
+            channels: ChannelSettings::default(),
         }
     }
 }
@@ -77,6 +82,10 @@ impl ApiOptions {
             writes: WriteQuota::from_lookup(&env)?,
             run_relay: todo_shared::relay::enabled_from(&env)?,
             cors_origins,
+            channels: ChannelSettings {
+                webhook_key: WebhookKey::from_lookup(&env)?,
+                vapid_public_key: env.get("VAPID_PUBLIC_KEY"),
+            },
         })
     }
 }
@@ -110,6 +119,7 @@ impl Application {
             signal: signal.clone(),
             producer: producer.clone(),
             http: http.clone(),
+            channels: Arc::new(options.channels.clone()),
         };
         let connect = db::connect_options(&settings.database)?;
         let relay = options.run_relay.then(|| Relay {
@@ -248,6 +258,7 @@ fn router(
         });
     let mcp = mcp::router(&state)?;
     Ok(routes::router()
+        .merge(crate::preferences::router())
         .merge(mcp)
         .route_layer(middleware::from_fn_with_state(http, record_metrics))
         .with_state(state)

@@ -9,6 +9,7 @@ pub mod input;
 pub mod limits;
 pub mod mcp;
 pub mod operations;
+pub mod preferences;
 pub mod routes;
 pub mod state;
 #[cfg(feature = "testing")]

@@ -15,6 +15,7 @@ pub struct AppState {
     pub signal: OutboxSignal,
     pub producer: FutureProducer,
     pub http: HttpMetrics,
+    pub channels: Arc<crate::preferences::ChannelSettings>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<JwtKeys> {

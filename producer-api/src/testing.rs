@@ -101,6 +101,12 @@ impl Stack {
                 stall_timeout: Duration::from_secs(5),
                 ..RelayConfig::default()
             },
+            channels: crate::preferences::ChannelSettings {
+                webhook_key: Some(todo_shared::preferences::WebhookKey::new(
+                    testing::WEBHOOK_SECRET_KEY,
+                )),
+                vapid_public_key: None,
+            },
             ..ApiOptions::default()
         }
     }

@@ -438,10 +438,19 @@ async fn the_first_change_after_a_quiet_spell_is_not_taken_for_a_stall() {
         .await
         .expect("text");
     assert!(
-        metrics.lines().any(|l| l.trim() == "todo_outbox_stalls_total 0"),
+        metrics
+            .lines()
+            .any(|l| l.trim() == "todo_outbox_stalls_total 0"),
         "{}",
-        metrics.lines().filter(|l| l.contains("stall")).collect::<Vec<_>>().join("\n")
+        metrics
+            .lines()
+            .filter(|l| l.contains("stall"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    assert!(reader.next(Duration::from_secs(1)).await.is_none(), "sent once");
+    assert!(
+        reader.next(Duration::from_secs(1)).await.is_none(),
+        "sent once"
+    );
     api.stop().await;
 }

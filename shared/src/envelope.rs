@@ -85,10 +85,12 @@ pub enum EventType {
     ReminderSent,
     #[serde(rename = "reminder.failed")]
     ReminderFailed,
+    #[serde(rename = "user.notifications.updated")]
+    UserNotificationsUpdated,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::TaskCreated,
         EventType::TaskUpdated,
         EventType::TaskCompleted,
@@ -99,6 +101,7 @@ impl EventType {
         EventType::ReminderTriggered,
         EventType::ReminderSent,
         EventType::ReminderFailed,
+        EventType::UserNotificationsUpdated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +116,7 @@ impl EventType {
             EventType::ReminderTriggered => "reminder.triggered",
             EventType::ReminderSent => "reminder.sent",
             EventType::ReminderFailed => "reminder.failed",
+            EventType::UserNotificationsUpdated => "user.notifications.updated",
         }
     }
 
@@ -120,22 +124,28 @@ impl EventType {
         EventType::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
+    /// A user's own events travel with their task events: one stream per
+    /// user, applied in order by every consumer that reads it.
     pub fn topic(self) -> Topic {
         match self {
             EventType::TaskCreated
             | EventType::TaskUpdated
             | EventType::TaskCompleted
             | EventType::TaskReopened
-            | EventType::TaskDeleted => Topic::TaskEvents,
+            | EventType::TaskDeleted
+            | EventType::UserNotificationsUpdated => Topic::TaskEvents,
             _ => Topic::Reminders,
         }
     }
 
     /// The `dataschema` attribute: the payload's schema and its version.
     pub fn data_schema(self) -> &'static str {
-        match self.topic() {
-            Topic::TaskEvents => "task-event/v1",
-            Topic::Reminders => "reminder-event/v1",
+        match self {
+            EventType::UserNotificationsUpdated => "user-event/v1",
+            _ => match self.topic() {
+                Topic::TaskEvents => "task-event/v1",
+                Topic::Reminders => "reminder-event/v1",
+            },
         }
     }
 }
@@ -277,6 +287,14 @@ pub struct ReminderEventData {
     pub late_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<DateTime<Utc>>,
+    /// The channel a `reminder.sent` / `reminder.failed` is about (`email`,
+    /// `webhook`, `webpush`); absent for the platform's own delivery (the
+    /// log line and the user's open pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Attempts the channel's delivery took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
 }
 
 /// What a service knows when it records an event; the outbox adds the id,

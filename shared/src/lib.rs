@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod ops;
 pub mod outbox;
 pub mod panics;
+pub mod preferences;
 pub mod relay;
 pub mod retry;
 pub mod server;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 const BASE: &str = "https://schemas.todo.invalid/events/";
 
 /// Every schema file, by file name.
-pub const FILES: [(&str, &str); 12] = [
+pub const FILES: [(&str, &str); 13] = [
     (
         "envelope.json",
         include_str!("../schemas/events/envelope.json"),
@@ -54,6 +54,10 @@ pub const FILES: [(&str, &str); 12] = [
     (
         "reminder.failed.json",
         include_str!("../schemas/events/reminder.failed.json"),
+    ),
+    (
+        "user.notifications.updated.json",
+        include_str!("../schemas/events/user.notifications.updated.json"),
     ),
 ];
 

@@ -1,11 +1,19 @@
 //! Assembles todo-notifier (consumer, clock, outbox notifications) the same
 //! way for `main` and the tests.
 
+use crate::channels::email::Email;
+use crate::channels::net::Policy;
+use crate::channels::webhook::Webhook;
+use crate::channels::webpush::{Vapid, WebPush};
+use crate::channels::worker::{ChannelMetrics, Worker, WorkerConfig};
+use crate::channels::{Channel, ChannelKind, Unconfigured};
 use crate::clock::{Clock, ClockMetrics};
 use crate::delivery::{Delivery, LogDelivery};
 use crate::schedule::Schedule;
 use axum::Router;
+use lettre::message::Mailbox;
 use prometheus::Registry;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
 use todo_shared::config::{ConfigError, Env, Settings};
@@ -13,6 +21,7 @@ use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
 use todo_shared::envelope::{Topic, TopicNames};
 use todo_shared::outbox::OutboxSignal;
+use todo_shared::preferences::WebhookKey;
 use todo_shared::relay::Relay;
 use todo_shared::service::ConsumerService;
 use todo_shared::shutdown::Shutdown;
@@ -21,6 +30,8 @@ use tokio::sync::Notify;
 pub struct App {
     service: ConsumerService<Schedule>,
     clock: Clock,
+    /// One per channel, each with its own pool.
+    workers: Vec<Worker>,
     signal: OutboxSignal,
     pool: sqlx::PgPool,
     /// A standby relay: the outbox rows this service writes are published
@@ -38,6 +49,136 @@ pub struct Options {
     /// other attempts away; a replica that died mid-delivery is replaced
     /// after it.
     pub delivery_lease: Duration,
+    pub channels: ChannelOptions,
+}
+
+/// Where reminders go besides the log, and how hard each channel is tried.
+#[derive(Clone)]
+pub struct ChannelOptions {
+    /// `SMTP_URL` (with its credentials: a secret).
+    pub smtp_url: Option<SecretString>,
+    /// `SMTP_FROM`.
+    pub smtp_from: Mailbox,
+    /// `WEBHOOK_SECRET_KEY`: the key webhook secrets are made from.
+    pub webhook_key: Option<WebhookKey>,
+    /// `VAPID_PRIVATE_KEY` (a secret) and `VAPID_SUBJECT`.
+    pub vapid: Option<(SecretString, String)>,
+    /// `WEBHOOK_ALLOW_PRIVATE_NETWORKS`.
+    pub policy: Policy,
+    /// `APP_PUBLIC_URL`: the live page the messages link to.
+    pub app_url: String,
+    pub worker: WorkerConfig,
+}
+
+impl std::fmt::Debug for ChannelOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelOptions")
+            .field("smtp", &self.smtp_url.is_some())
+            .field("smtp_from", &self.smtp_from.to_string())
+            .field("webhooks", &self.webhook_key.is_some())
+            .field("webpush", &self.vapid.is_some())
+            .field("policy", &self.policy)
+            .field("app_url", &self.app_url)
+            .field("worker", &self.worker)
+            .finish()
+    }
+}
+
+impl ChannelOptions {
+    pub fn from_lookup<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        max_attempts: i32,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |var: &'static str, reason: String| ConfigError::Invalid { var, reason };
+        let smtp_url = env.get("SMTP_URL").map(SecretString::from);
+        if let Some(url) = &smtp_url {
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url.expose_secret())
+                .map_err(|e| invalid("SMTP_URL", format!("not an SMTP URL: {e}")))?;
+        }
+        let smtp_from: Mailbox = env
+            .or("SMTP_FROM", "Todo reminders <reminders@localhost>")
+            .parse()
+            .map_err(|e| invalid("SMTP_FROM", format!("not a mailbox: {e}")))?;
+        let vapid = match env.get("VAPID_PRIVATE_KEY") {
+            None => None,
+            Some(key) => {
+                Vapid::from_base64url(&key, String::new())
+                    .map_err(|e| invalid("VAPID_PRIVATE_KEY", e))?;
+                Some((
+                    SecretString::from(key),
+                    env.or("VAPID_SUBJECT", "mailto:admin@localhost"),
+                ))
+            }
+        };
+        let allow_private: bool = env.parse_or("WEBHOOK_ALLOW_PRIVATE_NETWORKS", false)?;
+        let concurrency: usize = env.parse_or("REMINDER_CHANNEL_CONCURRENCY", 32)?;
+        if !(1..=1024).contains(&concurrency) {
+            return Err(invalid(
+                "REMINDER_CHANNEL_CONCURRENCY",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        let timeout = env.millis_or("REMINDER_CHANNEL_TIMEOUT_MS", Duration::from_secs(10))?;
+        if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&timeout) {
+            return Err(invalid(
+                "REMINDER_CHANNEL_TIMEOUT_MS",
+                "must be between 100 and 120000".into(),
+            ));
+        }
+        Ok(Self {
+            smtp_url,
+            smtp_from,
+            webhook_key: WebhookKey::from_lookup(env)?,
+            vapid,
+            policy: Policy { allow_private },
+            app_url: env.or("APP_PUBLIC_URL", "http://localhost:8084"),
+            worker: WorkerConfig {
+                concurrency,
+                timeout,
+                max_attempts,
+            },
+        })
+    }
+
+    /// The three channels; one that is not configured fails its deliveries
+    /// with a reason that says so.
+    fn build(&self) -> anyhow::Result<Vec<Arc<dyn Channel>>> {
+        let timeout = self.worker.timeout;
+        let email: Arc<dyn Channel> = match &self.smtp_url {
+            Some(url) => Arc::new(Email::new(
+                url.expose_secret(),
+                self.smtp_from.clone(),
+                timeout,
+                self.app_url.clone(),
+            )?),
+            None => Arc::new(Unconfigured(
+                ChannelKind::Email,
+                "e-mail is not configured (SMTP_URL)",
+            )),
+        };
+        let vapid = match &self.vapid {
+            Some((key, subject)) => Some(
+                Vapid::from_base64url(key.expose_secret(), subject.clone())
+                    .map_err(|e| anyhow::anyhow!("VAPID_PRIVATE_KEY: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(vec![
+            email,
+            Arc::new(Webhook::new(
+                self.policy,
+                self.webhook_key.clone(),
+                timeout,
+                self.app_url.clone(),
+            )?),
+            Arc::new(WebPush::new(
+                self.policy,
+                vapid,
+                timeout,
+                self.app_url.clone(),
+            )?),
+        ])
+    }
 }
 
 impl Options {
@@ -61,6 +202,7 @@ impl Options {
             consumer: ConsumerConfig::new(crate::NAME, &[Topic::TaskEvents]).with_env(&env)?,
             max_attempts,
             delivery_lease: Duration::from_secs(lease),
+            channels: ChannelOptions::from_lookup(&env, max_attempts)?,
         })
     }
 }
@@ -77,6 +219,22 @@ impl App {
         let registry = Registry::new();
         let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
         let clock_metrics = ClockMetrics::register(&registry)?;
+        let channel_metrics = ChannelMetrics::register(&registry)?;
+        let workers: Vec<Worker> = options
+            .channels
+            .build()?
+            .into_iter()
+            .map(|channel| {
+                Worker::new(
+                    pool.clone(),
+                    channel,
+                    options.channels.worker,
+                    Arc::new(Notify::new()),
+                    signal.clone(),
+                    channel_metrics.clone(),
+                )
+            })
+            .collect();
         let topic = TopicNames::new(settings.kafka.topic_prefix.clone()).name(Topic::TaskEvents);
         let service = ConsumerService::build(
             settings,
@@ -100,10 +258,12 @@ impl App {
             topic,
             lease: options.delivery_lease,
             metrics: clock_metrics,
+            channel_workers: workers.iter().map(Worker::wake).collect(),
         };
         Ok(App {
             service,
             clock,
+            workers,
             signal,
             pool,
             relay,
@@ -121,6 +281,11 @@ impl App {
 
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let clock = tokio::spawn(self.clock.run(shutdown.clone()));
+        let workers: Vec<_> = self
+            .workers
+            .into_iter()
+            .map(|w| tokio::spawn(w.run(shutdown.clone())))
+            .collect();
         let notifier = tokio::spawn(
             self.signal
                 .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
@@ -131,6 +296,9 @@ impl App {
             let _ = relay.await;
         }
         let _ = clock.await;
+        for worker in workers {
+            let _ = worker.await;
+        }
         let _ = notifier.await;
         result
     }

@@ -26,6 +26,7 @@
 //! does (one lock order everywhere), and never two users' in one
 //! transaction.
 
+use crate::channels::{targets, Message};
 use crate::delivery::{Delivery, Due};
 use crate::schedule::{publish, Cause};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -37,6 +38,7 @@ use std::time::Duration;
 use todo_shared::consumer::{HandlerError, Progress};
 use todo_shared::envelope::{EventType, ReminderEventData};
 use todo_shared::outbox::{self, OutboxSignal};
+use todo_shared::preferences::Preferences;
 use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
@@ -64,6 +66,8 @@ pub struct Clock {
     /// How long a delivery in progress keeps other replicas away.
     pub lease: Duration,
     pub metrics: ClockMetrics,
+    /// The channel workers, woken when a firing has committed deliveries.
+    pub channel_workers: Vec<Arc<Notify>>,
 }
 
 #[derive(Clone)]
@@ -91,6 +95,7 @@ struct Delivering {
     due_at: Option<DateTime<Utc>>,
     remind_at: DateTime<Utc>,
     attempts: i32,
+    time_zone: String,
 }
 
 impl Delivering {
@@ -105,6 +110,8 @@ impl Delivering {
             fired_at: None,
             late_ms: None,
             sent_at: None,
+            channel: None,
+            attempts: None,
         }
     }
 }
@@ -191,7 +198,7 @@ impl Clock {
                      WHERE user_id = $1 AND state = 'scheduled' AND attempt_at <= now()
                        AND (kafka_partition IS NULL OR kafka_partition = ANY($2))
                        FOR UPDATE SKIP LOCKED)
-              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts",
+              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts, time_zone",
         )
         .bind(user)
         .bind(partitions)
@@ -208,9 +215,19 @@ impl Clock {
                 .await
                 .map_err(anyhow_of)?;
         }
+        let deliveries = if due.is_empty() {
+            0
+        } else {
+            add_deliveries(&mut tx, user, &due).await?
+        };
         tx.commit().await?;
         if !due.is_empty() {
             self.signal.committed();
+        }
+        if deliveries > 0 {
+            for worker in &self.channel_workers {
+                worker.notify_one();
+            }
         }
         Ok(())
     }
@@ -226,7 +243,7 @@ impl Clock {
                        AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
                      ORDER BY attempt_at LIMIT $2
                        FOR UPDATE SKIP LOCKED)
-              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts",
+              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts, time_zone",
         )
         .bind(partitions)
         .bind(BATCH)
@@ -311,6 +328,67 @@ impl Clock {
         self.signal.committed();
         Ok(())
     }
+}
+
+/// One delivery per due reminder and target of the user's channels, in
+/// the firing's transaction: what has fired is delivered, whatever happens
+/// to this process after the commit.
+async fn add_deliveries(
+    conn: &mut sqlx::PgConnection,
+    user: &str,
+    due: &[Delivering],
+) -> anyhow::Result<u64> {
+    let preferences: Option<sqlx::types::Json<Preferences>> =
+        sqlx::query_scalar("SELECT preferences FROM notifier_channels WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(preferences) = preferences else {
+        return Ok(0);
+    };
+    let targets = targets(&preferences.0);
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    let (mut ids, mut channels, mut keys, mut reminders, mut settings, mut messages) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for r in due {
+        let message = serde_json::to_value(Message {
+            reminder_id: r.reminder_id,
+            task_id: r.task_id,
+            title: r.title.clone(),
+            due_at: r.due_at,
+            remind_at: r.remind_at,
+            time_zone: r.time_zone.clone(),
+        })?;
+        for (kind, target, config) in &targets {
+            ids.push(Due::delivery_id(r.reminder_id, r.remind_at));
+            channels.push(kind.as_str());
+            keys.push(target.clone());
+            reminders.push(r.reminder_id);
+            settings.push(config.clone());
+            messages.push(message.clone());
+        }
+    }
+    let added = sqlx::query(
+        "INSERT INTO reminder_deliveries
+                (delivery_id, channel, target, reminder_id, user_id, settings, reminder, state,
+                 attempt_at)
+         SELECT d, c, t, r, $7, s, m, 'pending', now()
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::jsonb[])
+                AS x(d, c, t, r, s, m)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&channels)
+    .bind(&keys)
+    .bind(&reminders)
+    .bind(&settings)
+    .bind(&messages)
+    .bind(user)
+    .execute(&mut *conn)
+    .await?;
+    Ok(added.rows_affected())
 }
 
 async fn set_state(

@@ -3,6 +3,7 @@
 //! to it as `reminder.*` events.
 
 pub mod app;
+pub mod channels;
 pub mod clock;
 pub mod delivery;
 pub mod schedule;

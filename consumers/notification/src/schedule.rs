@@ -5,6 +5,7 @@
 //! that makes it.
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use todo_shared::consumer::{Event, Handler, HandlerError};
 use todo_shared::domain::{in_time_range, Reminder, Task};
 use todo_shared::envelope::{EventDraft, EventKind, EventType, ReminderEventData};
 use todo_shared::outbox::{self, OutboxSignal};
+use todo_shared::preferences::Preferences;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -81,6 +83,8 @@ fn data(task: &Task, id: Uuid, remind_at: DateTime<Utc>) -> ReminderEventData {
         fired_at: None,
         late_ms: None,
         sent_at: None,
+        channel: None,
+        attempts: None,
     }
 }
 
@@ -91,6 +95,9 @@ impl Handler for Schedule {
     }
 
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        if event.envelope.event_type.known() == Some(EventType::UserNotificationsUpdated) {
+            return keep_channels(conn, event).await;
+        }
         let task = event.task_data()?.task;
         let env = &event.envelope;
         let cause = Cause {
@@ -146,10 +153,12 @@ impl Handler for Schedule {
             if schedule {
                 sqlx::query(
                     "INSERT INTO reminders (reminder_id, task_id, user_id, spec, title, due_at,
-                                            remind_at, state, attempts, attempt_at, kafka_partition)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', 0, $7, $8)
+                                            remind_at, state, attempts, attempt_at, kafka_partition,
+                                            time_zone)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', 0, $7, $8, $9)
                      ON CONFLICT (reminder_id) DO UPDATE
                         SET title = EXCLUDED.title, due_at = EXCLUDED.due_at,
+                            time_zone = EXCLUDED.time_zone,
                             remind_at = EXCLUDED.remind_at, state = 'scheduled', attempts = 0,
                             attempt_at = EXCLUDED.attempt_at,
                             kafka_partition = EXCLUDED.kafka_partition, updated_at = now()",
@@ -162,6 +171,7 @@ impl Handler for Schedule {
                 .bind(task.due_at)
                 .bind(remind_at)
                 .bind(event.origin.partition)
+                .bind(zone(&task))
                 .execute(&mut *conn)
                 .await?;
                 publish(
@@ -174,12 +184,13 @@ impl Handler for Schedule {
             } else {
                 // Same time: keep what it shows up to date.
                 sqlx::query(
-                    "UPDATE reminders SET title = $2, due_at = $3, updated_at = now()
+                    "UPDATE reminders SET title = $2, due_at = $3, time_zone = $4, updated_at = now()
                       WHERE reminder_id = $1",
                 )
                 .bind(id)
                 .bind(&task.title)
                 .bind(task.due_at)
+                .bind(zone(&task))
                 .execute(&mut *conn)
                 .await?;
             }
@@ -203,6 +214,31 @@ impl Handler for Schedule {
             self.signal.committed();
         }
     }
+}
+
+/// The zone the person reads the task's times in: its recurrence's.
+fn zone(task: &Task) -> &'static str {
+    task.recurrence
+        .as_ref()
+        .map(|r| r.timezone.tz().name())
+        .unwrap_or("UTC")
+}
+
+/// The notifier's copy of a user's channels: the latest event wins (they
+/// arrive in the user's order, once each).
+async fn keep_channels(conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+    let preferences = Preferences::deserialize(&event.envelope.data)
+        .map_err(|e| HandlerError::rejected(format!("notification preferences: {e}")))?;
+    sqlx::query(
+        "INSERT INTO notifier_channels (user_id, preferences) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET preferences = EXCLUDED.preferences,
+                                             updated_at = now()",
+    )
+    .bind(&event.envelope.userid)
+    .bind(sqlx::types::Json(&preferences))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn cancel(

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use todo_api::testing::{assert_schema_valid, Api, Stack};
-use todo_notifier::app::{App, Options};
+use todo_notifier::app::{App, ChannelOptions, Options};
 use todo_notifier::delivery::{Delivery, Due, LogDelivery};
+use todo_shared::config::Env;
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::envelope::Topic;
 use todo_shared::shutdown::{self, ShutdownTrigger};
@@ -33,6 +34,8 @@ fn options() -> Options {
         consumer,
         max_attempts: 3,
         delivery_lease: Duration::from_secs(2),
+        channels: ChannelOptions::from_lookup(&Env::new(|_: &str| None), 3)
+            .expect("no channels configured"),
     }
 }
 

@@ -37,6 +37,8 @@ pub fn kafka_settings(broker: &Broker) -> KafkaSettings {
 
 /// A 32-byte secret for test tokens.
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+/// The `WEBHOOK_SECRET_KEY` of the services tests start.
+pub const WEBHOOK_SECRET_KEY: &str = "test-webhook-key-test-webhook-key-0001";
 
 /// Logs of the code under test, shown for failing tests (`RUST_LOG` filters).
 pub fn init_logging() {

@@ -1,0 +1,834 @@
+//! Reminders that reach people: e-mail to a real SMTP server (aiosmtpd),
+//! webhooks to real HTTP receivers that check the signature, Web Push to an
+//! endpoint that decrypts the payload and verifies the VAPID token; each
+//! through todo-api's preferences, the broker and todo-notifier.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use base64::Engine as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use todo_api::testing::{Api, Stack};
+use todo_notifier::app::{App, ChannelOptions, Options};
+use todo_notifier::delivery::LogDelivery;
+use todo_shared::config::Env;
+use todo_shared::consumer::ConsumerConfig;
+use todo_shared::envelope::Topic;
+use todo_shared::shutdown::{self, ShutdownTrigger};
+use todo_shared::testing::{EventReader, Received, WEBHOOK_SECRET_KEY};
+use tokio::task::JoinHandle;
+use web_push_native::jwt_simple::algorithms::{
+    ECDSAP256PublicKeyLike, ES256KeyPair, ES256PublicKey,
+};
+use web_push_native::jwt_simple::claims::NoCustomClaims;
+use web_push_native::p256;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Notifier {
+    trigger: ShutdownTrigger,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Notifier {
+    async fn spawn(stack: &Stack, env: &[(&str, String)]) -> Notifier {
+        let mut vars: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        vars.insert("WEBHOOK_SECRET_KEY".into(), WEBHOOK_SECRET_KEY.into());
+        vars.entry("WEBHOOK_ALLOW_PRIVATE_NETWORKS".into())
+            .or_insert_with(|| "true".into());
+        vars.entry("REMINDER_CHANNEL_TIMEOUT_MS".into())
+            .or_insert_with(|| "2000".into());
+        let lookup = Env::new(move |k: &str| vars.get(k).cloned());
+        let mut consumer = ConsumerConfig::new(todo_notifier::NAME, &[Topic::TaskEvents]);
+        consumer.session_timeout = Duration::from_secs(6);
+        let options = Options {
+            consumer,
+            max_attempts: 3,
+            delivery_lease: Duration::from_secs(5),
+            channels: ChannelOptions::from_lookup(&lookup, 3).expect("channel settings"),
+        };
+        let app = App::build(&stack.settings(), options, Arc::new(LogDelivery))
+            .await
+            .expect("todo-notifier starts");
+        let (trigger, shutdown) = shutdown::channel();
+        Notifier {
+            trigger,
+            handle: tokio::spawn(app.run(shutdown)),
+        }
+    }
+
+    /// Gone at once, as with kill -9: nothing in flight is recorded.
+    async fn crash(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        self.handle
+            .await
+            .expect("task")
+            .expect("todo-notifier ran cleanly");
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().expect("time"))
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
+}
+
+async fn set_channels(stack: &Stack, api: &Api, token: &str, body: Value) -> Value {
+    let (status, answer) = stack
+        .call(api, Method::PUT, "/me/notifications", token, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+/// A task of `token`'s user with one reminder at `in_secs` from now.
+async fn remind(stack: &Stack, api: &Api, token: &str, title: &str, in_secs: i64) -> Value {
+    let at = Utc::now() + TimeDelta::seconds(in_secs);
+    stack
+        .create(
+            api,
+            token,
+            json!({
+                "title": title,
+                "due_at": rfc3339(at + TimeDelta::hours(1)),
+                "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "Europe/Berlin", "mode": "on_completion"},
+                "reminders": [{"at": rfc3339(at)}],
+            }),
+        )
+        .await
+}
+
+/// Reads reminder events until `done` holds for those read so far.
+async fn read_until(reader: &EventReader, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while !done(&got) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match reader.next(left).await {
+            Some(e) => got.push(e),
+            None => panic!(
+                "reminder events so far: {:?}",
+                got.iter()
+                    .map(|e| (e.event_type().to_owned(), e.value["data"].clone()))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+    got
+}
+
+fn outcome<'a>(events: &'a [Received], task: &Value, channel: &str) -> Option<&'a Received> {
+    events.iter().find(|e| {
+        matches!(e.event_type(), "reminder.sent" | "reminder.failed")
+            && e.value["data"]["task_id"] == task["id"]
+            && e.value["data"]["channel"] == channel
+    })
+}
+
+// ---------------------------------------------------------------- e-mail
+
+/// aiosmtpd, started by the test (`TEST_SMTP_PYTHON` is a Python with it,
+/// as `scripts/test.sh` prepares).
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl SmtpServer {
+    fn start(refuse_first: u32) -> SmtpServer {
+        let python = std::env::var("TEST_SMTP_PYTHON").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            format!("{home}/.cache/todo-platform/smtp-venv/bin/python")
+        });
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/smtp_receiver.py"
+        );
+        let mut child = Command::new(&python)
+            .arg(script)
+            .arg("--refuse-first")
+            .arg(refuse_first.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start the SMTP server with {python} (scripts/test.sh installs aiosmtpd): {e}"
+                )
+            });
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        out.read_line(&mut first).expect("the SMTP server's port");
+        let port = first
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("SMTP server said {first:?}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().expect("lines").push(v);
+                }
+            }
+        });
+        SmtpServer { child, port, lines }
+    }
+
+    fn accepted(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|v| v.get("refused").is_none())
+            .cloned()
+            .collect()
+    }
+
+    fn refused(&self) -> usize {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|v| v.get("refused").is_some())
+            .count()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = stdin.write_all(b"");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a header in a raw message (unfolded).
+fn header(raw: &str, name: &str) -> Option<String> {
+    let head = raw.split("\r\n\r\n").next().unwrap_or(raw);
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    unfolded.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_arrives_once_with_its_message_id_after_a_transient_refusal() {
+    let stack = Stack::new().await;
+    let smtp = SmtpServer::start(1);
+    let api = stack.spawn_api().await;
+    let notifier = Notifier::spawn(
+        &stack,
+        &[
+            ("SMTP_URL", format!("smtp://127.0.0.1:{}", smtp.port)),
+            ("SMTP_FROM", "Reminders <reminders@todo.test>".into()),
+        ],
+    )
+    .await;
+    let ann = stack.token("ann");
+    let reader = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
+    set_channels(
+        &stack,
+        &api,
+        &ann,
+        json!({"email": {"address": "ann@example.com", "enabled": true}}),
+    )
+    .await;
+    let task = remind(&stack, &api, &ann, "Water <the> plants", 4).await;
+
+    let events = read_until(&reader, |got| outcome(got, &task, "email").is_some()).await;
+    let sent = outcome(&events, &task, "email").expect("outcome");
+    assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
+    assert_eq!(
+        sent.value["data"]["attempts"], 2,
+        "one refusal, then delivered"
+    );
+    assert_eq!(smtp.refused(), 1);
+    let mails = smtp.accepted();
+    assert_eq!(mails.len(), 1, "delivered once: {mails:?}");
+    let mail = &mails[0];
+    assert_eq!(mail["to"], json!(["ann@example.com"]));
+    assert_eq!(mail["from"], "reminders@todo.test");
+    let raw = mail["data"].as_str().expect("message");
+    let delivery_id = sent.value["correlationid"].as_str().expect("delivery id");
+    assert_eq!(
+        header(raw, "Message-ID").as_deref(),
+        Some(format!("<{delivery_id}@todo.test>").as_str()),
+        "{raw}"
+    );
+    assert!(
+        header(raw, "Subject").is_some_and(|s| s.contains("Water <the> plants")),
+        "{raw}"
+    );
+    assert!(header(raw, "Content-Type").is_some_and(|c| c.starts_with("multipart/alternative")));
+    // The due time in the task's zone (Berlin: CET or CEST), and the link.
+    assert!(raw.contains("CET") || raw.contains("CEST"), "{raw}");
+    assert!(raw.contains(task["id"].as_str().expect("id")), "{raw}");
+    // The HTML part escapes the title.
+    assert!(raw.contains("Water &lt;the&gt; plants"), "{raw}");
+    notifier.stop().await;
+    api.stop().await;
+}
+
+// -------------------------------------------------------------- webhooks
+
+#[derive(Clone, Default)]
+struct Receiver {
+    /// Requests seen, per path: (headers, body).
+    seen: Arc<Mutex<HashMap<String, Vec<(HeaderMap, Bytes)>>>>,
+}
+
+impl Receiver {
+    fn seen(&self, path: &str) -> Vec<(HeaderMap, Bytes)> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn record(&self, path: &str, headers: HeaderMap, body: Bytes) -> usize {
+        let mut seen = self.seen.lock().expect("seen");
+        let list = seen.entry(path.to_owned()).or_default();
+        list.push((headers, body));
+        list.len()
+    }
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+fn webhook_receiver(receiver: Receiver) -> Router {
+    Router::new()
+        .route(
+            "/ok",
+            post(
+                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+                    r.record("/ok", headers, body);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .route(
+            "/flaky",
+            post(
+                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+                    if r.record("/flaky", headers, body) <= 2 {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    }
+                },
+            ),
+        )
+        .route(
+            "/hang",
+            post(
+                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+                    r.record("/hang", headers, body);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    StatusCode::OK
+                },
+            ),
+        )
+        .route(
+            "/first-hangs",
+            post(
+                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+                    if r.record("/first-hangs", headers, body) == 1 {
+                        tokio::time::sleep(Duration::from_secs(600)).await;
+                    }
+                    StatusCode::OK
+                },
+            ),
+        )
+        .route(
+            "/gone",
+            post(
+                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+                    r.record("/gone", headers, body);
+                    StatusCode::GONE
+                },
+            ),
+        )
+        .with_state(receiver)
+}
+
+/// A stack with todo-api, todo-notifier (with `env`), a webhook receiver
+/// at `base` and a reader of the reminders topic.
+struct Hooks {
+    stack: Stack,
+    receiver: Receiver,
+    base: String,
+    api: Api,
+    notifier: Notifier,
+    reader: EventReader,
+}
+
+impl Hooks {
+    async fn start(env: &[(&str, String)]) -> Hooks {
+        let stack = Stack::new().await;
+        let receiver = Receiver::default();
+        let base = serve(webhook_receiver(receiver.clone())).await;
+        let api = stack.spawn_api().await;
+        let notifier = Notifier::spawn(&stack, env).await;
+        let reader =
+            EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
+        Hooks {
+            stack,
+            receiver,
+            base,
+            api,
+            notifier,
+            reader,
+        }
+    }
+}
+
+/// Checks a delivery as a Standard Webhooks receiver does, with the secret
+/// the user was shown: HMAC-SHA256 over `id.timestamp.body`.
+fn signature_valid(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .expect("secret is base64");
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).expect("key");
+    mac.update(format!("{}.{}.", get("webhook-id"), get("webhook-timestamp")).as_bytes());
+    mac.update(body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    get("webhook-signature").split(' ').any(|s| s == expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_on_5xx_and_one_that_hangs_delays_nobody_else() {
+    // An attempt may take 3 s: bob's receiver holds each of his for that long.
+    let Hooks {
+        stack,
+        receiver,
+        base,
+        api,
+        notifier,
+        reader,
+    } = Hooks::start(&[
+        ("REMINDER_CHANNEL_TIMEOUT_MS", "3000".into()),
+        ("REMINDER_CHANNEL_CONCURRENCY", "32".into()),
+    ])
+    .await;
+    let (ann, bob, cat, dan) = (
+        stack.token("ann"),
+        stack.token("bob"),
+        stack.token("cat"),
+        stack.token("dan"),
+    );
+    let mut secrets = HashMap::new();
+    for (user, token, path) in [
+        ("ann", &ann, "/flaky"),
+        ("bob", &bob, "/hang"),
+        ("cat", &cat, "/ok"),
+        ("dan", &dan, "/gone"),
+    ] {
+        let answer = set_channels(
+            &stack,
+            &api,
+            token,
+            json!({"webhook": {"url": format!("{base}{path}"), "enabled": true}}),
+        )
+        .await;
+        let secret = answer["webhook"]["secret"]
+            .as_str()
+            .expect("the secret, shown once");
+        assert!(secret.starts_with("whsec_"), "{answer}");
+        secrets.insert(user, secret.to_owned());
+    }
+    // bob's hangs first; cat's, due a moment later, must not wait for it.
+    let hanging = remind(&stack, &api, &bob, "bob's", 4).await;
+    let flaky = remind(&stack, &api, &ann, "ann's", 5).await;
+    let ok = remind(&stack, &api, &cat, "cat's", 5).await;
+    let gone = remind(&stack, &api, &dan, "dan's", 5).await;
+
+    let events = read_until(&reader, |got| {
+        [&hanging, &flaky, &ok, &gone]
+            .iter()
+            .all(|t| outcome(got, t, "webhook").is_some())
+    })
+    .await;
+
+    // cat's: signed with the secret cat was shown, the delivery id as
+    // webhook-id, on time.
+    let sent = outcome(&events, &ok, "webhook").expect("cat's");
+    assert_eq!(sent.event_type(), "reminder.sent");
+    let seen = receiver.seen("/ok");
+    assert_eq!(seen.len(), 1);
+    let (headers, body) = &seen[0];
+    assert!(
+        signature_valid(&secrets["cat"], headers, body),
+        "{headers:?}"
+    );
+    assert!(
+        !signature_valid(&secrets["ann"], headers, body),
+        "another user's secret must not verify"
+    );
+    assert_eq!(
+        headers.get("webhook-id").and_then(|v| v.to_str().ok()),
+        sent.value["correlationid"].as_str()
+    );
+    let payload: Value = serde_json::from_slice(body).expect("json");
+    assert_eq!(payload["data"]["title"], "cat's");
+    let late = time(&sent.value["data"]["sent_at"]) - time(&sent.value["data"]["remind_at"]);
+    assert!(
+        late < TimeDelta::milliseconds(1500),
+        "cat's webhook waited {late} behind bob's"
+    );
+
+    // ann's: 500, 500, 200: one delivery, three attempts with one id.
+    let sent = outcome(&events, &flaky, "webhook").expect("ann's");
+    assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
+    assert_eq!(sent.value["data"]["attempts"], 3);
+    let seen = receiver.seen("/flaky");
+    assert_eq!(seen.len(), 3);
+    let ids: Vec<_> = seen
+        .iter()
+        .map(|(h, _)| h.get("webhook-id").cloned())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    assert!(seen
+        .iter()
+        .all(|(h, b)| signature_valid(&secrets["ann"], h, b)));
+
+    // bob's: each attempt cut off at the timeout, then failed for good.
+    let failed = outcome(&events, &hanging, "webhook").expect("bob's");
+    assert_eq!(failed.event_type(), "reminder.failed", "{}", failed.value);
+    assert_eq!(failed.value["data"]["attempts"], 3);
+    assert!(failed.value["data"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("no answer within")));
+
+    // dan's: 410 is final, one attempt.
+    let failed = outcome(&events, &gone, "webhook").expect("dan's");
+    assert_eq!(failed.event_type(), "reminder.failed", "{}", failed.value);
+    assert_eq!(failed.value["data"]["attempts"], 1);
+    assert_eq!(receiver.seen("/gone").len(), 1);
+    notifier.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_turned_off_stops_its_deliveries() {
+    let Hooks {
+        stack,
+        receiver,
+        base,
+        api,
+        notifier,
+        reader,
+    } = Hooks::start(&[]).await;
+    let ann = stack.token("ann");
+    let url = format!("{base}/ok");
+    set_channels(
+        &stack,
+        &api,
+        &ann,
+        json!({"webhook": {"url": url, "enabled": true}}),
+    )
+    .await;
+    let first = remind(&stack, &api, &ann, "first", 3).await;
+    read_until(&reader, |got| outcome(got, &first, "webhook").is_some()).await;
+    assert_eq!(receiver.seen("/ok").len(), 1);
+
+    let answer = set_channels(
+        &stack,
+        &api,
+        &ann,
+        json!({"webhook": {"url": url, "enabled": false}}),
+    )
+    .await;
+    assert!(
+        answer["webhook"].get("secret").is_none(),
+        "same URL, same secret: not shown again"
+    );
+    let second = remind(&stack, &api, &ann, "second", 3).await;
+    // The platform's own delivery (log line, open pages) still happens...
+    let events = read_until(&reader, |got| {
+        got.iter().any(|e| {
+            e.event_type() == "reminder.sent"
+                && e.value["data"]["task_id"] == second["id"]
+                && e.value["data"].get("channel").is_none()
+        })
+    })
+    .await;
+    assert!(outcome(&events, &second, "webhook").is_none());
+    // ...and the firing made no webhook delivery (deliveries are written
+    // in the firing's own transaction, so none can come later).
+    let deliveries: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reminder_deliveries d JOIN reminders r USING (reminder_id)
+          WHERE r.task_id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(second["id"].as_str().expect("id")).expect("uuid"))
+    .fetch_one(&stack.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(deliveries, 0);
+    assert_eq!(receiver.seen("/ok").len(), 1);
+    notifier.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_cut_off_by_a_crash_is_made_again_with_the_same_id() {
+    let Hooks {
+        stack,
+        receiver,
+        base,
+        api,
+        notifier,
+        reader,
+    } = Hooks::start(&[]).await;
+    let ann = stack.token("ann");
+    let answer = set_channels(
+        &stack,
+        &api,
+        &ann,
+        json!({"webhook": {"url": format!("{base}/first-hangs"), "enabled": true}}),
+    )
+    .await;
+    let secret = answer["webhook"]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let task = remind(&stack, &api, &ann, "ann's", 3).await;
+    // The first attempt is under way (the receiver holds it)...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while receiver.seen("/first-hangs").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt was made"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...when the notifier dies. Its successor makes it again once the
+    // lease is over, with the same webhook-id, and records it once.
+    notifier.crash().await;
+    let notifier = Notifier::spawn(&stack, &[]).await;
+    let events = read_until(&reader, |got| outcome(got, &task, "webhook").is_some()).await;
+    let sent = outcome(&events, &task, "webhook").expect("outcome");
+    assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
+    assert_eq!(sent.value["data"]["attempts"], 2);
+    let seen = receiver.seen("/first-hangs");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].0.get("webhook-id"), seen[1].0.get("webhook-id"));
+    assert!(signature_valid(&secret, &seen[1].0, &seen[1].1));
+    notifier.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_to_an_internal_address_is_refused_without_a_request() {
+    let Hooks {
+        stack,
+        receiver,
+        base,
+        api,
+        notifier,
+        reader,
+    } = Hooks::start(&[("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "false".into())]).await;
+    let port = base.rsplit(':').next().expect("port");
+    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    // A name that resolves to loopback, and the cloud metadata address.
+    set_channels(
+        &stack,
+        &api,
+        &ann,
+        json!({"webhook": {"url": format!("https://localhost:{port}/ok"), "enabled": true}}),
+    )
+    .await;
+    set_channels(
+        &stack,
+        &api,
+        &bob,
+        json!({"webhook": {"url": "https://169.254.169.254/latest/meta-data", "enabled": true}}),
+    )
+    .await;
+    let (a, b) = (
+        remind(&stack, &api, &ann, "a", 3).await,
+        remind(&stack, &api, &bob, "b", 3).await,
+    );
+    let events = read_until(&reader, |got| {
+        outcome(got, &a, "webhook").is_some() && outcome(got, &b, "webhook").is_some()
+    })
+    .await;
+    for task in [&a, &b] {
+        let failed = outcome(&events, task, "webhook").expect("outcome");
+        assert_eq!(failed.event_type(), "reminder.failed", "{}", failed.value);
+        assert_eq!(failed.value["data"]["attempts"], 1, "not worth a retry");
+        assert!(
+            failed.value["data"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("internal address")),
+            "{}",
+            failed.value
+        );
+    }
+    assert!(receiver.seen("/ok").is_empty());
+    notifier.stop().await;
+    api.stop().await;
+}
+
+// -------------------------------------------------------------- Web Push
+
+/// A browser's side of a push subscription: its key pair and auth secret.
+struct Browser {
+    secret: p256::SecretKey,
+    auth: [u8; 16],
+}
+
+impl Browser {
+    fn new() -> Self {
+        use p256::elliptic_curve::rand_core::{OsRng, RngCore};
+        let mut auth = [0u8; 16];
+        OsRng.fill_bytes(&mut auth);
+        Self {
+            secret: p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng),
+            auth,
+        }
+    }
+
+    fn subscription(&self, endpoint: &str) -> Value {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        json!({
+            "endpoint": endpoint,
+            "keys": {
+                "p256dh": b64.encode(self.secret.public_key().to_encoded_point(false).as_bytes()),
+                "auth": b64.encode(self.auth),
+            },
+            "expirationTime": null,
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_message_decrypts_to_the_reminder_and_is_signed_with_the_servers_vapid_key() {
+    let stack = Stack::new().await;
+    let receiver = Receiver::default();
+    let push_service = Router::new()
+        .route(
+            "/push/{device}",
+            post(
+                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+                    r.record("/push", headers, body);
+                    StatusCode::CREATED
+                },
+            ),
+        )
+        .with_state(receiver.clone());
+    let base = serve(push_service).await;
+    let vapid = ES256KeyPair::generate();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let api = stack.spawn_api().await;
+    let notifier = Notifier::spawn(
+        &stack,
+        &[
+            ("VAPID_PRIVATE_KEY", b64.encode(vapid.to_bytes())),
+            ("VAPID_SUBJECT", "mailto:ops@todo.test".into()),
+        ],
+    )
+    .await;
+    let reader = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
+    let ann = stack.token("ann");
+    let browser = Browser::new();
+    set_channels(
+        &stack,
+        &api,
+        &ann,
+        json!({"webpush": {"subscriptions": [browser.subscription(&format!("{base}/push/phone"))]}}),
+    )
+    .await;
+    let task = remind(&stack, &api, &ann, "Call the dentist", 3).await;
+    let events = read_until(&reader, |got| outcome(got, &task, "webpush").is_some()).await;
+    let sent = outcome(&events, &task, "webpush").expect("outcome");
+    assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
+
+    let seen = receiver.seen("/push");
+    assert_eq!(seen.len(), 1);
+    let (headers, body) = &seen[0];
+    assert_eq!(
+        headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("aes128gcm")
+    );
+    assert!(headers.get("ttl").is_some());
+    // RFC 8291: only the browser's private key and auth secret open it.
+    let auth = web_push_native::Auth::from(browser.auth);
+    let plain = web_push_native::decrypt(body.to_vec(), &browser.secret, &auth).expect("decrypts");
+    let message: Value = serde_json::from_slice(&plain).expect("json");
+    assert_eq!(message["title"], "Call the dentist");
+    assert_eq!(message["task_id"], task["id"]);
+    assert_eq!(message["delivery_id"], sent.value["correlationid"]);
+    // RFC 8292: `vapid t=<JWT>, k=<public key>`; the key is the server's
+    // and the token verifies with it, for this push service's origin.
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .expect("Authorization");
+    let rest = authorization.strip_prefix("vapid ").expect("vapid scheme");
+    let mut parts = HashMap::new();
+    for part in rest.split(',') {
+        let (k, v) = part.trim().split_once('=').expect("k=v");
+        parts.insert(k.to_owned(), v.to_owned());
+    }
+    let k = b64.decode(&parts["k"]).expect("k");
+    assert_eq!(k, vapid.public_key().public_key().to_bytes_uncompressed());
+    let public = ES256PublicKey::from_bytes(&k).expect("public key");
+    let claims = public
+        .verify_token::<NoCustomClaims>(&parts["t"], None)
+        .expect("the VAPID token verifies");
+    let audience = format!("{:?}", claims.audiences);
+    assert!(audience.contains("http://127.0.0.1"), "{audience}");
+    assert_eq!(claims.subject.as_deref(), Some("mailto:ops@todo.test"));
+    notifier.stop().await;
+    api.stop().await;
+}
