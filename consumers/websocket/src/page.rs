@@ -14,6 +14,8 @@ use todo_shared::domain::UserId;
 use todo_shared::http::Problem;
 
 const PAGE: &str = include_str!("../static/index.html");
+/// The page's service worker (Web Push notifications).
+const SERVICE_WORKER: &str = include_str!("../static/sw.js");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PageConfig {
@@ -35,6 +37,7 @@ pub fn router(config: PageConfig, keys: Arc<JwtKeys>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/config.json", get(settings))
+        .route("/sw.js", get(service_worker))
         .route("/dev/token", post(mint))
         .with_state(PageState { config, keys })
 }
@@ -46,6 +49,17 @@ async fn page() -> Response {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         PAGE,
+    )
+        .into_response()
+}
+
+async fn service_worker() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SERVICE_WORKER,
     )
         .into_response()
 }
