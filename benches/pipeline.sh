@@ -20,7 +20,11 @@
 #      a WebSocket, 200 clients, `rate` creates/s;
 #   9. (not in the default steps) MCP add_task vs POST /tasks: both at
 #      `rate`/2 per second, interleaved, in one open-loop run; p50/p99 of
-#      each and their ratio.
+#      each and their ratio;
+#  10. (not in the default steps) reminder channels: 10,000 reminders due
+#      within one minute, each to e-mail (aiosmtpd), a webhook that takes
+#      HOOK_DELAY_MS (200) and Web Push (todo-sink); lateness of the first
+#      attempt and of the delivery, per channel.
 # Reports (JSON, and SVG plots of todo-load's latencies) land in target/bench/.
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
 #   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (60 s),
@@ -281,4 +285,82 @@ if want 8; then
     --mix create=1 --seconds "$seconds" \
     --ws-clients 200 --ws-url ws://127.0.0.1:18084/ws --report "$out/websocket.json"
   stop todo-realtime
+fi
+
+if want 10; then
+  n="${REMINDERS:-10000}"
+  lead="${REMINDERS_IN:-60}"
+  echo "== 10. reminder channels: $n reminders due within ${REMINDERS_WINDOW:-60} s, each to e-mail (aiosmtpd), a webhook (+${HOOK_DELAY_MS:-200} ms) and Web Push"
+  cargo build -q --release --bin todo-sink
+  stop todo-audit
+  stop todo-recurring
+  stop todo-api
+  smtp_python="${TEST_SMTP_PYTHON:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/smtp-venv/bin/python}"
+  [ -x "$smtp_python" ] || { echo "no aiosmtpd at $smtp_python (scripts/test.sh prepares it)" >&2; exit 1; }
+  # The SMTP server prints its port, then one line per message (kept in a file).
+  mkfifo "$out/smtp.fifo" 2>/dev/null || true
+  sleep 100000 >"$out/smtp.fifo" &
+  running[smtp-stdin]=$!
+  "$smtp_python" consumers/notification/tests/support/smtp_receiver.py <"$out/smtp.fifo" >"$out/smtp.log" 2>&1 &
+  running[smtp]=$!
+  for _ in $(seq 1 100); do grep -q '^PORT ' "$out/smtp.log" 2>/dev/null && break; sleep 0.1; done
+  smtp_port=$(sed -n 's/^PORT //p' "$out/smtp.log")
+  "$bin/todo-sink" --port 18099 --delay-ms "${HOOK_DELAY_MS:-200}" &
+  running[todo-sink]=$!
+  wait_http http://127.0.0.1:18099/stats
+  read -r vapid_private vapid_public < <("$bin/todo-notifier" vapid-keys | sed 's/^[A-Z_]*=//' | paste -sd' ')
+  export WEBHOOK_SECRET_KEY=bench-webhook-key-bench-webhook-key-0001
+  start todo-api 18080 VAPID_PUBLIC_KEY="$vapid_public"
+  env PORT=18082 SMTP_URL="smtp://127.0.0.1:$smtp_port" VAPID_PRIVATE_KEY="$vapid_private" \
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS=true REMINDER_CHANNEL_CONCURRENCY="${CHANNEL_CONCURRENCY:-256}" \
+    "$bin/todo-notifier" >"$out/notifier.log" 2>&1 &
+  running[todo-notifier]=$!
+  wait_http http://127.0.0.1:18082/ready
+  caught_up http://127.0.0.1:18082
+  "$bin/todo-load" --url $api --concurrency 32 --requests "$n" --warmup 0 --seconds 600 \
+    --reminders-in "$lead" --reminders-window "${REMINDERS_WINDOW:-60}" \
+    --channels http://127.0.0.1:18099 --report "$out/channels-load.json"
+  read -r first window created < <(python3 -c "
+import json; r = json.load(open('$out/channels-load.json'))
+print(r['reminders']['first_at'], r['reminders']['window_s'], r['latency']['count'])")
+  echo "waiting for $created reminders x 3 channels (due from $first, over ${window} s) to be delivered"
+  deadline=$(( $(date +%s) + ${lead%.*} + ${window%.*} + 300 ))
+  while :; do
+    done_n=$(sql "SELECT count(*) FROM reminder_deliveries WHERE state <> 'pending'")
+    [ "$done_n" -ge $(( created * 3 )) ] && break
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "only $done_n of $(( created * 3 )) deliveries done in time" >&2; break
+    fi
+    sleep 1
+  done
+  sql "SELECT json_object_agg(channel, j) FROM (
+         SELECT channel, json_build_object(
+                  'deliveries', count(*),
+                  'sent', count(*) FILTER (WHERE state = 'sent'),
+                  'attempts_max', max(attempts),
+                  'first_attempt_minus_remind_at_ms', json_build_object(
+                      'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric, 1),
+                      'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric, 1),
+                      'max', round(max(f)::numeric, 1)),
+                  'delivered_minus_remind_at_ms', json_build_object(
+                      'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY d)::numeric, 1),
+                      'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d)::numeric, 1),
+                      'max', round(max(d)::numeric, 1))) AS j
+           FROM (SELECT channel, state, attempts,
+                        extract(epoch FROM first_attempt_at - (reminder->>'remind_at')::timestamptz) * 1000 AS f,
+                        extract(epoch FROM done_at - (reminder->>'remind_at')::timestamptz) * 1000 AS d
+                   FROM reminder_deliveries) x
+          GROUP BY channel) y" >"$out/channels.json"
+  python3 -c "
+import json; r = json.load(open('$out/channels.json'))
+for ch, v in sorted(r.items()):
+    f, d = v['first_attempt_minus_remind_at_ms'], v['delivered_minus_remind_at_ms']
+    print(f\"{ch:8} {v['sent']}/{v['deliveries']} sent (max {v['attempts_max']} attempts); first attempt - remind_at: p50 {f['p50']} ms, p99 {f['p99']} ms, max {f['max']} ms; delivered - remind_at: p50 {d['p50']} ms, p99 {d['p99']} ms\")
+print('report: $out/channels.json; the sink: ' + open('/dev/stdin').read().strip())" < <(curl -fs http://127.0.0.1:18099/stats)
+  echo "e-mails accepted by aiosmtpd: $(grep -c '"to"' "$out/smtp.log" || true)"
+  stop todo-notifier
+  stop todo-sink
+  stop smtp
+  stop smtp-stdin
+  rm -f "$out/smtp.fifo"
 fi

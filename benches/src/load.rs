@@ -85,6 +85,12 @@ struct Args {
     /// The window the reminders fall in, in seconds.
     #[arg(long, default_value_t = 60.0)]
     reminders_window: f64,
+    /// Before the load, give every user all three reminder channels
+    /// (`PUT /me/notifications`): e-mail to `<user>@bench.invalid`, a webhook
+    /// at `<URL>/hook` and a push subscription at `<URL>/push/<i>` (what
+    /// `todo-sink` serves).
+    #[arg(long, value_name = "URL")]
+    channels: Option<String>,
     /// Write the latency plot (SVG) here; by default next to `--report`,
     /// with `.svg`.
     #[arg(long)]
@@ -191,6 +197,37 @@ impl Mix {
 }
 
 /// One user: a token and the ids of their open tasks.
+/// Every user's channels, set before the load.
+async fn set_channels(
+    client: &reqwest::Client,
+    base: &str,
+    users: &[User],
+    sink: &str,
+) -> anyhow::Result<()> {
+    // A valid P-256 point and auth secret: the sink does not decrypt.
+    const P256DH: &str =
+        "BLn9b-VR0ca83knDNZ32dCHGyjJp-1riX9ZTN40MqV8K_LpQmLqxC_DoHvqvFXO_nGdAB4W9dogZb_sM-uV4JbY";
+    for (i, user) in users.iter().enumerate() {
+        let body = serde_json::json!({
+            "email": {"address": format!("user{i}@bench.invalid"), "enabled": true},
+            "webhook": {"url": format!("{sink}/hook"), "enabled": true},
+            "webpush": {"subscriptions": [{
+                "endpoint": format!("{sink}/push/{i}"),
+                "keys": {"p256dh": P256DH, "auth": "_ordMnz7uTCmrpBTeUV4Bw"},
+            }]},
+        });
+        client
+            .put(format!("{base}/me/notifications"))
+            .header("authorization", &user.auth)
+            .json(&body)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .context("PUT /me/notifications")?;
+    }
+    Ok(())
+}
+
 struct User {
     token: String,
     auth: String,
@@ -503,6 +540,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("todo-api does not answer at {base}/health"))?;
+
+    if let Some(sink) = &args.channels {
+        set_channels(&client, &base, &users, sink.trim_end_matches('/')).await?;
+        println!("{} users have e-mail, webhook and Web Push on", users.len());
+    }
 
     // The WebSocket clients connect (and have their backlog) before the load.
     let mut sockets = Vec::new();
