@@ -51,4 +51,6 @@ start_nisshi() {
 fresh_db() {
   [ -x "$nisshi" ] || { echo "no nisshi at $nisshi (scripts/install-broker.sh installs it)" >&2; exit 1; }
   psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+  # Services no longer migrate on start: todo-api migrate is the one migrator.
+  "$bin/todo-api" migrate >/dev/null
 }
