@@ -24,7 +24,10 @@
 #  10. (not in the default steps) reminder channels: 10,000 reminders due
 #      within one minute, each to e-mail (aiosmtpd), a webhook that takes
 #      HOOK_DELAY_MS (200) and Web Push (todo-sink); lateness of the first
-#      attempt and of the delivery, per channel.
+#      attempt and of the delivery, per channel;
+#  11. (not in the default steps) API latency for users whose backlog of
+#      events todo-notifier is applying (BURST, 40,000), at BURST_RATE (200)/s,
+#      against the same users with no consumer running.
 # Reports (JSON, and SVG plots of todo-load's latencies) land in target/bench/.
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
 #   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (60 s),
@@ -363,4 +366,38 @@ print('report: $out/channels.json; the sink: ' + open('/dev/stdin').read().strip
   stop smtp
   stop smtp-stdin
   rm -f "$out/smtp.fifo"
+fi
+
+if want 11; then
+  burst="${BURST:-40000}"
+  brate="${BURST_RATE:-200}"
+  echo "== 11. API latency for users whose backlog of $burst events todo-notifier is applying, at ${brate} creates/s, against the same users with no consumer running"
+  stop todo-audit
+  stop todo-recurring
+  stop todo-notifier
+  [ -n "${running[todo-api]:-}" ] || start todo-api 18080
+  prefix="burst-$$"
+  # The backlog: creates with a reminder a day ahead (scheduled, never
+  # fired), written while no notifier runs.
+  "$bin/todo-load" --url $api --concurrency 32 --users 200 --user-prefix "$prefix" \
+    --requests "$burst" --warmup 0 --seconds 600 --reminders-in 86400 \
+    --report "$out/burst-backlog.json" >/dev/null
+  "$bin/todo-load" --url $api --rate "$brate" --concurrency 64 --users 200 --user-prefix "$prefix" \
+    --warmup 1 --seconds 10 --report "$out/burst-quiet.json"
+  env PORT=18082 "$bin/todo-notifier" >"$out/notifier.log" 2>&1 &
+  running[todo-notifier]=$!
+  wait_http http://127.0.0.1:18082/ready
+  t0=$(now)
+  "$bin/todo-load" --url $api --rate "$brate" --concurrency 64 --users 200 --user-prefix "$prefix" \
+    --warmup 0 --seconds 10 --report "$out/burst-busy.json" &
+  load=$!
+  caught_up http://127.0.0.1:18082
+  t1=$(now)
+  wait "$load"
+  python3 -c "
+import json
+q, b = (json.load(open(f'$out/burst-{n}.json'))['latency'] for n in ('quiet', 'busy'))
+print(f\"same users, {$brate}/s: no consumer p50 {q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms; during the burst p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms ({b['p99_ms']/q['p99_ms']:.2f} x)\")
+print(f'the notifier applied the backlog in {$t1-$t0:.1f} s of the 10 s measured')"
+  stop todo-notifier
 fi

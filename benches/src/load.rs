@@ -85,6 +85,11 @@ struct Args {
     /// The window the reminders fall in, in seconds.
     #[arg(long, default_value_t = 60.0)]
     reminders_window: f64,
+    /// The users' names start with this (`<prefix>-<i>`); by default a
+    /// random one per run. Two runs with the same prefix act for the same
+    /// users.
+    #[arg(long)]
+    user_prefix: Option<String>,
     /// Before the load, give every user all three reminder channels
     /// (`PUT /me/notifications`): e-mail to `<user>@bench.invalid`, a webhook
     /// at `<URL>/hook` and a push subscription at `<URL>/push/<i>` (what
@@ -509,11 +514,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let keys = JwtKeys::new(&JwtSettings::with_secret(&args.jwt_secret));
-    let run_id: u32 = rand::random();
+    let prefix = args
+        .user_prefix
+        .clone()
+        .unwrap_or_else(|| format!("load-{:08x}", rand::random::<u32>()));
     let watched = args.ws_clients.min(args.users);
     let users = (0..args.users)
         .map(|i| {
-            let id = UserId::try_from(format!("load-{run_id:08x}-{i}"))
+            let id = UserId::try_from(format!("{prefix}-{i}"))
                 .map_err(|e| anyhow::anyhow!("user id: {e}"))?;
             let token = keys.mint(&id, Duration::from_secs(86_400));
             Ok(User {
