@@ -93,8 +93,8 @@ async fn replace(
     };
     let mut tx = todo_shared::db::begin(&state.pool).await?;
     // The user's sequence row first, as every writer of their events takes it.
-    todo_shared::outbox::lock_sequence(&mut *tx, user.as_str()).await?;
-    let before = stored(&mut *tx, &user, true).await?;
+    todo_shared::outbox::lock_sequence(&mut tx, user.as_str()).await?;
+    let before = stored(&mut tx, &user, true).await?;
     let (preferences, fresh_secret) = input.resolve(&before);
     if preferences != before {
         sqlx::query(
