@@ -299,14 +299,17 @@ async fn an_email_arrives_once_with_its_message_id_after_a_transient_refusal() {
 
 // -------------------------------------------------------------- webhooks
 
+/// A request as a receiver saw it.
+type Seen = (HeaderMap, Bytes);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    /// Requests seen, per path: (headers, body).
-    seen: Arc<Mutex<HashMap<String, Vec<(HeaderMap, Bytes)>>>>,
+    /// Requests seen, per path.
+    seen: Arc<Mutex<HashMap<String, Vec<Seen>>>>,
 }
 
 impl Receiver {
-    fn seen(&self, path: &str) -> Vec<(HeaderMap, Bytes)> {
+    fn seen(&self, path: &str) -> Vec<Seen> {
         self.seen
             .lock()
             .expect("seen")

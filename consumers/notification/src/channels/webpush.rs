@@ -44,20 +44,6 @@ impl Vapid {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_generated_pair_reads_back_as_the_same_key() {
-        let pair = Vapid::generate();
-        let again = Vapid::from_base64url(&pair.private_key(), String::new()).unwrap();
-        assert_eq!(again.public_key(), pair.public_key());
-        assert_eq!(pair.public_key().len(), 87, "65 bytes, base64url");
-        assert!(Vapid::from_base64url("not a key", String::new()).is_err());
-    }
-}
-
 pub struct WebPush {
     client: reqwest::Client,
     policy: Policy,
@@ -144,5 +130,19 @@ impl Channel for WebPush {
             ))),
             other => net::outcome(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_pair_reads_back_as_the_same_key() {
+        let pair = Vapid::generate();
+        let again = Vapid::from_base64url(&pair.private_key(), String::new()).unwrap();
+        assert_eq!(again.public_key(), pair.public_key());
+        assert_eq!(pair.public_key().len(), 87, "65 bytes, base64url");
+        assert!(Vapid::from_base64url("not a key", String::new()).is_err());
     }
 }
