@@ -2,6 +2,7 @@
 //! configuration, Kafka and PostgreSQL helpers, the outbox and its relay,
 //! authentication, telemetry and the operations endpoints.
 
+pub mod asyncapi;
 pub mod auth;
 pub mod config;
 pub mod consumer;

@@ -8,58 +8,7 @@ use std::collections::HashMap;
 
 const BASE: &str = "https://schemas.todo.invalid/events/";
 
-/// Every schema file, by file name.
-pub const FILES: [(&str, &str); 13] = [
-    (
-        "envelope.json",
-        include_str!("../schemas/events/envelope.json"),
-    ),
-    ("task.json", include_str!("../schemas/events/task.json")),
-    (
-        "task.created.json",
-        include_str!("../schemas/events/task.created.json"),
-    ),
-    (
-        "task.updated.json",
-        include_str!("../schemas/events/task.updated.json"),
-    ),
-    (
-        "task.completed.json",
-        include_str!("../schemas/events/task.completed.json"),
-    ),
-    (
-        "task.reopened.json",
-        include_str!("../schemas/events/task.reopened.json"),
-    ),
-    (
-        "task.deleted.json",
-        include_str!("../schemas/events/task.deleted.json"),
-    ),
-    (
-        "reminder.scheduled.json",
-        include_str!("../schemas/events/reminder.scheduled.json"),
-    ),
-    (
-        "reminder.cancelled.json",
-        include_str!("../schemas/events/reminder.cancelled.json"),
-    ),
-    (
-        "reminder.triggered.json",
-        include_str!("../schemas/events/reminder.triggered.json"),
-    ),
-    (
-        "reminder.sent.json",
-        include_str!("../schemas/events/reminder.sent.json"),
-    ),
-    (
-        "reminder.failed.json",
-        include_str!("../schemas/events/reminder.failed.json"),
-    ),
-    (
-        "user.notifications.updated.json",
-        include_str!("../schemas/events/user.notifications.updated.json"),
-    ),
-];
+pub use crate::asyncapi::EVENT_SCHEMAS as FILES;
 
 pub struct EventSchemas {
     validators: HashMap<EventType, Validator>,

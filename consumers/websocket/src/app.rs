@@ -151,6 +151,7 @@ impl App {
             .route("/ws", get(socket::upgrade))
             .with_state(sockets)
             .merge(page::router(options.page.clone(), keys))
+            .merge(todo_shared::asyncapi::router())
             .merge(ops::router(
                 registry,
                 ready_check(&settings.kafka, progress.clone())?,
