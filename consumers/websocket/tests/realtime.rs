@@ -434,3 +434,40 @@ async fn an_earlier_event_from_the_other_topic_after_a_later_one_is_a_resync() {
     rt.stop().await;
     api.stop().await;
 }
+
+/// The AsyncAPI document and every schema its messages reference are
+/// served where the document's relative `$ref`s lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asyncapi_document_and_the_schemas_it_references_are_served() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let doc: serde_json::Value = reqwest::get(format!("http://{}/asyncapi.json", rt.base))
+        .await
+        .expect("GET /asyncapi.json")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let messages = doc["components"]["messages"].as_object().expect("messages");
+    let mut fetched = 0;
+    for (name, message) in messages {
+        let Some(reference) = message["payload"]["$ref"].as_str() else {
+            continue;
+        };
+        let r = reqwest::get(format!("http://{}/{reference}", rt.base))
+            .await
+            .expect("GET a schema");
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "{name}: {reference}");
+        let schema: serde_json::Value = r.json().await.expect("a JSON schema");
+        assert!(schema["$id"].is_string(), "{name}: {reference} is a schema");
+        fetched += 1;
+    }
+    assert!(fetched >= 11, "every event type's schema: {fetched}");
+    let missing = reqwest::get(format!("http://{}/schemas/events/nope.json", rt.base))
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    rt.stop().await;
+    api.stop().await;
+}
