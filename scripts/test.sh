@@ -4,7 +4,9 @@
 # (unit and integration) against real PostgreSQL, a real broker and a real
 # SMTP server (aiosmtpd), then
 # the official Python MCP SDK against todo-api's /mcp (in a virtualenv;
-# MCP_INTEROP=0 skips it).
+# MCP_INTEROP=0 skips it), then the contract checks: the AsyncAPI parser,
+# the OpenAPI validator and schemathesis (scripts/contract.sh; CONTRACT=0
+# skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -36,4 +38,7 @@ export TEST_SMTP_PYTHON="$smtp_venv/bin/python"
 cargo test --workspace --all-features "$@"
 if [ "${MCP_INTEROP:-1}" != 0 ]; then
   scripts/mcp-interop.sh
+fi
+if [ "${CONTRACT:-1}" != 0 ]; then
+  scripts/contract.sh
 fi

@@ -5,7 +5,8 @@ use crate::extract::{CorrelationId, CORRELATION_HEADER};
 use crate::limits::{WriteLimiter, WriteQuota};
 use crate::preferences::ChannelSettings;
 use crate::state::{AppState, HttpMetrics};
-use crate::{idempotency, mcp, routes};
+use crate::{docs, idempotency, mcp, routes};
+use aide::axum::routing::ApiMethodDocs;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use todo_shared::auth::JwtKeys;
 use todo_shared::config::{ConfigError, Env, JwtSettings, Settings};
+use todo_shared::openapi;
 use todo_shared::ops::{self, Readiness};
 use todo_shared::outbox::OutboxSignal;
 use todo_shared::preferences::WebhookKey;
@@ -205,7 +207,7 @@ fn router(
     registry: Registry,
     options: &ApiOptions,
     http: HttpMetrics,
-) -> Result<Router, mcp::SchemaError> {
+) -> anyhow::Result<Router> {
     let ready_state = state.clone();
     let ready: ops::ReadyCheck = Arc::new(move || {
         let s = ready_state.clone();
@@ -257,12 +259,15 @@ fn router(
             Some(list) => AllowOrigin::list(list.clone()),
         });
     let mcp = mcp::router(&state)?;
-    Ok(routes::router()
+    let routes = routes::router()
         .merge(crate::preferences::router())
         .merge(mcp)
+        .api_route_docs(mcp::PATH, ApiMethodDocs::new("post", mcp::operation()))
         .route_layer(middleware::from_fn_with_state(http, record_metrics))
         .with_state(state)
-        .merge(ops::router(registry, ready))
+        .merge(ops::router(registry, ready));
+    let (router, _) = openapi::serve(routes, docs::DOCS, docs::finish)?;
+    Ok(router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(correlate))
         .layer(cors))

@@ -2,6 +2,7 @@
 //! outbox relay that publishes every change to Kafka.
 
 pub mod app;
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod idempotency;

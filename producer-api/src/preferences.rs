@@ -6,9 +6,12 @@
 use crate::error::ApiError;
 use crate::extract::{CorrelationId, JsonBody};
 use crate::state::AppState;
+use aide::axum::routing::get_with;
+use aide::axum::ApiRouter;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use schemars::JsonSchema;
+use serde::Serialize;
 use sqlx::types::Json as Jsonb;
 use todo_shared::domain::UserId;
 use todo_shared::envelope::{EventDraft, EventType};
@@ -26,10 +29,52 @@ pub struct ChannelSettings {
     pub vapid_public_key: Option<String>,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/me/notifications", get(read).put(replace))
-        .route("/push/vapid-public-key", get(vapid_public_key))
+pub fn router() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route(
+            "/me/notifications",
+            get_with(read, |op| {
+                op.id("getNotificationChannels")
+                    .summary("The caller's reminder channels")
+                    .tag("notifications")
+                    .response_with::<200, Json<Preferences>, _>(|r| {
+                        r.description("E-mail, webhook and Web Push, as stored (no secret)")
+                    })
+            })
+            .put_with(replace, |op| {
+                let op = op
+                    .id("setNotificationChannels")
+                    .summary("Set the caller's reminder channels")
+                    .description(
+                        "Replaces them all; publishes user.notifications.updated when they \
+                         changed. A new webhook (or rotate_secret) gets a signing secret, \
+                         answered once as webhook.secret (whsec_...).",
+                    )
+                    .tag("notifications")
+                    .response_with::<200, Json<Preferences>, _>(|r| {
+                        r.description("The channels as stored, with webhook.secret when it is new")
+                    });
+                crate::docs::write(op)
+            }),
+        )
+        .api_route(
+            "/push/vapid-public-key",
+            get_with(vapid_public_key, |op| {
+                let op = op
+                    .id("getVapidPublicKey")
+                    .summary("The server's VAPID public key")
+                    .description("What a page subscribes to Web Push with (PushManager.subscribe).")
+                    .tag("notifications")
+                    .response_with::<200, Json<VapidKey>, _>(|r| r.description("The key"));
+                todo_shared::openapi::problem::<404>(op, "Web Push is not set up on this server")
+            }),
+        )
+}
+
+#[derive(Serialize, JsonSchema)]
+struct VapidKey {
+    /// The uncompressed P-256 public key, base64url.
+    public_key: String,
 }
 
 /// The channels as answered: the stored ones (what `GET` answers can be
@@ -135,11 +180,11 @@ async fn replace(
     Ok(answer(preferences, secret))
 }
 
-async fn vapid_public_key(
-    State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn vapid_public_key(State(state): State<AppState>) -> Result<Json<VapidKey>, ApiError> {
     match &state.channels.vapid_public_key {
-        Some(key) => Ok(Json(serde_json::json!({ "public_key": key }))),
+        Some(key) => Ok(Json(VapidKey {
+            public_key: key.clone(),
+        })),
         None => Err(ApiError::NotFound),
     }
 }

@@ -2,33 +2,125 @@
 //! of an [`operations`] function and its answer into a response (status,
 //! `ETag`, `Location`, a replayed `Idempotency-Key`).
 
+use crate::docs::{one_task, task, write};
 use crate::error::ApiError;
 use crate::extract::{CorrelationId, IdempotencyKey, IfMatch, JsonBody};
 use crate::idempotency;
-use crate::input::{self, TaskBody, TaskPatch};
+use crate::input::{self, ListParams, TaskBody, TaskPatch};
 use crate::operations::{self, Answer, Caller, Idempotency, Page, StateChange};
 use crate::state::AppState;
+use aide::axum::routing::{get_with, post_with};
+use aide::axum::ApiRouter;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use std::collections::HashMap;
 use todo_shared::domain::Task;
 use todo_shared::http::AuthUser;
+use todo_shared::openapi::problem;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tasks", post(create_task).get(list_tasks))
-        .route(
-            "/tasks/{id}",
-            get(get_task)
-                .put(replace_task)
-                .patch(patch_task)
-                .delete(delete_task),
+pub fn router() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route(
+            "/tasks",
+            post_with(create_task, |op| {
+                let op = op
+                    .id("createTask")
+                    .summary("Create a task")
+                    .description("Publishes task.created.")
+                    .tag("tasks");
+                write(task::<201>(op))
+            })
+            .get_with(list_tasks, |op| {
+                let op = op
+                    .id("listTasks")
+                    .summary("List tasks")
+                    .description("The caller's tasks, filtered, sorted and a page at a time.")
+                    .tag("tasks")
+                    .input::<Query<ListParams>>()
+                    .response_with::<200, Json<Page>, _>(|r| r.description("A page of tasks"));
+                problem::<422>(op, "A bad or unknown parameter; `errors` names each")
+            }),
         )
-        .route("/tasks/{id}/complete", post(complete_task))
-        .route("/tasks/{id}/reopen", post(reopen_task))
+        .api_route(
+            "/tasks/{id}",
+            get_with(get_task, |op| {
+                let op = op.id("getTask").summary("Get a task").tag("tasks");
+                problem::<404>(task::<200>(op), "No such task of this user")
+            })
+            .put_with(replace_task, |op| {
+                let op = op
+                    .id("replaceTask")
+                    .summary("Replace a task's writable fields")
+                    .description("Publishes task.updated (nothing when nothing changed).")
+                    .tag("tasks");
+                write(one_task(task::<200>(op)))
+            })
+            .patch_with(patch_task, |op| {
+                let op = op
+                    .id("updateTask")
+                    .summary("Change some of a task's fields")
+                    .description(
+                        "A JSON merge patch (RFC 7396): absent leaves a field, null clears it. \
+                         Publishes task.updated (nothing when nothing changed).",
+                    )
+                    .tag("tasks");
+                write(one_task(task::<200>(op)))
+            })
+            .delete_with(delete_task, |op| {
+                let op = op
+                    .id("deleteTask")
+                    .summary("Delete a task")
+                    .description("Publishes task.deleted.")
+                    .tag("tasks")
+                    .response_with::<204, (), _>(|r| r.description("Deleted"));
+                write(one_task(op))
+            }),
+        )
+        .api_route(
+            "/tasks/{id}/complete",
+            post_with(complete_task, |op| {
+                let op = op
+                    .id("completeTask")
+                    .summary("Complete a task")
+                    .description(
+                        "Publishes task.completed (nothing when it was completed already); a \
+                         recurring task's next instance follows from todo-recurring.",
+                    )
+                    .tag("tasks");
+                let op = problem::<422>(
+                    one_task(task::<200>(op)),
+                    "This Idempotency-Key was used for a different request",
+                );
+                write(op)
+            }),
+        )
+        .api_route(
+            "/tasks/{id}/reopen",
+            post_with(reopen_task, |op| {
+                let op = op
+                    .id("reopenTask")
+                    .summary("Reopen a completed task")
+                    .description("Publishes task.updated (nothing when it was open).")
+                    .tag("tasks");
+                let op = problem::<422>(
+                    one_task(task::<200>(op)),
+                    "This Idempotency-Key was used for a different request",
+                );
+                write(op)
+            }),
+        )
+}
+
+/// `{id}` of a task's routes. Any text is accepted: one that is not a
+/// task id of the caller's answers 404.
+#[derive(Deserialize, JsonSchema)]
+pub struct TaskPath {
+    /// The task's id (a UUID).
+    id: String,
 }
 
 /// A task with its version as the `ETag`.
@@ -94,7 +186,7 @@ async fn create_task(
 async fn get_task(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
     let task = operations::get(&state, &user, &id).await?;
     Ok(task_response(StatusCode::OK, &task))
@@ -114,7 +206,7 @@ async fn replace_task(
     user: AuthUser,
     correlation: CorrelationId,
     IfMatch(expected): IfMatch,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
     body: JsonBody<TaskBody>,
 ) -> Result<Response, ApiError> {
     let caller = caller(&user, &correlation);
@@ -127,7 +219,7 @@ async fn patch_task(
     user: AuthUser,
     correlation: CorrelationId,
     IfMatch(expected): IfMatch,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
     body: JsonBody<TaskPatch>,
 ) -> Result<Response, ApiError> {
     let caller = caller(&user, &correlation);
@@ -142,7 +234,7 @@ async fn complete_task(
     IfMatch(expected): IfMatch,
     key: IdempotencyKey,
     uri: Uri,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
     let caller = caller(&user, &correlation);
     let key = keyed(key, &uri, &[]);
@@ -158,7 +250,7 @@ async fn reopen_task(
     IfMatch(expected): IfMatch,
     key: IdempotencyKey,
     uri: Uri,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
     let caller = caller(&user, &correlation);
     let key = keyed(key, &uri, &[]);
@@ -172,7 +264,7 @@ async fn delete_task(
     user: AuthUser,
     correlation: CorrelationId,
     IfMatch(expected): IfMatch,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
     operations::delete(&state, caller(&user, &correlation), &id, expected).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

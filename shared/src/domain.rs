@@ -645,9 +645,12 @@ impl From<Reminders> for Vec<Reminder> {
 }
 
 /// A problem with one field of a task, named by its JSON path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct FieldError {
+    /// The field's JSON path (such as reminders[0].before), query
+    /// parameter or header.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 

@@ -13,14 +13,19 @@ use std::sync::Arc;
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// An RFC 9457 problem document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Problem {
+    /// What kind of problem, such as /problems/validation.
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// The kind in words.
     pub title: &'static str,
+    /// The HTTP status.
     pub status: u16,
+    /// This occurrence in words.
     pub detail: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Each bad field and what is wrong with it (validation problems).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
 }
 

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod envelope;
 pub mod http;
 pub mod kafka;
+pub mod openapi;
 pub mod ops;
 pub mod outbox;
 pub mod panics;

@@ -1,11 +1,12 @@
 //! `/health`, `/ready` and `/metrics`: the operations endpoints every service
 //! serves, on its main port or a small one of its own.
 
+use aide::axum::routing::get_with;
+use aide::axum::ApiRouter;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use futures::future::BoxFuture;
 use prometheus::{Encoder, Registry, TextEncoder};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -16,9 +17,12 @@ use std::time::{Duration, Instant};
 
 /// The outcome of a readiness check: each dependency and whether it answers.
 /// `required` dependencies decide readiness; the others are reported only.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, schemars::JsonSchema)]
 pub struct Readiness {
+    /// Every required dependency answers.
     pub ready: bool,
+    /// Each dependency (database, broker, consuming, ...) and whether it
+    /// answers.
     pub checks: BTreeMap<&'static str, bool>,
 }
 
@@ -58,11 +62,42 @@ struct OpsState {
     last: Arc<tokio::sync::Mutex<Option<(Instant, Readiness)>>>,
 }
 
-pub fn router(registry: Registry, ready: ReadyCheck) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready_handler))
-        .route("/metrics", get(metrics))
+/// The operations endpoints; a service without an OpenAPI document of its
+/// own takes them as a plain router (`Router::from`).
+pub fn router(registry: Registry, ready: ReadyCheck) -> ApiRouter {
+    ApiRouter::new()
+        .api_route(
+            "/health",
+            get_with(health, |op| {
+                op.summary("Liveness")
+                    .description("Answers while the process serves HTTP.")
+                    .tag("operations")
+            }),
+        )
+        .api_route(
+            "/ready",
+            get_with(ready_handler, |op| {
+                op.summary("Readiness")
+                    .description(
+                        "Whether the service can do its work; checked at most once a second \
+                         whoever asks.",
+                    )
+                    .tag("operations")
+                    .response_with::<200, Json<Readiness>, _>(|r| r.description("Ready"))
+                    .response_with::<503, Json<Readiness>, _>(|r| {
+                        r.description("Not ready: a required check failed")
+                    })
+            }),
+        )
+        .api_route(
+            "/metrics",
+            get_with(metrics, |op| {
+                op.summary("Prometheus metrics")
+                    .description("Every metric of the service in Prometheus' text format.")
+                    .tag("operations")
+                    .response_with::<200, String, _>(|r| r.description("text/plain; version=0.0.4"))
+            }),
+        )
         .with_state(OpsState {
             registry,
             ready,
@@ -70,8 +105,14 @@ pub fn router(registry: Registry, ready: ReadyCheck) -> Router {
         })
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+#[derive(Serialize, schemars::JsonSchema)]
+struct Health {
+    /// Always "ok".
+    status: &'static str,
+}
+
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 async fn ready_handler(State(state): State<OpsState>) -> Response {
@@ -132,7 +173,7 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             async { Readiness::new().required("database", true) }.boxed()
         });
-        let router = router(Registry::new(), ready);
+        let router = axum::Router::from(router(Registry::new(), ready));
         let calls = (0..20).map(|_| {
             router
                 .clone()

@@ -4,9 +4,11 @@
 
 use crate::config::Settings;
 use crate::consumer::{ConsumerConfig, ConsumerMetrics, Handler, Health, Runtime};
+use crate::openapi::{self, Docs};
 use crate::ops::{self, Readiness, ReadyCheck};
 use crate::shutdown::{self, Shutdown};
 use crate::{db, kafka};
+use aide::axum::ApiRouter;
 use axum::Router;
 use futures::FutureExt;
 use prometheus::Registry;
@@ -26,15 +28,17 @@ pub struct ConsumerService<H> {
 
 impl<H: Handler> ConsumerService<H> {
     /// Binds `0.0.0.0:settings.port` (0: any free port). `routes` are the
-    /// service's own, already given their state; `registry` holds any metrics
-    /// of its own, and receives the runtime's.
+    /// service's own, already given their state, documented with the
+    /// operations endpoints at `/openapi.json` as `docs` says; `registry`
+    /// holds any metrics of its own, and receives the runtime's.
     pub async fn build(
         settings: &Settings,
         config: ConsumerConfig,
         pool: PgPool,
         registry: Registry,
         handler: Arc<H>,
-        routes: Router,
+        routes: ApiRouter,
+        docs: Docs,
     ) -> anyhow::Result<Self> {
         let metrics = ConsumerMetrics::register(&registry)?;
         let probe = kafka::producer(&settings.kafka)?;
@@ -62,7 +66,7 @@ impl<H: Handler> ConsumerService<H> {
             }
             .boxed()
         });
-        let router = routes.merge(ops::router(registry, ready));
+        let (router, _) = openapi::serve(routes.merge(ops::router(registry, ready)), docs, |_| {})?;
         let listener =
             tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], settings.port))).await?;
         Ok(Self {

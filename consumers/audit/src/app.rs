@@ -61,6 +61,7 @@ pub async fn build(
         Registry::new(),
         Arc::new(AuditStore),
         routes::router(state),
+        routes::DOCS,
     )
     .await
 }

@@ -1,12 +1,14 @@
 //! The audit's read API, with the JWT rule of todo-api: a user sees only
 //! their own events; another user's task answers 404.
 
+use aide::axum::routing::get_with;
+use aide::axum::ApiRouter;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::types::Json as DbJson;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use todo_shared::auth::JwtKeys;
 use todo_shared::domain::FieldError;
 use todo_shared::http::{AuthUser, Problem};
+use todo_shared::openapi::{problem, Docs};
 use uuid::Uuid;
 
 /// Most events one page (`/events`, history) returns.
@@ -36,10 +39,47 @@ impl FromRef<AuditState> for Arc<JwtKeys> {
     }
 }
 
-pub fn router(state: AuditState) -> Router {
-    Router::new()
-        .route("/tasks/{id}/history", get(history))
-        .route("/events", get(events))
+pub const DOCS: Docs = Docs {
+    title: "todo-audit",
+    description: "Every event of a user, kept in order: a task's history and the incremental \
+                  sync of everything since a sequence number. Each event is a CloudEvents \
+                  envelope as published on the topics (schemas in shared/schemas/events/).",
+};
+
+pub fn router(state: AuditState) -> ApiRouter {
+    ApiRouter::new()
+        .api_route(
+            "/tasks/{id}/history",
+            get_with(history, |op| {
+                let op = op
+                    .id("taskHistory")
+                    .summary("A task's history")
+                    .description(
+                        "The task's events (task.* and reminder.*) in order, a page at a time; \
+                         a deleted task's history stays.",
+                    )
+                    .tag("history")
+                    .response_with::<200, Json<History>, _>(|r| r.description("A page of events"));
+                let op = problem::<400>(op, "A bad `after` or `limit`");
+                problem::<404>(op, "No events of such a task for this user")
+            }),
+        )
+        .api_route(
+            "/events",
+            get_with(events, |op| {
+                let op = op
+                    .id("events")
+                    .summary("The caller's events since a sequence")
+                    .description(
+                        "Incremental sync: events with sequence since+1, since+2, ... each once, \
+                         in order; a number missing for longer than AUDIT_GAP_WAIT_MS is passed \
+                         over and reported in `gaps`.",
+                    )
+                    .tag("history")
+                    .response_with::<200, Json<Log>, _>(|r| r.description("A page of the log"));
+                problem::<400>(op, "A bad `since` or `limit`")
+            }),
+        )
         .with_state(state)
 }
 
@@ -54,6 +94,11 @@ pub enum AuditError {
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
     Internal(#[source] sqlx::Error),
+}
+
+/// Routes list the problems they answer themselves.
+impl aide::OperationOutput for AuditError {
+    type Inner = Problem;
 }
 
 impl From<sqlx::Error> for AuditError {
@@ -111,11 +156,12 @@ impl IntoResponse for AuditError {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct History {
     task_id: Uuid,
     /// The task's events (task.* and reminder.*) in order, each the whole
     /// CloudEvents envelope: `data.task`, `data.previous`, `data.changed`.
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     events: Vec<Box<RawValue>>,
     /// Pass as `after` for the next page (the last sequence returned).
     next_after: Option<i64>,
@@ -123,10 +169,20 @@ struct History {
     has_more: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
+struct TaskPath {
+    /// The task's id.
+    id: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
+    /// Events after this sequence (default: from the start); a page's
+    /// `next_after`.
     after: Option<i64>,
+    /// Most events in the page (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<i64>,
 }
 
@@ -136,7 +192,7 @@ struct HistoryQuery {
 async fn history(
     State(state): State<AuditState>,
     AuthUser(user): AuthUser,
-    Path(id): Path<String>,
+    Path(TaskPath { id }): Path<TaskPath>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<History>, AuditError> {
     let Query(q) = query.map_err(|e| {
@@ -187,15 +243,21 @@ fn page_limit(limit: Option<i64>) -> Result<i64, AuditError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct Since {
+    /// Events after this sequence (default 0: from the start); the last
+    /// page's `next_since`.
+    #[schemars(range(min = 0))]
     since: Option<i64>,
+    /// Most events and passed-over numbers in the page (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct Log {
     /// Events with sequence `since + 1, since + 2, …`, each once, in order.
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     events: Vec<Box<RawValue>>,
     /// Sequences passed over: missing for longer than the audit waits for a
     /// late event (`AUDIT_GAP_WAIT_MS`). Such an event was never stored (a

@@ -10,7 +10,7 @@ use crate::channels::{Channel, ChannelKind, Unconfigured};
 use crate::clock::{Clock, ClockMetrics};
 use crate::delivery::{Delivery, LogDelivery};
 use crate::schedule::Schedule;
-use axum::Router;
+use aide::axum::ApiRouter;
 use lettre::message::Mailbox;
 use prometheus::Registry;
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +20,7 @@ use todo_shared::config::{ConfigError, Env, Settings};
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
 use todo_shared::envelope::{Topic, TopicNames};
+use todo_shared::openapi::Docs;
 use todo_shared::outbox::OutboxSignal;
 use todo_shared::preferences::WebhookKey;
 use todo_shared::relay::Relay;
@@ -245,7 +246,11 @@ impl App {
                 changed: changed.clone(),
                 signal: signal.clone(),
             }),
-            Router::new(),
+            ApiRouter::new(),
+            Docs {
+                title: "todo-notifier",
+                description: "Schedules and delivers reminders. Its HTTP port serves only the operations endpoints.",
+            },
         )
         .await?;
         let clock = Clock {

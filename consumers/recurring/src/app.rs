@@ -3,13 +3,14 @@
 
 use crate::handler::Recurring;
 use crate::scheduler::Scheduler;
-use axum::Router;
+use aide::axum::ApiRouter;
 use prometheus::Registry;
 use std::sync::Arc;
 use todo_shared::config::{ConfigError, Env, Settings};
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
 use todo_shared::envelope::Topic;
+use todo_shared::openapi::Docs;
 use todo_shared::outbox::OutboxSignal;
 use todo_shared::relay::Relay;
 use todo_shared::service::ConsumerService;
@@ -48,7 +49,11 @@ impl App {
             pool.clone(),
             registry,
             Arc::new(handler),
-            Router::new(),
+            ApiRouter::new(),
+            Docs {
+                title: "todo-recurring",
+                description: "Creates the next instance of a recurring task. Its HTTP port serves only the operations endpoints.",
+            },
         )
         .await?;
         Ok(App {

@@ -207,3 +207,81 @@ async fn a_task_added_in_one_tab_appears_in_the_other() {
     rt.stop().await;
     api.stop().await;
 }
+
+/// todo-api's documentation page (Redoc, its script compiled into the
+/// binary) renders the document in Chromium with no network: the
+/// operations list shows every route's summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_documentation_page_lists_the_operations() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let driver = Driver::start().await;
+    let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
+    let browser = driver.browser(&profile).await;
+    // Wide enough for Redoc's side menu (narrower, it folds it away).
+    browser
+        .set_window_size(1400, 1000)
+        .await
+        .expect("window size");
+    browser
+        .goto(&format!("{}/docs", api.base))
+        .await
+        .expect("the docs page loads");
+    // The side menu lists the tags; a click opens one's operations (and
+    // closes the others).
+    let mut first_screenshot = None;
+    for (tag, summaries) in [
+        (
+            "tasks",
+            &[
+                "Create a task",
+                "List tasks",
+                "Change some of a task's fields",
+                "Complete a task",
+            ][..],
+        ),
+        ("notifications", &["Set the caller's reminder channels"][..]),
+    ] {
+        browser
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::XPath(&format!(
+                "//*[@role='menuitem'][.//*[text()='{tag}']]"
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("the tag {tag} is in the side menu: {e}"))
+            .click()
+            .await
+            .expect("open the tag");
+        for summary in summaries {
+            let item = Locator::XPath(&format!("//*[@role='menuitem']//*[text()=\"{summary}\"]"));
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let shown = match browser.find(item).await {
+                    Ok(e) => e.is_displayed().await.unwrap_or(false),
+                    Err(_) => false,
+                };
+                if shown {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{summary:?} is not shown under {tag} after {WAIT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if first_screenshot.is_none() {
+            first_screenshot = Some(browser.screenshot().await.expect("a screenshot"));
+        }
+    }
+    // The page with the tasks' operations listed, for a look.
+    let png = first_screenshot.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let path = std::env::var("DOCS_SCREENSHOT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_TARGET_TMPDIR"), "/docs-page.png").to_owned());
+    std::fs::write(&path, &png).expect("screenshot written");
+    browser.close().await.expect("close");
+    let _ = std::fs::remove_dir_all(&profile);
+    api.stop().await;
+}

@@ -26,6 +26,29 @@ use todo_shared::http::AuthUser;
 
 pub const PATH: &str = "/mcp";
 
+/// `POST /mcp` in the OpenAPI document: the transport, not the tools (an
+/// MCP client lists those with `tools/list`, each with its input schema).
+pub fn operation() -> aide::openapi::Operation {
+    let mut operation = aide::openapi::Operation::default();
+    let op = aide::transform::TransformOperation::new(&mut operation)
+        .id("mcp")
+        .summary("Model Context Protocol (Streamable HTTP, stateless)")
+        .description(
+            "A JSON-RPC 2.0 message of MCP (initialize, tools/list, tools/call of add_task, \
+             list_tasks, get_task, update_task, complete_task, reopen_task, delete_task), \
+             answered as one JSON response. GET and DELETE answer 405: the server keeps no \
+             session and no stream.",
+        )
+        .tag("mcp")
+        .input::<(AuthUser, axum::Json<serde_json::Value>)>()
+        .response_with::<200, axum::Json<serde_json::Value>, _>(|r| {
+            r.description("The JSON-RPC response")
+        })
+        .response_with::<202, (), _>(|r| r.description("A notification or response, accepted"));
+    let _ = todo_shared::openapi::problem::<401>(op, "No valid bearer token");
+    operation
+}
+
 /// The `/mcp` route, its bearer token checked before rmcp reads the request.
 pub fn router(state: &AppState) -> Result<Router<AppState>, SchemaError> {
     let tools = Arc::new(tools::all()?);
