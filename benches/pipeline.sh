@@ -387,17 +387,17 @@ if want 11; then
   env PORT=18082 "$bin/todo-notifier" >"$out/notifier.log" 2>&1 &
   running[todo-notifier]=$!
   wait_http http://127.0.0.1:18082/ready
-  t0=$(now)
   "$bin/todo-load" --url $api --rate "$brate" --concurrency 64 --users 200 --user-prefix "$prefix" \
-    --warmup 0 --seconds 10 --report "$out/burst-busy.json" &
-  load=$!
-  caught_up http://127.0.0.1:18082
-  t1=$(now)
-  wait "$load"
+    --warmup 0 --seconds 10 --report "$out/burst-busy.json"
+  # How much of the backlog the notifier applied while the creates were
+  # measured: the backlog's reminders it has scheduled (its lag metric
+  # cannot tell: it reads 0 before the first fetch; the measured creates
+  # carry no reminder).
+  applied=$(sql "SELECT count(*) FROM reminders WHERE user_id LIKE '$prefix-%'")
   python3 -c "
 import json
 q, b = (json.load(open(f'$out/burst-{n}.json'))['latency'] for n in ('quiet', 'busy'))
 print(f\"same users, {$brate}/s: no consumer p50 {q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms; during the burst p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms ({b['p99_ms']/q['p99_ms']:.2f} x)\")
-print(f'the notifier applied the backlog in {$t1-$t0:.1f} s of the 10 s measured')"
+print(f'while they were measured the notifier applied $applied of the $burst backlog events')"
   stop todo-notifier
 fi
