@@ -661,6 +661,15 @@ async fn slow_and_silent_clients_are_cut_off() {
     let (_, answer) = closed_after(&mut slow_body).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // As the OpenAPI document says of every 503: a problem, and when to
+    // come back.
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(lower.contains("retry-after: "), "{answer}");
+    assert!(answer.contains("\"status\":503"), "{answer}");
     assert_eq!(stack.count("tasks").await, 0);
 
     // A client that keeps to the limits is served as ever.

@@ -8,8 +8,10 @@
 //! it for ever.
 
 use crate::config::{ConfigError, Env};
+use crate::http::Problem;
 use crate::shutdown::Shutdown;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -62,6 +64,27 @@ impl HttpLimits {
     }
 }
 
+/// The request timeout's bare 503 as the problem every other 503 is (and
+/// the OpenAPI documents say), with when to come back.
+async fn timeout_as_problem(response: Response) -> Response {
+    if response.status() != StatusCode::SERVICE_UNAVAILABLE
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let mut problem = Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/problems/timeout",
+        "Request timeout",
+    )
+    .detail("the request took longer than the server allows (HTTP_REQUEST_TIMEOUT_MS); retry")
+    .into_response();
+    problem
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    problem
+}
+
 /// How long connections still busy at shutdown get to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -73,10 +96,14 @@ pub async fn serve(
     limits: HttpLimits,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let service = TowerToHyperService::new(router.layer(TimeoutLayer::with_status_code(
-        StatusCode::SERVICE_UNAVAILABLE,
-        limits.request_timeout,
-    )));
+    let service = TowerToHyperService::new(
+        router
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                limits.request_timeout,
+            ))
+            .layer(axum::middleware::map_response(timeout_as_problem)),
+    );
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
