@@ -266,7 +266,7 @@ fn router(
         .route_layer(middleware::from_fn_with_state(http, record_metrics))
         .with_state(state)
         .merge(ops::router(registry, ready));
-    let (router, _) = openapi::serve(routes, docs::DOCS, docs::finish)?;
+    let router = openapi::serve(routes, docs::DOCS, docs::finish)?;
     Ok(router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(correlate))

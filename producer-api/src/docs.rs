@@ -32,8 +32,15 @@ impl OperationOutput for ApiError {
     type Inner = Problem;
 }
 
-fn header_parameter(name: &str, description: &str, schema: schemars::Schema) -> Parameter {
-    Parameter::Header {
+/// Documents an optional request header of `operation`.
+fn add_header_parameter(
+    ctx: &mut GenContext,
+    operation: &mut Operation,
+    name: &str,
+    description: &str,
+    schema: schemars::Schema,
+) {
+    let parameter = Parameter::Header {
         parameter_data: ParameterData {
             name: name.into(),
             description: Some(description.into()),
@@ -50,13 +57,14 @@ fn header_parameter(name: &str, description: &str, schema: schemars::Schema) -> 
             explode: None,
         },
         style: HeaderStyle::Simple,
-    }
+    };
+    add_parameters(ctx, operation, [parameter]);
 }
 
-/// One description for every 400 (several extractors of a route can answer it).
-const BAD_REQUEST: &str = "A body that is not JSON, or a malformed If-Match or Idempotency-Key";
-
-fn bad_request(ctx: &mut GenContext, description: &str) -> (Option<StatusCode>, Response) {
+/// The 400 of every extractor that can answer it, in one description: a
+/// route answers one 400 whichever of them refused.
+fn bad_request(ctx: &mut GenContext) -> (Option<StatusCode>, Response) {
+    let description = "A body that is not JSON, or a malformed If-Match or Idempotency-Key";
     (
         Some(StatusCode::Code(400)),
         problem_response(ctx, description),
@@ -65,19 +73,22 @@ fn bad_request(ctx: &mut GenContext, description: &str) -> (Option<StatusCode>, 
 
 impl OperationInput for CorrelationId {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
-        let param = header_parameter(
+        add_header_parameter(
+            ctx,
+            operation,
             "X-Correlation-Id",
             "Carried into the events of this request and echoed in the answer; 1-128 visible \
              ASCII characters (otherwise, or when absent, a new UUID)",
             schemars::json_schema!({ "type": "string", "maxLength": 128 }),
         );
-        add_parameters(ctx, operation, [param]);
     }
 }
 
 impl OperationInput for IfMatch {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
-        let param = header_parameter(
+        add_header_parameter(
+            ctx,
+            operation,
             "If-Match",
             "Apply only if the task is at this version (its ETag, such as \"3\"); * or \
              absent: any version",
@@ -86,20 +97,21 @@ impl OperationInput for IfMatch {
                 "pattern": "^\\s*(\\*|(W/)?\"?[0-9]{1,18}\"?)\\s*$"
             }),
         );
-        add_parameters(ctx, operation, [param]);
     }
 
     fn inferred_early_responses(
         ctx: &mut GenContext,
         _: &mut Operation,
     ) -> Vec<(Option<StatusCode>, Response)> {
-        vec![bad_request(ctx, BAD_REQUEST)]
+        vec![bad_request(ctx)]
     }
 }
 
 impl OperationInput for IdempotencyKey {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
-        let param = header_parameter(
+        add_header_parameter(
+            ctx,
+            operation,
             "Idempotency-Key",
             "A retry with the same key (and the same request) returns the first answer, with \
              Idempotent-Replayed: true, instead of applying it again; kept 24 h",
@@ -110,14 +122,13 @@ impl OperationInput for IdempotencyKey {
                 "pattern": "^[\\x21-\\x7e]+$"
             }),
         );
-        add_parameters(ctx, operation, [param]);
     }
 
     fn inferred_early_responses(
         ctx: &mut GenContext,
         _: &mut Operation,
     ) -> Vec<(Option<StatusCode>, Response)> {
-        vec![bad_request(ctx, BAD_REQUEST)]
+        vec![bad_request(ctx)]
     }
 }
 
@@ -151,7 +162,7 @@ impl<T: JsonSchema> OperationInput for JsonBody<T> {
         _: &mut Operation,
     ) -> Vec<(Option<StatusCode>, Response)> {
         vec![
-            bad_request(ctx, BAD_REQUEST),
+            bad_request(ctx),
             (
                 Some(StatusCode::Code(413)),
                 problem_response(ctx, "The body is larger than 64 KiB"),
@@ -219,25 +230,18 @@ pub fn one_task(op: TransformOperation<'_>) -> TransformOperation<'_> {
 
 /// What every answer of todo-api carries.
 pub fn finish(api: &mut OpenApi) {
-    let Some(paths) = api.paths.as_mut() else {
-        return;
-    };
-    for item in paths.paths.values_mut() {
-        let ReferenceOr::Item(item) = item else {
-            continue;
-        };
-        for operation in operations_mut(item) {
-            let Some(responses) = operation.responses.as_mut() else {
-                continue;
-            };
-            for response in responses.responses.values_mut() {
-                if let ReferenceOr::Item(response) = response {
-                    add_header(
-                        response,
-                        CORRELATION_HEADER,
-                        "The request's correlation id (the caller's X-Correlation-Id, or a new one)",
-                    );
-                }
+    for operation in operations_mut(api) {
+        let responses = operation
+            .responses
+            .iter_mut()
+            .flat_map(|r| r.responses.values_mut());
+        for response in responses {
+            if let ReferenceOr::Item(response) = response {
+                add_header(
+                    response,
+                    CORRELATION_HEADER,
+                    "The request's correlation id (the caller's X-Correlation-Id, or a new one)",
+                );
             }
         }
     }

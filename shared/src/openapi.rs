@@ -127,45 +127,45 @@ impl OperationInput for AuthUser {
 /// (the database is away, or the request ran past the server's limit),
 /// with `Retry-After`, unless the route documents its own 503.
 fn any_request_may_get_503(ctx: &mut GenContext, api: &mut OpenApi) {
-    let Some(paths) = api.paths.as_mut() else {
-        return;
-    };
-    for item in paths.paths.values_mut() {
-        let ReferenceOr::Item(item) = item else {
-            continue;
-        };
-        for operation in operations_mut(item) {
-            let responses = operation.responses.get_or_insert_with(Default::default);
-            responses
-                .responses
-                .entry(StatusCode::Code(503))
-                .or_insert_with(|| {
-                    let mut response = problem_response(
-                        ctx,
-                        "The database is unavailable, or the request took longer than the \
-                         server allows (HTTP_REQUEST_TIMEOUT_MS); retry later",
-                    );
-                    add_header(&mut response, "Retry-After", "Seconds to wait");
-                    ReferenceOr::Item(response)
-                });
-        }
+    for operation in operations_mut(api) {
+        let responses = operation.responses.get_or_insert_with(Default::default);
+        responses
+            .responses
+            .entry(StatusCode::Code(503))
+            .or_insert_with(|| {
+                let mut response = problem_response(
+                    ctx,
+                    "The database is unavailable, or the request took longer than the \
+                     server allows (HTTP_REQUEST_TIMEOUT_MS); retry later",
+                );
+                add_header(&mut response, "Retry-After", "Seconds to wait");
+                ReferenceOr::Item(response)
+            });
     }
 }
 
-/// Every operation of a path.
-pub fn operations_mut(item: &mut aide::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
-    [
-        &mut item.get,
-        &mut item.put,
-        &mut item.post,
-        &mut item.delete,
-        &mut item.options,
-        &mut item.head,
-        &mut item.patch,
-        &mut item.trace,
-    ]
-    .into_iter()
-    .flatten()
+/// Every operation of the document, whatever its path and method.
+pub fn operations_mut(api: &mut OpenApi) -> impl Iterator<Item = &mut Operation> {
+    api.paths
+        .iter_mut()
+        .flat_map(|paths| paths.paths.values_mut())
+        .filter_map(|item| match item {
+            ReferenceOr::Item(item) => Some(item),
+            _ => None,
+        })
+        .flat_map(|item| {
+            [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ]
+        })
+        .flatten()
 }
 
 /// The finished router of `routes`, with the document of all of them at
@@ -175,7 +175,7 @@ pub fn serve(
     routes: ApiRouter,
     docs: Docs,
     finish: impl FnOnce(&mut OpenApi),
-) -> Result<(Router, OpenApi), serde_json::Error> {
+) -> Result<Router, serde_json::Error> {
     let mut api = OpenApi {
         info: Info {
             title: docs.title.into(),
@@ -229,7 +229,7 @@ pub fn serve(
             t
         });
     let bytes = Bytes::from(serde_json::to_vec(&api)?);
-    Ok((router.layer(Extension(Document(bytes))), api))
+    Ok(router.layer(Extension(Document(bytes))))
 }
 
 #[derive(Clone)]

@@ -66,7 +66,7 @@ impl<H: Handler> ConsumerService<H> {
             }
             .boxed()
         });
-        let (router, _) = openapi::serve(routes.merge(ops::router(registry, ready)), docs, |_| {})?;
+        let router = openapi::serve(routes.merge(ops::router(registry, ready)), docs, |_| {})?;
         let listener =
             tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], settings.port))).await?;
         Ok(Self {
