@@ -285,3 +285,29 @@ pub fn assert_per_user_order(events: &[Received]) -> HashMap<String, i64> {
     }
     last
 }
+
+/// Runs `scripts/<script>` with the Python named by the environment
+/// variable `python_var` (the virtualenv its `scripts/*.sh` made) and
+/// `env`; panics unless it succeeds within `limit`.
+pub async fn run_python_script(
+    python_var: &str,
+    script: &str,
+    env: &[(&str, String)],
+    limit: Duration,
+) {
+    let python = std::env::var(python_var).unwrap_or_else(|_| {
+        panic!("{python_var}: the Python of the virtualenv scripts/ makes for {script}")
+    });
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = tokio::process::Command::new(python)
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python starts");
+    let status = tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not end within {limit:?}"))
+        .expect("python runs");
+    assert!(status.success(), "{script} failed: {status}");
+}

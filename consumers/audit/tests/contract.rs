@@ -235,8 +235,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a virtualenv with schemathesis: run scripts/contract.sh"]
 async fn schemathesis_finds_nothing() {
-    let python = std::env::var("CONTRACT_PYTHON")
-        .expect("CONTRACT_PYTHON: the Python of a virtualenv with schemathesis");
     let stack = Stack::new().await;
     // A fuzzer writes far faster than a person: with the usual allowance
     // most of its writes would only ever see 429.
@@ -280,21 +278,18 @@ async fn schemathesis_finds_nothing() {
             .await;
         ids.push(task["id"].as_str().expect("id").to_owned());
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/contract.py");
-    let mut child = tokio::process::Command::new(python)
-        .arg(script)
-        .env("API_URL", &api.base)
-        .env("AUDIT_URL", &audit.base)
-        .env("TOKEN", &token)
-        .env("TASK_IDS", ids.join(","))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python starts");
-    let status = tokio::time::timeout(Duration::from_secs(420), child.wait())
-        .await
-        .expect("the contract checks end within 7 minutes")
-        .expect("python runs");
-    assert!(status.success(), "the contract checks failed: {status}");
+    todo_api::testing::run_python_script(
+        "CONTRACT_PYTHON",
+        "contract.py",
+        &[
+            ("API_URL", api.base.clone()),
+            ("AUDIT_URL", audit.base.clone()),
+            ("TOKEN", token.clone()),
+            ("TASK_IDS", ids.join(",")),
+        ],
+        Duration::from_secs(420),
+    )
+    .await;
     audit.stop().await;
     api.stop().await;
 }
