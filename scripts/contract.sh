@@ -21,16 +21,8 @@ fi
 NODE_PATH="$parser_dir/node_modules" timeout 120 node scripts/validate-asyncapi.mjs shared/asyncapi.json
 
 venv="$cache/contract-venv-$SCHEMATHESIS_VERSION"
-if ! "$venv/bin/python" -c "import schemathesis, openapi_spec_validator" 2>/dev/null; then
-  if ! python3 -c "import ensurepip" 2>/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-  fi
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  timeout 600 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$VALIDATOR_VERSION"
-fi
+scripts/venv.sh "$venv" "schemathesis, openapi_spec_validator" \
+  "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$VALIDATOR_VERSION"
 if [ -z "${TEST_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   scripts/install-broker.sh
 fi

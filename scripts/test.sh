@@ -25,15 +25,7 @@ fi
 # virtualenv cached beside the broker).
 AIOSMTPD_VERSION=1.4.6
 smtp_venv="${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/smtp-venv"
-if ! "$smtp_venv/bin/python" -c "import aiosmtpd" 2>/dev/null; then
-  if ! python3 -c "import ensurepip" 2>/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-  fi
-  rm -rf "$smtp_venv"
-  python3 -m venv "$smtp_venv"
-  timeout 300 "$smtp_venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
-fi
+scripts/venv.sh "$smtp_venv" aiosmtpd "aiosmtpd==$AIOSMTPD_VERSION"
 export TEST_SMTP_PYTHON="$smtp_venv/bin/python"
 cargo test --workspace --all-features "$@"
 if [ "${MCP_INTEROP:-1}" != 0 ]; then
