@@ -153,10 +153,12 @@ impl Clock {
             // Users' firings touch disjoint rows (each its own sequence row
             // first), so several run at once: one after the other, each a
             // few round trips, they fell seconds behind 170 reminders/s.
+            // The futures are made first: a stream that maps over borrowed
+            // users does not prove itself Send to `tokio::spawn`.
             let partitions = &partitions;
             let firings: Vec<_> = users
                 .iter()
-                .map(|user| Box::pin(self.fire(user, partitions)))
+                .map(|user| self.fire(user, partitions))
                 .collect();
             let fired: Vec<anyhow::Result<()>> = futures::stream::iter(firings)
                 .buffer_unordered(FIRE_CONCURRENCY)
