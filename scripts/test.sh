@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need if it is missing (the test
-# broker; Chromium for the live page's browser test), then runs every test
+# broker; Chromium for the live page's browser test; Prometheus for the
+# system test), then runs every test
 # (unit and integration) against real PostgreSQL, a real broker and a real
 # SMTP server (aiosmtpd), then
 # the official Python MCP SDK against todo-api's /mcp (in a virtualenv;
@@ -9,12 +10,15 @@
 # skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# Chromium for the live page's browser test; Prometheus for the system
+# test that evaluates the dashboard and the alert rules against real metrics.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+   || ! command -v prometheus >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus
   else
-    echo "scripts/test.sh: the browser test needs chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)" >&2
+    echo "scripts/test.sh: the tests need chromium, chromedriver and prometheus on PATH (Debian: apt-get install chromium chromium-driver prometheus)" >&2
     exit 1
   fi
 fi

@@ -26,7 +26,7 @@ use todo_shared::preferences::WebhookKey;
 use todo_shared::relay::{Relay, RelayConfig, RelayMetrics};
 use todo_shared::server::HttpLimits;
 use todo_shared::shutdown::Shutdown;
-use todo_shared::{db, kafka};
+use todo_shared::{db, kafka, telemetry};
 use tokio::task::JoinHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
@@ -274,21 +274,40 @@ fn router(
 }
 
 /// Gives every request a correlation id (the caller's or a new one), runs it
-/// in a span that carries the id, and echoes it in the response.
+/// in a span that carries the id and continues the caller's W3C trace (or
+/// starts one, when spans are exported), and echoes the id in the response.
 async fn correlate(mut req: Request, next: Next) -> Response {
     let id = CorrelationId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
     let span = tracing::info_span!(
         "request",
+        otel.name = %req.method(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         correlation_id = %id.0,
         method = %req.method(),
         path = %req.uri().path(),
+        trace_id = tracing::field::Empty,
     );
+    let caller_trace = telemetry::from_http(req.headers());
+    // A root span's trace id is read once the route has named it
+    // (`record_metrics`).
+    telemetry::adopt(&span, caller_trace.as_ref());
     let mut response = next.run(req).instrument(span.clone()).await;
     if let Ok(v) = HeaderValue::from_str(&id.0) {
         response.headers_mut().insert(CORRELATION_HEADER, v);
     }
     let status = response.status().as_u16();
+    if caller_trace.is_none() {
+        telemetry::record_trace_id(&span);
+    }
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     span.in_scope(|| {
         if status >= 500 {
             tracing::error!(status, "request failed");
@@ -309,6 +328,12 @@ async fn record_metrics(State(http): State<HttpMetrics>, req: Request, next: Nex
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
+    if telemetry::tracing_on() {
+        // The request's span (see `correlate`) is named for its route.
+        let span = tracing::Span::current();
+        span.record("http.route", route.as_str());
+        telemetry::rename(&span, format!("{method} {route}"));
+    }
     let response = next.run(req).await;
     http.duration
         .with_label_values(&[&method, &route])

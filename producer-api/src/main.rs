@@ -58,12 +58,12 @@ async fn main() {
             Ok(())
         }
         Command::Migrate => {
-            telemetry::init(BINARY);
+            let _telemetry = telemetry::init(BINARY);
             migrate(&settings).await
         }
         Command::Serve => {
             let jwt = jwt();
-            telemetry::init(BINARY);
+            let _telemetry = telemetry::init(BINARY);
             let options =
                 ApiOptions::from_env().unwrap_or_else(|e| exit_on_config_error(BINARY, &e));
             serve(&settings, &jwt, options).await

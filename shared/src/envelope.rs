@@ -233,6 +233,10 @@ pub struct Envelope<D = serde_json::Value> {
     pub correlationid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causationid: Option<String>,
+    /// The W3C trace context of the change (the CloudEvents
+    /// distributed-tracing extension), when it was traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub sequence: i64,
     pub data: D,
 }
@@ -324,6 +328,7 @@ impl<D> EventDraft<D> {
             userid: self.userid,
             correlationid: self.correlationid,
             causationid: self.causationid,
+            traceparent: None,
             sequence,
             data: self.data,
         }

@@ -49,7 +49,7 @@ pub async fn lock_sequence(conn: &mut PgConnection, user: &str) -> Result<(), sq
 
 /// The one statement that takes the user's next sequence and inserts the
 /// outbox row, after `change` (a data-modifying CTE such as `task AS (INSERT
-/// INTO tasks ...)`, its parameters numbered from `$7`): a change and its
+/// INTO tasks ...)`, its parameters numbered from `$8`): a change and its
 /// event cost one round trip and are atomic even outside a transaction.
 /// It returns the event's sequence. Bind [`Pending::bind`] first, then the
 /// change's parameters.
@@ -64,8 +64,9 @@ pub(crate) fn statement_after(change: Option<&str>) -> String {
              INSERT INTO event_sequences (user_id, last_sequence) VALUES ($1, 1)
              ON CONFLICT (user_id) DO UPDATE SET last_sequence = event_sequences.last_sequence + 1
              RETURNING last_sequence)
-         INSERT INTO outbox (event_id, topic, key, event_type, payload)
-         SELECT $2, $3, $1, $4, $5 || convert_to(seq.last_sequence::text, 'UTF8') || $6 FROM seq
+         INSERT INTO outbox (event_id, topic, key, event_type, payload, traceparent)
+         SELECT $2, $3, $1, $4, $5 || convert_to(seq.last_sequence::text, 'UTF8') || $6, $7
+           FROM seq
          RETURNING (SELECT last_sequence FROM seq)"
     )
 }
@@ -88,7 +89,9 @@ const MARKER: &[u8] = b"\"sequence\":-9223372036854775808";
 impl<D: Serialize> Pending<D> {
     pub(crate) fn new(draft: EventDraft<D>) -> Result<Self, OutboxError> {
         let event_type = draft.event_type;
-        let envelope = draft.into_envelope(Uuid::now_v7(), crate::domain::now(), PLACEHOLDER);
+        let mut envelope = draft.into_envelope(Uuid::now_v7(), crate::domain::now(), PLACEHOLDER);
+        // The change's trace goes with its event: the relay continues it.
+        envelope.traceparent = crate::telemetry::TraceParent::current().map(|t| t.to_string());
         let mut head = serde_json::to_vec(&envelope)?;
         // The first `"sequence":` is the envelope's own: it comes before
         // `data`, and a JSON string cannot hold an unescaped `":`.
@@ -106,7 +109,7 @@ impl<D: Serialize> Pending<D> {
         })
     }
 
-    /// Binds `$1` to `$6` of [`statement_after`].
+    /// Binds `$1` to `$7` of [`statement_after`].
     pub(crate) fn bind<'q, O>(
         &'q self,
         query: QueryScalar<'q, Postgres, O, PgArguments>,
@@ -118,6 +121,7 @@ impl<D: Serialize> Pending<D> {
             .bind(self.event_type.as_str())
             .bind(&self.head)
             .bind(&self.tail)
+            .bind(self.envelope.traceparent.as_deref())
     }
 
     /// The envelope as published, once the statement gave its sequence.

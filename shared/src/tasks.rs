@@ -136,7 +136,7 @@ fn draft(
     }
 }
 
-/// Binds `$7` to `$19` of a statement that writes `task` with its event
+/// Binds `$8` to `$20` of a statement that writes `task` with its event
 /// ([`outbox::statement_after`]): the id, then every column a change can
 /// write, in table order.
 fn bind_columns<'q>(
@@ -194,7 +194,7 @@ pub async fn create(
                  INSERT INTO tasks (id, user_id, title, description, priority, tags, completed,
                                     completed_at, due_at, recurrence, reminders, series_id,
                                     version, updated_at, created_at)
-                 VALUES ($7, $1, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20))",
+                 VALUES ($8, $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21))",
         ))
     });
     let pending = outbox::Pending::new(draft(
@@ -284,10 +284,10 @@ async fn save_change(
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         outbox::statement_after(Some(
             "task AS (
-                 UPDATE tasks SET title = $8, description = $9, priority = $10, tags = $11,
-                        completed = $12, completed_at = $13, due_at = $14, recurrence = $15,
-                        reminders = $16, series_id = $17, version = $18, updated_at = $19
-                  WHERE id = $7)",
+                 UPDATE tasks SET title = $9, description = $10, priority = $11, tags = $12,
+                        completed = $13, completed_at = $14, due_at = $15, recurrence = $16,
+                        reminders = $17, series_id = $18, version = $19, updated_at = $20
+                  WHERE id = $8)",
         ))
     });
     let pending = outbox::Pending::new(draft(
@@ -358,7 +358,7 @@ pub async fn delete(
     task: Task,
 ) -> Result<TaskEvent, StoreError> {
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        outbox::statement_after(Some("task AS (DELETE FROM tasks WHERE id = $7)"))
+        outbox::statement_after(Some("task AS (DELETE FROM tasks WHERE id = $8)"))
     });
     let id = task.id;
     let pending = outbox::Pending::new(draft(

@@ -34,7 +34,7 @@ async fn main() {
             let options =
                 app::Options::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
             let jwt = JwtSettings::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
-            telemetry::init(NAME);
+            let _telemetry = telemetry::init(NAME);
             serve(&settings, &jwt, options).await
         }
         Command::Replay { json } => match run_replay(&settings, json).await {

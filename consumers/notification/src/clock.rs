@@ -31,7 +31,7 @@ use crate::delivery::{Delivery, Due};
 use crate::schedule::{publish, Cause};
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
-use prometheus::{IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,9 @@ use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::preferences::Preferences;
 use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
+use todo_shared::telemetry::{self, TraceParent};
 use tokio::sync::Notify;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The longest sleep: a safety net for a wake-up another replica missed.
@@ -75,6 +77,7 @@ pub struct Clock {
 #[derive(Clone)]
 pub struct ClockMetrics {
     rounds: IntCounter,
+    lateness: Histogram,
 }
 
 impl ClockMetrics {
@@ -83,8 +86,16 @@ impl ClockMetrics {
             "todo_reminder_clock_rounds_total",
             "Rounds of the reminder clock (each fires, delivers and computes its next sleep)",
         )?;
+        let lateness = Histogram::with_opts(
+            HistogramOpts::new(
+                "todo_reminder_lateness_seconds",
+                "From a reminder's time to the commit of its firing (reminder.triggered)",
+            )
+            .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
+        )?;
         registry.register(Box::new(rounds.clone()))?;
-        Ok(Self { rounds })
+        registry.register(Box::new(lateness.clone()))?;
+        Ok(Self { rounds, lateness })
     }
 }
 
@@ -98,6 +109,8 @@ struct Delivering {
     remind_at: DateTime<Utc>,
     attempts: i32,
     time_zone: String,
+    /// The trace of the change that scheduled it.
+    traceparent: Option<String>,
 }
 
 impl Delivering {
@@ -212,29 +225,43 @@ impl Clock {
                      WHERE user_id = $1 AND state = 'scheduled' AND attempt_at <= now()
                        AND (kafka_partition IS NULL OR kafka_partition = ANY($2))
                        FOR UPDATE SKIP LOCKED)
-              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts, time_zone",
+              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts, time_zone,
+                        traceparent",
         )
         .bind(user)
         .bind(partitions)
         .fetch_all(&mut *tx)
         .await?;
         let now = Utc::now();
+        // Each firing continues the trace that scheduled its reminder; its
+        // deliveries continue the firing's.
+        let mut spans = Vec::with_capacity(due.len());
+        let mut traces = Vec::with_capacity(due.len());
         for r in &due {
+            let span = fire_span(r);
             let data = ReminderEventData {
                 fired_at: Some(now),
                 late_ms: Some((now - r.remind_at).num_milliseconds().max(0)),
                 ..r.data()
             };
             publish(&mut tx, &cause(r), EventType::ReminderTriggered, data)
+                .instrument(span.clone())
                 .await
                 .map_err(anyhow_of)?;
+            traces.push(TraceParent::of(&span).map(|t| t.to_string()));
+            spans.push(span);
         }
         let deliveries = if due.is_empty() {
             0
         } else {
-            add_deliveries(&mut tx, user, &due).await?
+            add_deliveries(&mut tx, user, &due, &traces).await?
         };
         tx.commit().await?;
+        for r in &due {
+            let late = (now - r.remind_at).to_std().unwrap_or_default();
+            self.metrics.lateness.observe(late.as_secs_f64());
+        }
+        drop(spans);
         if !due.is_empty() {
             self.signal.committed();
         }
@@ -257,7 +284,8 @@ impl Clock {
                        AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
                      ORDER BY attempt_at LIMIT $2
                        FOR UPDATE SKIP LOCKED)
-              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts, time_zone",
+              RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts, time_zone,
+                        traceparent",
         )
         .bind(partitions)
         .bind(BATCH)
@@ -280,8 +308,22 @@ impl Clock {
             late_ms: (now - r.remind_at).num_milliseconds().max(0),
             attempt: r.attempts + 1,
         };
-        let outcome = self.delivery.deliver(&due).await;
-        self.record(&r, due.attempt, outcome).await
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = "reminder deliver",
+            channel = "log",
+            reminder_id = %r.reminder_id,
+            delivery_id = %due.delivery_id,
+            trace_id = tracing::field::Empty,
+        );
+        let parent = r.traceparent.as_deref().and_then(TraceParent::parse);
+        telemetry::continue_trace(&span, parent.as_ref());
+        async {
+            let outcome = self.delivery.deliver(&due).await;
+            self.record(&r, due.attempt, outcome).await
+        }
+        .instrument(span)
+        .await
     }
 
     async fn record(
@@ -351,6 +393,7 @@ async fn add_deliveries(
     conn: &mut sqlx::PgConnection,
     user: &str,
     due: &[Delivering],
+    traces: &[Option<String>],
 ) -> anyhow::Result<u64> {
     let preferences: Option<sqlx::types::Json<Preferences>> =
         sqlx::query_scalar("SELECT preferences FROM notifier_channels WHERE user_id = $1")
@@ -366,7 +409,9 @@ async fn add_deliveries(
     }
     let (mut ids, mut channels, mut keys, mut reminders, mut settings, mut messages) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for r in due {
+    let mut traceparents: Vec<Option<&str>> = vec![];
+    for (i, r) in due.iter().enumerate() {
+        let trace = traces.get(i).and_then(|t| t.as_deref());
         let message = serde_json::to_value(Message {
             reminder_id: r.reminder_id,
             task_id: r.task_id,
@@ -382,15 +427,17 @@ async fn add_deliveries(
             reminders.push(r.reminder_id);
             settings.push(config.clone());
             messages.push(message.clone());
+            traceparents.push(trace);
         }
     }
     let added = sqlx::query(
         "INSERT INTO reminder_deliveries
                 (delivery_id, channel, target, reminder_id, user_id, settings, reminder, state,
-                 attempt_at)
-         SELECT d, c, t, r, $7, s, m, 'pending', now()
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::jsonb[])
-                AS x(d, c, t, r, s, m)
+                 attempt_at, traceparent)
+         SELECT d, c, t, r, $7, s, m, 'pending', now(), tp
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::jsonb[],
+                       $8::text[])
+                AS x(d, c, t, r, s, m, tp)
          ON CONFLICT DO NOTHING",
     )
     .bind(&ids)
@@ -400,6 +447,7 @@ async fn add_deliveries(
     .bind(&settings)
     .bind(&messages)
     .bind(user)
+    .bind(&traceparents)
     .execute(&mut *conn)
     .await?;
     Ok(added.rows_affected())
@@ -428,6 +476,20 @@ async fn set_state(
 
 /// Every event of one firing has the reminder as its cause and a
 /// correlation id of its own, derived from it (the same on a retry).
+fn fire_span(r: &Delivering) -> tracing::Span {
+    let span = tracing::info_span!(
+        "fire reminder",
+        otel.name = "reminder fire",
+        reminder_id = %r.reminder_id,
+        task_id = %r.task_id,
+        user_id = %r.user_id,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = r.traceparent.as_deref().and_then(TraceParent::parse);
+    telemetry::continue_trace(&span, parent.as_ref());
+    span
+}
+
 fn cause(r: &Delivering) -> Cause<'_> {
     Cause {
         user: &r.user_id,

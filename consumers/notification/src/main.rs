@@ -17,7 +17,7 @@ async fn main() {
     let settings =
         Settings::from_env(DEFAULT_PORT).unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     let options = Options::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
-    telemetry::init(NAME);
+    let _telemetry = telemetry::init(NAME);
     let result = async {
         App::with_log_delivery(&settings, options)
             .await?

@@ -14,6 +14,7 @@ use todo_shared::domain::{in_time_range, Reminder, Task};
 use todo_shared::envelope::{EventDraft, EventKind, EventType, ReminderEventData};
 use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::preferences::Preferences;
+use todo_shared::telemetry::TraceParent;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -154,11 +155,11 @@ impl Handler for Schedule {
                 sqlx::query(
                     "INSERT INTO reminders (reminder_id, task_id, user_id, spec, title, due_at,
                                             remind_at, state, attempts, attempt_at, kafka_partition,
-                                            time_zone)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', 0, $7, $8, $9)
+                                            time_zone, traceparent)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', 0, $7, $8, $9, $10)
                      ON CONFLICT (reminder_id) DO UPDATE
                         SET title = EXCLUDED.title, due_at = EXCLUDED.due_at,
-                            time_zone = EXCLUDED.time_zone,
+                            time_zone = EXCLUDED.time_zone, traceparent = EXCLUDED.traceparent,
                             remind_at = EXCLUDED.remind_at, state = 'scheduled', attempts = 0,
                             attempt_at = EXCLUDED.attempt_at,
                             kafka_partition = EXCLUDED.kafka_partition, updated_at = now()",
@@ -172,6 +173,8 @@ impl Handler for Schedule {
                 .bind(remind_at)
                 .bind(event.origin.partition)
                 .bind(zone(&task))
+                // Its firing continues the trace of the change that set it.
+                .bind(TraceParent::current().map(|t| t.to_string()))
                 .execute(&mut *conn)
                 .await?;
                 publish(

@@ -7,7 +7,7 @@ async fn main() {
     let settings =
         Settings::from_env(DEFAULT_PORT).unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     let config = app::consumer_config().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
-    telemetry::init(NAME);
+    let _telemetry = telemetry::init(NAME);
     let result = async {
         app::App::build(&settings, config)
             .await?

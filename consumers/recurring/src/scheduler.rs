@@ -19,7 +19,9 @@ use todo_shared::consumer::HandlerError;
 use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::retry::run_rounds;
 use todo_shared::shutdown::Shutdown;
+use todo_shared::telemetry::{self, TraceParent};
 use tokio::sync::Notify;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The longest sleep: a safety net against a missed wake-up (another
@@ -97,7 +99,8 @@ impl Scheduler {
         let mut tx = todo_shared::db::begin(&self.pool).await?;
         outbox::lock_sequence(&mut tx, user).await?;
         let row: Option<SeriesRowAt> = sqlx::query_as(
-            "SELECT series_id, user_id, recurrence, dtstart, template, active, now() AS now
+            "SELECT series_id, user_id, recurrence, dtstart, template, active, now() AS now,
+                    traceparent
                FROM recurring_series
               WHERE series_id = $1 AND active AND mode = 'schedule' AND next_at <= now()
                 FOR UPDATE SKIP LOCKED",
@@ -105,10 +108,26 @@ impl Scheduler {
         .bind(series_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(SeriesRowAt { series: s, now }) = row else {
+        let Some(SeriesRowAt {
+            series: s,
+            now,
+            traceparent,
+        }) = row
+        else {
             // Another replica got there first.
             return Ok(0);
         };
+        // The instance continues the trace of the change that set the
+        // series up.
+        let span = tracing::info_span!(
+            "scheduled instance",
+            otel.name = "recurring schedule",
+            series_id = %s.series_id,
+            user_id = %s.user_id,
+            trace_id = tracing::field::Empty,
+        );
+        let parent = traceparent.as_deref().and_then(TraceParent::parse);
+        telemetry::continue_trace(&span, parent.as_ref());
         // A series whose rule cannot be evaluated stops, alone.
         let evaluated = s
             .rule()
@@ -126,13 +145,18 @@ impl Scheduler {
         let mut created = 0;
         if let Some(occurrence) = due_now {
             let correlation = Uuid::new_v4().to_string();
-            match series::create_instance(&mut tx, &s, occurrence, &correlation, None).await {
+            let instance = series::create_instance(&mut tx, &s, occurrence, &correlation, None)
+                .instrument(span.clone())
+                .await;
+            match instance {
                 Ok(Some(task)) => {
                     created = 1;
-                    tracing::info!(
-                        series_id = %s.series_id, task_id = %task.id, due_at = %occurrence,
-                        late_ms = (now - occurrence).num_milliseconds(), "scheduled instance created"
-                    );
+                    span.in_scope(|| {
+                        tracing::info!(
+                            task_id = %task.id, due_at = %occurrence,
+                            late_ms = (now - occurrence).num_milliseconds(), "scheduled instance created"
+                        )
+                    });
                 }
                 Ok(None) => {}
                 Err(HandlerError::Rejected(e)) => {
@@ -163,4 +187,5 @@ struct SeriesRowAt {
     #[sqlx(flatten)]
     series: SeriesRow,
     now: DateTime<Utc>,
+    traceparent: Option<String>,
 }

@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 use todo_shared::consumer::HandlerError;
 use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestamp, UserId};
 use todo_shared::tasks::{self, Actor};
+use todo_shared::telemetry::TraceParent;
 use uuid::Uuid;
 
 pub const SOURCE: &str = "todo-recurring";
@@ -66,12 +67,13 @@ pub async fn start(
         RecurrenceMode::OnCompletion => None,
     };
     sqlx::query(
-        "INSERT INTO recurring_series (series_id, user_id, recurrence, mode, dtstart, template, active, next_at)
-         VALUES ($1, $2, $3, $4, $5, $6, true, $7)
+        "INSERT INTO recurring_series (series_id, user_id, recurrence, mode, dtstart, template, active, next_at,
+                                       traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8)
          ON CONFLICT (series_id) DO UPDATE
             SET recurrence = EXCLUDED.recurrence, mode = EXCLUDED.mode, dtstart = EXCLUDED.dtstart,
                 template = EXCLUDED.template, active = true, next_at = EXCLUDED.next_at,
-                updated_at = now()",
+                traceparent = EXCLUDED.traceparent, updated_at = now()",
     )
     .bind(series_id)
     .bind(user)
@@ -80,6 +82,9 @@ pub async fn start(
     .bind(due_at)
     .bind(Json(task))
     .bind(next_at)
+    // Scheduled instances continue the trace of the change that started
+    // (or last changed) the series.
+    .bind(TraceParent::current().map(|t| t.to_string()))
     .execute(&mut *conn)
     .await?;
     claim(conn, series_id, due_at, Some(task.id)).await?;

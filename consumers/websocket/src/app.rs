@@ -223,7 +223,9 @@ impl App {
                 time: event.envelope.time,
                 text: frame::event(&event.envelope),
             };
-            let counts = hub.publish(&event.envelope.userid, pushed, Instant::now());
+            let fan_out = tracing::info_span!("fan out", otel.name = "deliver to connections");
+            let counts =
+                fan_out.in_scope(|| hub.publish(&event.envelope.userid, pushed, Instant::now()));
             metrics.frames_sent(counts.sent);
             metrics.slow_dropped(counts.dropped);
         };

@@ -9,7 +9,7 @@ async fn main() {
         Settings::from_env(DEFAULT_PORT).unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     let jwt = JwtSettings::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
     let options = Options::from_env().unwrap_or_else(|e| exit_on_config_error(NAME, &e));
-    telemetry::init(NAME);
+    let _telemetry = telemetry::init(NAME);
     let result = async {
         App::build(&settings, &jwt, options)
             .await?

@@ -35,17 +35,19 @@ use crate::config::{ConfigError, Env, KafkaSettings};
 use crate::envelope::{Envelope, EventKind, EventType, TaskEventData, Topic, TopicNames};
 use crate::retry::backoff;
 use crate::shutdown::Shutdown;
+use crate::telemetry::{self, TraceParent, TRACEPARENT};
 use context::RuntimeContext;
 use dead_letters::{DeadLetter, DeadLetters};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// An event as a handler sees it: the envelope, and where it was read.
@@ -55,6 +57,13 @@ pub struct Event {
     /// The message value as published.
     pub payload: Vec<u8>,
     pub origin: Origin,
+    /// The trace the event belongs to (its `traceparent` header, or the
+    /// envelope's attribute), if it was traced.
+    pub trace: Option<TraceParent>,
+    /// The span of this event's handling: its log lines carry the event's
+    /// ids, and the work it causes (events written, reminders fired)
+    /// continues its trace.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +118,9 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         async move {
             for event in events {
-                self.handle(conn, event).await?;
+                self.handle(conn, event)
+                    .instrument(event.span.clone())
+                    .await?;
             }
             Ok(())
         }
@@ -343,7 +354,7 @@ impl<H: Handler> Runtime<H> {
         let mut poison: Vec<(&OwnedMessage, String)> = Vec::new();
         let mut seen: HashSet<Uuid> = HashSet::with_capacity(batch.len());
         for msg in batch {
-            match parse(msg) {
+            match parse(&self.config.name, msg) {
                 Ok(event) if !self.handler.wants(&event.envelope.event_type) => {
                     if let EventKind::Unknown(name) = &event.envelope.event_type {
                         self.skip_unknown(name, &event);
@@ -454,10 +465,10 @@ impl<H: Handler> Runtime<H> {
             let give_up =
                 matches!(e, HandlerError::Rejected(_)) || attempts >= self.config.max_attempts;
             if give_up {
-                tracing::error!(
-                    consumer = %self.config.name, event_id = %event.envelope.id, event_type,
-                    correlation_id = %event.envelope.correlationid, attempts, error = %e,
-                    "event failed; dead-lettering it"
+                event.span.record("otel.status_code", "ERROR");
+                // The event's span names it (ids, correlation, trace).
+                event.span.in_scope(
+                    || tracing::error!(attempts, error = %e, "event failed; dead-lettering it"),
                 );
                 let reason = e.to_string();
                 let letter = DeadLetter {
@@ -469,11 +480,9 @@ impl<H: Handler> Runtime<H> {
                     .dead_letter(&letter, letter_id(msg, Some(event)), dead_letters, shutdown)
                     .await;
             }
-            tracing::warn!(
-                consumer = %self.config.name, event_id = %event.envelope.id, event_type,
-                correlation_id = %event.envelope.correlationid, attempts, error = %e,
-                "event failed; retrying"
-            );
+            event
+                .span
+                .in_scope(|| tracing::warn!(attempts, error = %e, "event failed; retrying"));
             wait(backoff(attempts), shutdown).await?;
         }
     }
@@ -506,6 +515,29 @@ impl<H: Handler> Runtime<H> {
     }
 
     async fn apply(&self, events: &[&Event]) -> Result<(), HandlerError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        // One transaction for several events: a child of the first event's
+        // span, linked to the others'.
+        let span = tracing::info_span!(
+            parent: &first.span,
+            "transaction",
+            otel.name = "apply events",
+            db.system.name = "postgresql",
+            events = events.len(),
+        );
+        if telemetry::tracing_on() {
+            for e in &events[1..] {
+                if let Some(t) = TraceParent::of(&e.span) {
+                    telemetry::link(&span, &t);
+                }
+            }
+        }
+        self.apply_in_transaction(events).instrument(span).await
+    }
+
+    async fn apply_in_transaction(&self, events: &[&Event]) -> Result<(), HandlerError> {
         let mut tx = crate::db::begin(&self.pool).await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.envelope.id).collect();
         let fresh: HashSet<Uuid> = dedup::claim(&mut tx, &self.config.name, &ids)
@@ -637,18 +669,59 @@ fn letter_id(msg: &OwnedMessage, event: Option<&Event>) -> Uuid {
     }
 }
 
-fn parse(msg: &OwnedMessage) -> Result<Event, String> {
+fn parse(consumer: &str, msg: &OwnedMessage) -> Result<Event, String> {
     let payload = msg.payload().ok_or("empty message (no payload)")?;
     let envelope = Envelope::from_slice(payload).map_err(|e| e.to_string())?;
+    let trace = msg
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
+        .and_then(|h| h.value)
+        .and_then(TraceParent::from_bytes)
+        .or_else(|| envelope.traceparent.as_deref().and_then(TraceParent::parse));
+    let origin = Origin {
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+    };
+    let span = event_span(consumer, &envelope, &origin, trace.as_ref());
     Ok(Event {
         envelope,
         payload: payload.to_vec(),
-        origin: Origin {
-            topic: msg.topic().to_owned(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-        },
+        origin,
+        trace,
+        span,
     })
+}
+
+/// The span of one event's handling by `consumer`, continuing `trace`
+/// (public for the benchmark of what it costs).
+pub fn event_span(
+    consumer: &str,
+    envelope: &Envelope,
+    origin: &Origin,
+    trace: Option<&TraceParent>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "process",
+        otel.name = %format_args!("{} process", envelope.event_type),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.consumer.group.name = consumer,
+        messaging.destination.name = origin.topic.as_str(),
+        messaging.destination.partition.id = origin.partition,
+        messaging.kafka.offset = origin.offset,
+        consumer,
+        event_id = %envelope.id,
+        event_type = %envelope.event_type,
+        user_id = %envelope.userid,
+        correlation_id = %envelope.correlationid,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, trace);
+    span
 }
 
 async fn wait(delay: Duration, shutdown: &mut Shutdown) -> Flow {

@@ -116,7 +116,7 @@ impl Tail {
                     }
                 }
             }
-            match parse(&msg.detach()) {
+            match parse(name, &msg.detach()) {
                 Ok(event) => {
                     let event_type = event.envelope.event_type.to_string();
                     self.metrics
@@ -131,10 +131,13 @@ impl Tail {
                         .with_label_values(&[name])
                         .observe(age.as_secs_f64());
                     let id = event.envelope.id;
+                    let span = event.span.clone();
                     // One event that trips the service up is skipped, not
                     // fatal: every replica would trip on it at every start.
                     if let Err(panic) =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver(event)))
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            span.in_scope(|| deliver(event))
+                        }))
                     {
                         self.metrics
                             .failed

@@ -37,6 +37,7 @@ use crate::envelope::{TopicNames, CONTENT_TYPE};
 use crate::outbox::{OutboxSignal, CHANNEL};
 use crate::retry::backoff;
 use crate::shutdown::Shutdown;
+use crate::telemetry::{self, TraceParent, TRACEPARENT};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -171,6 +172,7 @@ struct Row {
     event_type: String,
     payload: Vec<u8>,
     created_at: DateTime<Utc>,
+    traceparent: Option<String>,
 }
 
 /// A row sent and not yet acknowledged.
@@ -178,6 +180,9 @@ struct Sent {
     key: String,
     event_type: String,
     created_at: DateTime<Utc>,
+    /// The publish span (when spans are exported): it ends at the broker's
+    /// answer.
+    span: Option<tracing::Span>,
 }
 
 type Delivery = BoxFuture<'static, (i64, Result<(), KafkaError>)>;
@@ -377,7 +382,7 @@ impl Leading<'_> {
         // Only while the lease is ours: a leader that wakes up after losing
         // it reads nothing new.
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, topic, key, event_type, payload, created_at FROM outbox
+            "SELECT id, topic, key, event_type, payload, created_at, traceparent FROM outbox
               WHERE EXISTS (SELECT 1 FROM outbox_relay_lease
                              WHERE id = 1 AND holder = $1 AND expires_at > now())
               ORDER BY id LIMIT $2",
@@ -408,10 +413,17 @@ impl Leading<'_> {
                 break;
             }
             let topic = format!("{}{}", self.topics.prefix(), row.topic);
+            let (span, traceparent) = publish_span(&row, &topic);
             let record = FutureRecord::to(&topic)
                 .key(&row.key)
                 .payload(&row.payload)
-                .headers(headers.clone());
+                .headers(match &traceparent {
+                    Some(t) => headers.clone().insert(Header {
+                        key: TRACEPARENT,
+                        value: Some(t.as_str()),
+                    }),
+                    None => headers.clone(),
+                });
             match producer.send_result(record) {
                 Ok(delivery) => {
                     let id = row.id;
@@ -433,6 +445,7 @@ impl Leading<'_> {
                             key: row.key,
                             event_type: row.event_type,
                             created_at: row.created_at,
+                            span,
                         },
                     );
                 }
@@ -492,6 +505,10 @@ impl Leading<'_> {
                 }
             }
             Err(e) => {
+                if let Some(span) = &sent.span {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error", tracing::field::display(&e));
+                }
                 self.relay
                     .metrics
                     .failed
@@ -629,4 +646,31 @@ impl Leading<'_> {
         self.backlog_checked = Instant::now();
         Ok(())
     }
+}
+
+/// The span of one row's publish, a child of the change that wrote it, and
+/// the trace context the message carries: the publish span's when spans are
+/// exported (consumers become its children), else the row's own, passed on.
+fn publish_span(row: &Row, topic: &str) -> (Option<tracing::Span>, Option<TraceParent>) {
+    let parent = row.traceparent.as_deref().and_then(TraceParent::parse);
+    if !telemetry::tracing_on() {
+        return (None, parent);
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "publish",
+        otel.name = %format!("{} publish", row.topic),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = topic,
+        event_type = %row.event_type,
+        outbox_id = row.id,
+        trace_id = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, parent.as_ref());
+    let own = TraceParent::of(&span).or(parent);
+    (Some(span), own)
 }

@@ -17,8 +17,10 @@ use todo_shared::envelope::{EventType, ReminderEventData};
 use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
+use todo_shared::telemetry::{self, TraceParent};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The longest sleep: a safety net for a wake-up another replica missed.
@@ -98,6 +100,24 @@ impl ChannelMetrics {
     }
 }
 
+/// One attempt's span, a child of the firing's: the user's id and the
+/// delivery's, never the target (an address or URL is personal data).
+fn attempt_span(channel: &'static str, row: &Leased) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deliver",
+        otel.name = %format!("reminder deliver {channel}"),
+        otel.kind = "client",
+        channel,
+        delivery_id = %row.delivery_id,
+        user_id = %row.user_id,
+        attempt = row.attempts,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = row.traceparent.as_deref().and_then(TraceParent::parse);
+    telemetry::continue_trace(&span, parent.as_ref());
+    span
+}
+
 #[derive(sqlx::FromRow)]
 struct Leased {
     delivery_id: Uuid,
@@ -107,6 +127,8 @@ struct Leased {
     settings: serde_json::Value,
     reminder: sqlx::types::Json<Message>,
     attempts: i32,
+    /// The trace of the firing that added this delivery.
+    traceparent: Option<String>,
 }
 
 pub struct Worker {
@@ -184,7 +206,8 @@ impl Inner {
                          WHERE channel = $1 AND state = 'pending' AND attempt_at <= now()
                          ORDER BY attempt_at LIMIT $2
                            FOR UPDATE SKIP LOCKED)
-              RETURNING delivery_id, channel, target, user_id, settings, reminder, attempts",
+              RETURNING delivery_id, channel, target, user_id, settings, reminder, attempts,
+                        traceparent",
             )
             .bind(kind)
             .bind(i64::try_from(free).unwrap_or(i64::MAX))
@@ -196,11 +219,15 @@ impl Inner {
                     break;
                 };
                 let inner = self.clone();
-                self.tracker.spawn(async move {
-                    inner.attempt(row).await;
-                    drop(slot);
-                    inner.wake.notify_one();
-                });
+                let span = attempt_span(kind, &row);
+                self.tracker.spawn(
+                    async move {
+                        inner.attempt(row).await;
+                        drop(slot);
+                        inner.wake.notify_one();
+                    }
+                    .instrument(span),
+                );
             }
         }
         let (waiting, next): (i64, Option<f64>) = sqlx::query_as(
