@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Offline checks of everything that deploys the platform: Dockerfile,
-# docker-compose.yml + redpanda/, deploy/civo (kustomize) and
-# deploy/render/render.yaml. Needs no Docker engine and no cluster; installs
-# its tools if missing (Debian's docker-compose, PyPI's kubernetes-validate
-# and check-jsonschema). The environment variables each manifest sets are
-# checked against the sources by `cargo test -p todo-shared --test deploy_env`.
+# docker-compose.yml + redpanda/, deploy/civo (kustomize, also with
+# components/monitoring) and deploy/render/render.yaml (the monitoring
+# files themselves: scripts/check-observability.sh). Needs no Docker engine
+# and no cluster; installs its tools if missing (Debian's docker-compose,
+# PyPI's kubernetes-validate and check-jsonschema). The environment
+# variables each manifest sets are checked against the sources by
+# `cargo test -p todo-shared --test deploy_env`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -39,7 +41,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 # --- shell scripts -------------------------------------------------------
-for f in redpanda/bootstrap.sh scripts/check-deploy.sh; do
+for f in redpanda/bootstrap.sh scripts/check-deploy.sh scripts/check-observability.sh; do
   bash -n "$f" || fail "$f does not parse"
 done
 
@@ -121,6 +123,24 @@ for dir in deploy/civo deploy/civo/demo; do
       || fail "$dir does not validate against Kubernetes $version"
   done
 done
+# The optional monitoring component, as an overlay would add it to base/
+# (an overlay of our own, outside the repository: its paths are relative).
+mkdir -p "$tmp/monitoring"
+cat >"$tmp/monitoring/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $(realpath --relative-to="$tmp/monitoring" deploy/civo/base)
+components:
+  - $(realpath --relative-to="$tmp/monitoring" deploy/civo/components/monitoring)
+EOF
+step "deploy/civo/base + components/monitoring: render with $renderer"
+render_kustomization "$tmp/monitoring" >"$tmp/monitoring.yaml" || fail "kustomize base + components/monitoring"
+# kubernetes-validate has no schema for the operator's PodMonitor and
+# PrometheusRule (it would only warn); what they refer to is checked here.
+step "deploy/civo/components/monitoring: a PodMonitor per service on its named port, the PrometheusRule = deploy/prometheus/alerts.yml"
+python3 scripts/check_deploy.py kubernetes "$tmp/monitoring.yaml" || fail "base + components/monitoring"
+python3 scripts/check_deploy.py monitoring "$tmp/monitoring.yaml" || fail deploy/civo/components/monitoring
 step "deploy/civo/secret.example.yaml: kubernetes-validate --strict"
 python3 -m kubernetes_validate --strict --quiet deploy/civo/secret.example.yaml \
   || fail "secret.example.yaml"

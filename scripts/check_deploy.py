@@ -6,6 +6,12 @@
     check_deploy.py kubernetes RENDERED.yaml... rendered kustomize output(s)
     check_deploy.py render                      deploy/render/render.yaml
     check_deploy.py topics                      redpanda/bootstrap.sh vs the k8s Job
+    check_deploy.py monitoring RENDERED.yaml    PodMonitors and PrometheusRule of
+                                                a kustomization with the
+                                                components/monitoring component
+    check_deploy.py prometheusrule              print the component's
+                                                prometheusrule.yaml, made
+                                                from deploy/prometheus/alerts.yml
     check_deploy.py kustomize DIR               print DIR rendered (fallback
                                                 renderer, when no kustomize)
 
@@ -445,6 +451,110 @@ def check_topics():
             problem("topics", f"{base} retention exceeds the consumers' dedup retention (14 days)")
 
 
+# ------------------------------------------------------------ monitoring --
+
+ALERTS = path("deploy", "prometheus", "alerts.yml")
+PROMETHEUS_RULE = path("deploy", "civo", "components", "monitoring", "prometheusrule.yaml")
+REGENERATE = "python3 scripts/check_deploy.py prometheusrule > deploy/civo/components/monitoring/prometheusrule.yaml"
+
+
+def prometheus_rule_text():
+    """deploy/prometheus/alerts.yml as a PrometheusRule: its `groups:` and
+    everything after them (comments included), indented under `spec:`."""
+    lines = open(ALERTS).read().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("groups:"))
+    body = "\n".join(("  " + l) if l.strip() else "" for l in lines[start:])
+    return f"""# GENERATED from deploy/prometheus/alerts.yml (the rules tested by
+# alerts.test.yml): do not edit; after changing alerts.yml run
+#   {REGENERATE}
+# (scripts/check-deploy.sh fails while the two differ).
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: todo-platform
+  namespace: todo
+  labels:
+    app.kubernetes.io/name: todo-platform
+    app.kubernetes.io/part-of: todo-platform
+spec:
+{body}
+"""
+
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_monitoring(file):
+    """A rendering of the platform with components/monitoring: every
+    Deployment of our image is scraped by exactly one PodMonitor through a
+    named container port, and the PrometheusRule holds alerts.yml's rules."""
+    where = os.path.basename(file)
+    docs = load_all(file)
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    for d in monitors + rules:
+        if d.get("apiVersion") != "monitoring.coreos.com/v1":
+            problem(where, f"{d['kind']} {d['metadata']['name']}: apiVersion {d.get('apiVersion')}, expected monitoring.coreos.com/v1")
+    if not monitors:
+        problem(where, "no PodMonitor")
+    for m in monitors:
+        name = m["metadata"]["name"]
+        spec = m.get("spec", {})
+        if not spec.get("selector", {}).get("matchLabels"):
+            problem(where, f"PodMonitor {name}: needs spec.selector.matchLabels")
+        endpoints = spec.get("podMetricsEndpoints") or []
+        if not endpoints:
+            problem(where, f"PodMonitor {name}: no podMetricsEndpoints")
+        for e in endpoints:
+            if not e.get("port"):
+                problem(where, f"PodMonitor {name}: an endpoint without a named port")
+            if e.get("path", "/metrics") != "/metrics":
+                problem(where, f"PodMonitor {name}: path {e.get('path')}, the services serve /metrics")
+        if "namespaceSelector" not in spec:
+            namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] == "Deployment"}
+            if m["metadata"].get("namespace") not in namespaces:
+                problem(where, f"PodMonitor {name}: in namespace {m['metadata'].get('namespace')}, "
+                               f"the Deployments in {sorted(map(str, namespaces))}, and no namespaceSelector")
+    scraped = set()
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        template, _, containers = containers_of(d)
+        ours = [c for c in containers if "todo-platform" in c.get("image", "")]
+        if not ours:
+            continue
+        labels = template.get("metadata", {}).get("labels", {})
+        binary = (ours[0].get("command") or ["?"])[0]
+        matching = [m for m in monitors if selects(m["spec"].get("selector", {}).get("matchLabels"), labels)]
+        if len(matching) != 1:
+            problem(where, f"Deployment {d['metadata']['name']}: selected by {len(matching)} PodMonitors, expected 1")
+            continue
+        ports = {p.get("name"): p.get("containerPort") for c in ours for p in c.get("ports", [])}
+        for e in matching[0]["spec"].get("podMetricsEndpoints", []):
+            if e.get("port") not in ports:
+                problem(where, f"PodMonitor {matching[0]['metadata']['name']}: port {e.get('port')!r} "
+                               f"is not a named port of {d['metadata']['name']} ({sorted(map(str, ports))})")
+            elif ports[e["port"]] != PORTS.get(binary):
+                problem(where, f"PodMonitor {matching[0]['metadata']['name']}: port {e['port']} is "
+                               f"{ports[e['port']]}, {binary} serves /metrics on {PORTS.get(binary)}")
+        scraped.add(binary)
+    missing = [s for s in SERVICES if s not in scraped]
+    if missing:
+        problem(where, f"no PodMonitor scrapes {missing}")
+    if len(rules) != 1:
+        problem(where, f"{len(rules)} PrometheusRules, expected 1")
+    alerts = yaml.safe_load(open(ALERTS))
+    for r in rules:
+        if r.get("spec", {}).get("groups") != alerts["groups"]:
+            problem(where, f"PrometheusRule {r['metadata']['name']}: its groups differ from "
+                           f"deploy/prometheus/alerts.yml; run {REGENERATE}")
+    # The same rules, yet edited by hand (the comments differ, say).
+    if rules and not problems and open(PROMETHEUS_RULE).read() != prometheus_rule_text():
+        problem("deploy/civo/components/monitoring/prometheusrule.yaml",
+                f"not what deploy/prometheus/alerts.yml makes; run {REGENERATE}")
+
+
 # -------------------------------------------------- fallback kustomize ----
 
 def deep_merge(base, patch):
@@ -505,6 +615,11 @@ def main():
         check_render(path("deploy", "render", "render.yaml"))
     elif what == "topics":
         check_topics()
+    elif what == "monitoring":
+        check_monitoring(sys.argv[2])
+    elif what == "prometheusrule":
+        sys.stdout.write(prometheus_rule_text())
+        return
     elif what == "kustomize":
         yaml.safe_dump_all(kustomize(sys.argv[2]), sys.stdout, sort_keys=False)
         return

@@ -68,6 +68,14 @@ impl RelayMetrics {
             "todo_outbox_stalls_total",
             "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced",
         )?;
+        // Every type's series exists from the start at 0: a first failure
+        // is then an increase that rate() and the alert rules can see, and
+        // the dashboard shows 0 instead of no data.
+        for t in crate::envelope::EventType::ALL {
+            for m in [&published, &failed, &set_aside] {
+                m.with_label_values(&[t.as_str()]);
+            }
+        }
         registry.register(Box::new(stalls.clone()))?;
         for m in [&published, &failed, &set_aside] {
             registry.register(Box::new(m.clone()))?;
