@@ -427,7 +427,13 @@ mod tests {
         let now = at("2026-12-01T09:00:00Z");
         for rule in &rules {
             let s = series(rule, "Europe/Berlin", "1970-01-01T00:00:00Z");
-            let (next, cpu) = thread_cpu(|| s.next_after(now));
+            // The fastest of three: another process on a busy 2-core
+            // machine (the rest of the suite) only ever adds CPU time, by
+            // evicting caches, to what the evaluation itself costs.
+            let (next, cpu) = (0..3)
+                .map(|_| thread_cpu(|| s.next_after(now)))
+                .min_by_key(|(_, cpu)| *cpu)
+                .expect("three runs");
             assert!(next.is_ok(), "{rule}: {next:?}");
             let (_, cpu_latest) = thread_cpu(|| s.latest_at_or_before(now));
             eprintln!("{rule}: next_after {cpu:?}, latest_at_or_before {cpu_latest:?}");
