@@ -694,13 +694,29 @@ fn parse(consumer: &str, msg: &OwnedMessage) -> Result<Event, String> {
 }
 
 /// The span of one event's handling by `consumer`, continuing `trace`
-/// (public for the benchmark of what it costs).
+/// (public for the benchmark of what it costs). Exported, it carries the
+/// messaging attributes of OpenTelemetry's conventions; otherwise only what
+/// log lines need, since the JSON log layer formats every field of every
+/// span when it is created (17 fields cost ~6 µs per event, these ~2.7).
 pub fn event_span(
     consumer: &str,
     envelope: &Envelope,
     origin: &Origin,
     trace: Option<&TraceParent>,
 ) -> tracing::Span {
+    if !telemetry::tracing_on() {
+        let span = tracing::info_span!(
+            parent: None,
+            "process",
+            consumer,
+            event_id = %envelope.id,
+            event_type = %envelope.event_type,
+            correlation_id = %envelope.correlationid,
+            // At creation: recording it later would format the span again.
+            trace_id = trace.map(TraceParent::trace_id),
+        );
+        return span;
+    }
     let span = tracing::info_span!(
         parent: None,
         "process",
