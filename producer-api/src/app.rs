@@ -279,19 +279,7 @@ fn router(
 async fn correlate(mut req: Request, next: Next) -> Response {
     let id = CorrelationId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %req.method(),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = %req.method(),
-        http.route = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        correlation_id = %id.0,
-        method = %req.method(),
-        path = %req.uri().path(),
-        trace_id = tracing::field::Empty,
-    );
+    let span = request_span(&req, &id);
     let caller_trace = telemetry::from_http(req.headers());
     // A root span's trace id is read once the route has named it
     // (`record_metrics`).
@@ -318,6 +306,34 @@ async fn correlate(mut req: Request, next: Next) -> Response {
         }
     });
     response
+}
+
+/// The request's span: the OpenTelemetry HTTP attributes only when spans
+/// are exported, since the JSON log layer formats every field of a span when
+/// it is created (what an event's span costs: `benches/README.md`).
+fn request_span(req: &Request, id: &CorrelationId) -> tracing::Span {
+    if !telemetry::tracing_on() {
+        return tracing::info_span!(
+            "request",
+            correlation_id = %id.0,
+            method = %req.method(),
+            path = %req.uri().path(),
+            trace_id = tracing::field::Empty,
+        );
+    }
+    tracing::info_span!(
+        "request",
+        otel.name = %req.method(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        correlation_id = %id.0,
+        method = %req.method(),
+        path = %req.uri().path(),
+        trace_id = tracing::field::Empty,
+    )
 }
 
 async fn record_metrics(State(http): State<HttpMetrics>, req: Request, next: Next) -> Response {

@@ -16,11 +16,10 @@
 //! row, sent as a message header and as the CloudEvents distributed-tracing
 //! attribute, continued by every consumer ([`TraceParent`]).
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -90,7 +89,6 @@ pub fn init(service: &'static str) -> Telemetry {
         .try_init()
         .is_ok();
     if installed && provider.is_some() {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         TRACING.store(true, Ordering::Relaxed);
         tracing::info!(service, "exporting traces over OTLP");
     }
@@ -125,7 +123,10 @@ fn provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
 
 /// A W3C `traceparent` (version 00) as it crosses a process boundary: read
 /// from an HTTP header, a Kafka header, an envelope or a database row, so
-/// parsed strictly; anything else is ignored, never an error.
+/// parsed strictly; anything else is ignored, never an error. Parsed here
+/// rather than by OpenTelemetry's propagator because it is needed without
+/// an exporter too (the trace id of log lines, a relay passing it on), and
+/// per event, where the propagator's carrier map would allocate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent(String);
 
@@ -163,9 +164,16 @@ impl TraceParent {
         if !tracing_on() {
             return None;
         }
-        let mut carrier = HashMap::new();
-        TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-        carrier.remove(TRACEPARENT).and_then(|v| Self::parse(&v))
+        let cx = span.context();
+        let ctx = cx.span().span_context().clone();
+        ctx.is_valid().then(|| {
+            TraceParent(format!(
+                "00-{}-{}-{:02x}",
+                ctx.trace_id(),
+                ctx.span_id(),
+                ctx.trace_flags().to_u8()
+            ))
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -177,9 +185,16 @@ impl TraceParent {
         &self.0[3..35]
     }
 
-    fn context(&self) -> opentelemetry::Context {
-        let carrier = HashMap::from([(TRACEPARENT.to_owned(), self.0.clone())]);
-        TraceContextPropagator::new().extract(&carrier)
+    /// As the remote parent of a span (the digits were checked by `parse`).
+    fn span_context(&self) -> SpanContext {
+        let hex = |range: std::ops::Range<usize>| &self.0[range];
+        SpanContext::new(
+            TraceId::from_hex(hex(3..35)).unwrap_or(TraceId::INVALID),
+            SpanId::from_hex(hex(36..52)).unwrap_or(SpanId::INVALID),
+            TraceFlags::new(u8::from_str_radix(hex(53..55), 16).unwrap_or(0)),
+            true,
+            TraceState::default(),
+        )
     }
 }
 
@@ -214,7 +229,8 @@ pub fn adopt(span: &tracing::Span, parent: Option<&TraceParent>) {
     if tracing_on() {
         // Fails only when the span is disabled (filtered out): then
         // there is nothing to continue.
-        let _ = span.set_parent(parent.context());
+        let cx = opentelemetry::Context::new().with_remote_span_context(parent.span_context());
+        let _ = span.set_parent(cx);
     }
     span.record("trace_id", parent.trace_id());
 }
@@ -240,12 +256,11 @@ pub fn rename(span: &tracing::Span, name: String) {
     }
 }
 
-/// Links `span` to another trace's context (a batch written once for
-/// several events keeps every event's trace).
-pub fn link(span: &tracing::Span, other: &TraceParent) {
+/// Links `span` to another span (a batch written once for several events
+/// keeps every event's trace).
+pub fn link(span: &tracing::Span, other: &tracing::Span) {
     if tracing_on() {
-        let cx = other.context();
-        span.add_link(cx.span().span_context().clone());
+        span.add_link(other.context().span().span_context().clone());
     }
 }
 

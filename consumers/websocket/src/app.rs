@@ -21,6 +21,7 @@ use todo_shared::kafka;
 use todo_shared::ops::{self, Readiness, ReadyCheck};
 use todo_shared::server::HttpLimits;
 use todo_shared::shutdown::{self, Shutdown};
+use todo_shared::telemetry;
 
 /// todo-realtime's own knobs (`REALTIME_*`).
 #[derive(Debug, Clone)]
@@ -223,7 +224,13 @@ impl App {
                 time: event.envelope.time,
                 text: frame::event(&event.envelope),
             };
-            let fan_out = tracing::info_span!("fan out", otel.name = "deliver to connections");
+            // A child span only where it is exported: per event, it would
+            // cost a formatted span for nothing.
+            let fan_out = if telemetry::tracing_on() {
+                tracing::info_span!("fan out", otel.name = "deliver to connections")
+            } else {
+                tracing::Span::none()
+            };
             let counts =
                 fan_out.in_scope(|| hub.publish(&event.envelope.userid, pushed, Instant::now()));
             metrics.frames_sent(counts.sent);

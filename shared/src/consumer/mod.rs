@@ -57,9 +57,6 @@ pub struct Event {
     /// The message value as published.
     pub payload: Vec<u8>,
     pub origin: Origin,
-    /// The trace the event belongs to (its `traceparent` header, or the
-    /// envelope's attribute), if it was traced.
-    pub trace: Option<TraceParent>,
     /// The span of this event's handling: its log lines carry the event's
     /// ids, and the work it causes (events written, reminders fired)
     /// continues its trace.
@@ -527,12 +524,8 @@ impl<H: Handler> Runtime<H> {
             db.system.name = "postgresql",
             events = events.len(),
         );
-        if telemetry::tracing_on() {
-            for e in &events[1..] {
-                if let Some(t) = TraceParent::of(&e.span) {
-                    telemetry::link(&span, &t);
-                }
-            }
+        for e in &events[1..] {
+            telemetry::link(&span, &e.span);
         }
         self.apply_in_transaction(events).instrument(span).await
     }
@@ -688,7 +681,6 @@ fn parse(consumer: &str, msg: &OwnedMessage) -> Result<Event, String> {
         envelope,
         payload: payload.to_vec(),
         origin,
-        trace,
         span,
     })
 }
