@@ -27,4 +27,4 @@ if [ -z "${TEST_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   scripts/install-broker.sh
 fi
 CONTRACT_PYTHON="$venv/bin/python" timeout 900 \
-  cargo test --workspace --all-features --test contract -- --ignored --nocapture schemathesis
+  cargo test --workspace --all-features --test it -- --ignored --nocapture contract::schemathesis

@@ -12,4 +12,4 @@ if [ -z "${TEST_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   scripts/install-broker.sh
 fi
 MCP_INTEROP_PYTHON="$venv/bin/python" timeout 900 \
-  cargo test --workspace --all-features --test mcp_interop -- --ignored --nocapture
+  cargo test --workspace --all-features --test it -- --ignored --nocapture mcp_interop::

@@ -1,9 +1,9 @@
-"""The MCP scenario of producer-api/tests/mcp.rs, driven by the official
+"""The MCP scenario of producer-api/tests/it/mcp.rs, driven by the official
 Python SDK (`mcp` 2.x) over Streamable HTTP with a bearer token, against a
 live todo-api, so that a protocol mismatch with the assistants people use
 fails CI.
 
-Run by producer-api/tests/mcp_interop.rs (which starts todo-api on a fresh
+Run by producer-api/tests/it/mcp_interop.rs (which starts todo-api on a fresh
 database and broker); by hand:
 
     MCP_URL=http://127.0.0.1:8080/mcp API_URL=http://127.0.0.1:8080 \

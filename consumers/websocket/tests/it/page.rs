@@ -4,7 +4,7 @@
 //! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/run`
 //! installs them); `CHROMEDRIVER` and `CHROMIUM` override their paths.
 
-mod common;
+use crate::common;
 
 use common::Realtime;
 use fantoccini::{Client, ClientBuilder, Locator};

@@ -1,7 +1,7 @@
 //! todo-audit end to end: a random workload through the API, stored once,
 //! served as history and as an incremental log, replayed against `tasks`.
 
-mod common;
+use crate::common;
 
 use common::{by_task, stored_ids, wait_stored, Audit, WAIT};
 use rand::rngs::StdRng;

@@ -2,7 +2,7 @@
 //! deliveries, poison messages, an event that keeps failing, the database
 //! going away, and kill -9 mid-stream.
 
-mod common;
+use crate::common;
 
 use common::{spawn_binary, stored_ids, wait_stored, Audit, WAIT};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -1,7 +1,7 @@
 //! todo-realtime end to end: changes through todo-api, events through a real
 //! broker, frames over real WebSocket connections.
 
-mod common;
+use crate::common;
 
 use common::{Client, Realtime, WAIT};
 use reqwest::{Method, StatusCode};

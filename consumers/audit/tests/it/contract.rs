@@ -5,7 +5,7 @@
 //! validator and schemathesis, from scripts/contract.sh) against live
 //! services.
 
-mod common;
+use crate::common;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;

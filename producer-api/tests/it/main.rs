@@ -1,0 +1,9 @@
+//! The integration tests of producer-api: one binary, so librdkafka and the
+//! test harness are linked once for all of them.
+
+mod api;
+mod hostile;
+mod mcp;
+mod mcp_interop;
+mod outbox;
+mod preferences;

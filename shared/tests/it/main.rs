@@ -1,0 +1,6 @@
+//! The integration tests of todo-shared: one binary, so librdkafka and the
+//! test harness are linked once for all of them.
+
+mod deploy_env;
+mod relay_fatal;
+mod topics;
