@@ -49,6 +49,7 @@ impl Options {
         let ping: u64 = env.parse_or("REALTIME_PING_INTERVAL_SECS", 20)?;
         let reorder = env.millis_or("REALTIME_REORDER_WAIT_MS", Duration::from_secs(5))?;
         let dev_tokens: bool = env.parse_or("REALTIME_DEV_TOKENS", false)?;
+        let poll: u64 = env.parse_or("REALTIME_PAGE_POLL_SECS", 30)?;
         let per_user: usize = env.parse_or("REALTIME_MAX_CONNECTIONS_PER_USER", 20)?;
         let fetch_wait_max =
             env.millis_or("CONSUMER_FETCH_WAIT_MAX_MS", Duration::from_millis(10))?;
@@ -86,6 +87,12 @@ impl Options {
                 "must be between 1 and 100000",
             ));
         }
+        if !(1..=3600).contains(&poll) {
+            return Err(invalid(
+                "REALTIME_PAGE_POLL_SECS",
+                "must be between 1 and 3600",
+            ));
+        }
         if !(1..=3600).contains(&ping) {
             return Err(invalid(
                 "REALTIME_PING_INTERVAL_SECS",
@@ -109,6 +116,7 @@ impl Options {
             page: PageConfig {
                 api_url: env.or("REALTIME_API_URL", "http://localhost:8080"),
                 dev_tokens,
+                poll_interval_secs: poll,
             },
             fetch_wait_max,
         })

@@ -25,6 +25,9 @@ pub struct PageConfig {
     /// Whether anyone may mint a token here (`REALTIME_DEV_TOKENS`): for a
     /// local stack only, never in production.
     pub dev_tokens: bool,
+    /// How often the page reloads the list over REST while its socket cannot
+    /// connect (`REALTIME_PAGE_POLL_SECS`; the specs: 30 s).
+    pub poll_interval_secs: u64,
 }
 
 #[derive(Clone)]

@@ -27,6 +27,16 @@ impl Realtime {
     /// Starts todo-realtime with `vars` over the defaults, and waits until it
     /// has read the log (ready).
     pub async fn spawn(stack: &Stack, api: &Api, vars: &[(&str, &str)]) -> Realtime {
+        Self::spawn_with(stack, api, vars, stack.settings()).await
+    }
+
+    /// As `spawn`, with these settings (a given port, say).
+    pub async fn spawn_with(
+        stack: &Stack,
+        api: &Api,
+        vars: &[(&str, &str)],
+        settings: todo_shared::config::Settings,
+    ) -> Realtime {
         let mut map: std::collections::HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -34,7 +44,7 @@ impl Realtime {
         map.insert("REALTIME_API_URL".into(), api.base.clone());
         let options =
             Options::from_lookup(&Env::new(move |k: &str| map.get(k).cloned())).expect("options");
-        let app = App::build(&stack.settings(), &stack.jwt_settings(), options)
+        let app = App::build(&settings, &stack.jwt_settings(), options)
             .await
             .expect("todo-realtime starts");
         let base = format!("127.0.0.1:{}", app.port());
