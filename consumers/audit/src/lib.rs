@@ -1,10 +1,11 @@
 //! todo-audit: stores every event of the platform once, append-only, with
 //! its envelope; serves a task's history and a user's log for incremental
-//! sync; rebuilds task state from the log and compares it with `tasks`.
+//! sync; activity stats; rebuilds task state from the log and compares it with `tasks`.
 
 pub mod app;
 pub mod replay;
 pub mod routes;
+pub mod stats;
 pub mod store;
 
 pub const NAME: &str = "todo-audit";

@@ -80,6 +80,24 @@ pub fn router(state: AuditState) -> ApiRouter {
                 problem::<400>(op, "A bad `since` or `limit`")
             }),
         )
+        .api_route(
+            "/stats",
+            get_with(crate::stats::stats, |op| {
+                let op = op
+                    .id("stats")
+                    .summary("The caller's activity")
+                    .description(
+                        "From the event store: tasks created and completed per day of a range \
+                         (at most 366 days, default the last 30) in a time zone, the share of \
+                         the range's tasks completed now, tasks overdue now, reminders sent.",
+                    )
+                    .tag("stats")
+                    .response_with::<200, Json<crate::stats::Stats>, _>(|r| {
+                        r.description("The caller's figures")
+                    });
+                problem::<400>(op, "A bad date, range or time zone")
+            }),
+        )
         .with_state(state)
 }
 
