@@ -1,6 +1,7 @@
 //! Assembles todo-notifier (consumer, clock, outbox notifications) the same
 //! way for `main` and the tests.
 
+use crate::channels::breaker::{self, BreakerConfig};
 use crate::channels::email::Email;
 use crate::channels::net::Policy;
 use crate::channels::webhook::Webhook;
@@ -85,6 +86,42 @@ impl std::fmt::Debug for ChannelOptions {
     }
 }
 
+/// When a channel's breaker opens, and for how long at first.
+fn breaker_config<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<BreakerConfig, ConfigError> {
+    let invalid = |var: &'static str, reason: String| ConfigError::Invalid { var, reason };
+    let defaults = BreakerConfig::default();
+    let min_users: usize = env.parse_or("REMINDER_BREAKER_MIN_USERS", defaults.min_users)?;
+    if min_users > breaker::WINDOW {
+        return Err(invalid(
+            "REMINDER_BREAKER_MIN_USERS",
+            format!("must be between 0 (never open) and {}", breaker::WINDOW),
+        ));
+    }
+    let failure_percent: u8 =
+        env.parse_or("REMINDER_BREAKER_FAILURE_PERCENT", defaults.failure_percent)?;
+    if !(1..=99).contains(&failure_percent) {
+        return Err(invalid(
+            "REMINDER_BREAKER_FAILURE_PERCENT",
+            "must be between 1 and 99".into(),
+        ));
+    }
+    let open_for = env.millis_or("REMINDER_BREAKER_OPEN_MS", defaults.open_for)?;
+    if !(Duration::from_millis(100)..=defaults.max_open).contains(&open_for) {
+        return Err(invalid(
+            "REMINDER_BREAKER_OPEN_MS",
+            format!("must be between 100 and {}", defaults.max_open.as_millis()),
+        ));
+    }
+    Ok(BreakerConfig {
+        min_users,
+        failure_percent,
+        open_for,
+        max_open: defaults.max_open,
+    })
+}
+
 impl ChannelOptions {
     pub fn from_lookup<F: Fn(&str) -> Option<String>>(
         env: &Env<F>,
@@ -126,6 +163,7 @@ impl ChannelOptions {
                 "must be between 100 and 120000".into(),
             ));
         }
+        let breaker = breaker_config(env)?;
         Ok(Self {
             smtp_url,
             smtp_from,
@@ -137,6 +175,7 @@ impl ChannelOptions {
                 concurrency,
                 timeout,
                 max_attempts,
+                breaker,
             },
         })
     }
@@ -306,5 +345,44 @@ impl App {
         }
         let _ = notifier.await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(pairs: &[(&str, &str)]) -> Result<BreakerConfig, ConfigError> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        breaker_config(&Env::new(move |k: &str| map.get(k).cloned()))
+    }
+
+    #[test]
+    fn breaker_settings_have_defaults_and_out_of_range_values_name_their_variable() {
+        assert_eq!(breaker(&[]).expect("defaults"), BreakerConfig::default());
+        let set = breaker(&[
+            ("REMINDER_BREAKER_MIN_USERS", "0"),
+            ("REMINDER_BREAKER_FAILURE_PERCENT", "80"),
+            ("REMINDER_BREAKER_OPEN_MS", "250"),
+        ])
+        .expect("in range");
+        assert_eq!(
+            (set.min_users, set.failure_percent, set.open_for),
+            (0, 80, Duration::from_millis(250))
+        );
+        for (var, bad) in [
+            ("REMINDER_BREAKER_MIN_USERS", "21"),
+            ("REMINDER_BREAKER_FAILURE_PERCENT", "0"),
+            ("REMINDER_BREAKER_FAILURE_PERCENT", "100"),
+            ("REMINDER_BREAKER_OPEN_MS", "99"),
+            ("REMINDER_BREAKER_OPEN_MS", "300001"),
+            ("REMINDER_BREAKER_MIN_USERS", "many"),
+        ] {
+            let e = breaker(&[(var, bad)]).expect_err(bad);
+            assert!(e.to_string().contains(var), "{var}={bad}: {e}");
+        }
     }
 }

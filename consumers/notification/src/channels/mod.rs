@@ -8,6 +8,7 @@
 //! rows after that commit, on its own bounded pool with its own timeout, so
 //! a slow channel holds up nobody but itself.
 
+pub mod breaker;
 pub mod email;
 pub mod net;
 pub mod webhook;

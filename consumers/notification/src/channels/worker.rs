@@ -4,21 +4,24 @@
 //! backoff, or `reminder.failed`) in a transaction of their user's.
 //!
 //! A channel's pool is its own: a receiver that hangs holds the slots of
-//! its own attempts for at most `timeout`, and nobody else's.
+//! its own attempts for at most `timeout`, and nobody else's. A channel
+//! that is down for most users pauses behind its [`Breaker`].
 
+use super::breaker::{self, Admit, Breaker, BreakerConfig, State, Verdict};
 use super::{Attempt, Channel, Failure, Message};
 use crate::schedule::{publish, Cause};
 use chrono::{DateTime, TimeDelta, Utc};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use sqlx::PgPool;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use todo_shared::envelope::{EventType, ReminderEventData};
 use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
 use todo_shared::telemetry::{self, TraceParent};
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -35,6 +38,7 @@ pub struct WorkerConfig {
     pub timeout: Duration,
     /// Attempts before `reminder.failed` (`REMINDER_MAX_ATTEMPTS`).
     pub max_attempts: i32,
+    pub breaker: BreakerConfig,
 }
 
 #[derive(Clone)]
@@ -44,6 +48,8 @@ pub struct ChannelMetrics {
     attempts: IntCounterVec,
     attempt_seconds: HistogramVec,
     latency: HistogramVec,
+    breaker_state: IntGaugeVec,
+    breaker_opened: IntCounterVec,
 }
 
 impl ChannelMetrics {
@@ -65,7 +71,7 @@ impl ChannelMetrics {
         let attempts = IntCounterVec::new(
             Opts::new(
                 "todo_reminder_channel_attempts_total",
-                "Delivery attempts by channel and outcome (sent, retry, failed)",
+                "Delivery attempts by channel and outcome (sent, retry, failed; held: failed while the channel's breaker was open, not counted against the reminder)",
             ),
             &["channel", "outcome"],
         )?;
@@ -85,17 +91,35 @@ impl ChannelMetrics {
             .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
             &["channel"],
         )?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "todo_reminder_channel_breaker_state",
+                "The channel's circuit breaker in this process: 0 closed, 1 open (attempts paused), 2 half-open (one probe in flight)",
+            ),
+            &["channel"],
+        )?;
+        let breaker_opened = IntCounterVec::new(
+            Opts::new(
+                "todo_reminder_channel_breaker_opened_total",
+                "Times the channel's breaker opened (from closed, or after a failed probe)",
+            ),
+            &["channel"],
+        )?;
         registry.register(Box::new(queue.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(attempt_seconds.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(breaker_opened.clone()))?;
         Ok(Self {
             queue,
             in_flight,
             attempts,
             attempt_seconds,
             latency,
+            breaker_state,
+            breaker_opened,
         })
     }
 }
@@ -145,6 +169,7 @@ struct Inner {
     signal: OutboxSignal,
     metrics: ChannelMetrics,
     tracker: TaskTracker,
+    breaker: Mutex<Breaker>,
 }
 
 impl Worker {
@@ -157,6 +182,12 @@ impl Worker {
         metrics: ChannelMetrics,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(config.concurrency));
+        // Present from the start, so that a dashboard and an alert see a
+        // closed breaker rather than no series.
+        metrics
+            .breaker_state
+            .with_label_values(&[channel.kind().as_str()])
+            .set(State::Closed.gauge());
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -167,6 +198,7 @@ impl Worker {
                 signal,
                 metrics,
                 tracker: TaskTracker::new(),
+                breaker: Mutex::new(Breaker::new(config.breaker)),
             }),
         }
     }
@@ -188,16 +220,30 @@ impl Worker {
 }
 
 impl Inner {
-    /// Starts as many due attempts as there are free slots; returns how
-    /// long until the next delivery is due.
+    fn breaker(&self) -> MutexGuard<'_, Breaker> {
+        // The breaker's state is a few fields, consistent after any panic.
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts as many due attempts as there are free slots (one, a probe,
+    /// when the breaker allows only that); returns how long until the next
+    /// delivery is due.
     async fn round(self: Arc<Self>) -> anyhow::Result<Duration> {
         let kind = self.channel.kind().as_str();
-        let free = self.slots.available_permits();
+        let admit = self
+            .breaker()
+            .admit(Instant::now(), self.slots.available_permits());
+        let (free, probe, paused) = match admit {
+            Admit::Attempts(n) => (n, false, None),
+            Admit::Probe => (1, true, None),
+            Admit::Wait(pause) => (0, false, Some(pause)),
+        };
+        self.show_breaker();
         if free > 0 {
             // The lease outlasts the attempt: another replica takes the row
             // only after this one has had its chance to record it.
             let lease = self.config.timeout.as_secs_f64() * 2.0 + 5.0;
-            let leased: Vec<Leased> = sqlx::query_as(
+            let leased: Result<Vec<Leased>, sqlx::Error> = sqlx::query_as(
                 "UPDATE reminder_deliveries
                     SET attempts = attempts + 1, attempt_at = now() + make_interval(secs => $3),
                         first_attempt_at = coalesce(first_attempt_at, now())
@@ -213,7 +259,21 @@ impl Inner {
             .bind(i64::try_from(free).unwrap_or(i64::MAX))
             .bind(lease)
             .fetch_all(&self.pool)
-            .await?;
+            .await;
+            let leased = match leased {
+                Ok(rows) => rows,
+                Err(e) => {
+                    if probe {
+                        self.breaker().probe_not_started(Instant::now());
+                    }
+                    return Err(e.into());
+                }
+            };
+            if probe && leased.is_empty() {
+                // Nothing to probe with yet: the next delivery due probes.
+                self.breaker().probe_not_started(Instant::now());
+                self.show_breaker();
+            }
             for row in leased {
                 let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                     break;
@@ -222,7 +282,7 @@ impl Inner {
                 let span = attempt_span(kind, &row);
                 self.tracker.spawn(
                     async move {
-                        inner.attempt(row).await;
+                        inner.attempt(row, probe).await;
                         drop(slot);
                         inner.wake.notify_one();
                     }
@@ -238,6 +298,11 @@ impl Inner {
         .fetch_one(&self.pool)
         .await?;
         self.metrics.queue.with_label_values(&[kind]).set(waiting);
+        if let Some(pause) = paused {
+            // Nothing may start before the pause ends (a probe's end wakes
+            // the worker sooner).
+            return Ok(pause.min(MAX_SLEEP));
+        }
         if self.slots.available_permits() == 0 {
             // A finished attempt wakes the worker.
             return Ok(MAX_SLEEP);
@@ -248,7 +313,50 @@ impl Inner {
             .min(MAX_SLEEP))
     }
 
-    async fn attempt(&self, row: Leased) {
+    fn show_breaker(&self) {
+        let state = self.breaker().state();
+        self.metrics
+            .breaker_state
+            .with_label_values(&[self.channel.kind().as_str()])
+            .set(state.gauge());
+    }
+
+    /// Counts the outcome in the breaker, and says what it means for this
+    /// delivery.
+    fn judge(&self, row: &Leased, outcome: &Result<(), Failure>, probe: bool) -> Verdict {
+        let kind = self.channel.kind().as_str();
+        let counted = match outcome {
+            Ok(()) => breaker::Outcome::Delivered,
+            Err(Failure::Transient(_)) => breaker::Outcome::Transient,
+            Err(Failure::Permanent(_)) => breaker::Outcome::Permanent,
+        };
+        let (before, verdict, after) = {
+            let mut breaker = self.breaker();
+            let before = breaker.state();
+            let verdict = breaker.record(Instant::now(), &row.user_id, counted, probe);
+            (before, verdict, breaker.state())
+        };
+        self.show_breaker();
+        match (before, after) {
+            (State::Closed | State::HalfOpen, State::Open) => {
+                self.metrics.breaker_opened.with_label_values(&[kind]).inc();
+                if let Verdict::Hold { retry_in } = verdict {
+                    tracing::warn!(channel = kind, pause_ms = retry_in.as_millis() as u64,
+                        "most recent attempts of this channel failed: its breaker is open, deliveries wait for a probe");
+                }
+            }
+            (State::HalfOpen, State::Closed) => {
+                tracing::info!(
+                    channel = kind,
+                    "the probe went through: the channel's breaker is closed"
+                );
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    async fn attempt(&self, row: Leased, probe: bool) {
         let kind = self.channel.kind().as_str();
         let started = Instant::now();
         self.metrics.in_flight.with_label_values(&[kind]).inc();
@@ -272,11 +380,12 @@ impl Inner {
             .attempt_seconds
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
+        let verdict = self.judge(&row, &outcome, probe);
         // A failed record leaves the lease to expire: the delivery is tried
         // again (at least once), never dropped.
         let mut tries = 0;
         loop {
-            match self.record(&row, &outcome).await {
+            match self.record(&row, &outcome, verdict).await {
                 Ok(()) => break,
                 Err(e) if tries < 3 => {
                     tries += 1;
@@ -293,19 +402,31 @@ impl Inner {
         }
     }
 
-    async fn record(&self, row: &Leased, outcome: &Result<(), Failure>) -> anyhow::Result<()> {
+    async fn record(
+        &self,
+        row: &Leased,
+        outcome: &Result<(), Failure>,
+        verdict: Verdict,
+    ) -> anyhow::Result<()> {
         let kind = self.channel.kind().as_str();
         let mut tx = todo_shared::db::begin(&self.pool).await?;
         outbox::lock_sequence(&mut tx, &row.user_id).await?;
         let key = (row.delivery_id, &row.channel, &row.target);
-        let (state, retry_at, error) = match outcome {
-            Ok(()) => ("sent", None, None),
-            Err(Failure::Transient(reason)) if row.attempts < self.config.max_attempts => {
+        // A held attempt gives its reminder its attempt back.
+        let mut uncounted = 0;
+        let (state, retry_at, error) = match (outcome, verdict) {
+            (Ok(()), _) => ("sent", None, None),
+            (Err(Failure::Transient(reason)), Verdict::Hold { retry_in }) => {
+                uncounted = 1;
+                let at = Utc::now() + TimeDelta::from_std(retry_in).unwrap_or_default();
+                ("pending", Some(at), Some(reason.as_str()))
+            }
+            (Err(Failure::Transient(reason)), _) if row.attempts < self.config.max_attempts => {
                 let wait = backoff(u32::try_from(row.attempts).unwrap_or(u32::MAX));
                 let at = Utc::now() + TimeDelta::from_std(wait).unwrap_or_default();
                 ("pending", Some(at), Some(reason.as_str()))
             }
-            Err(Failure::Transient(reason) | Failure::Permanent(reason)) => {
+            (Err(Failure::Transient(reason) | Failure::Permanent(reason)), _) => {
                 ("failed", None, Some(reason.as_str()))
             }
         };
@@ -314,6 +435,7 @@ impl Inner {
         let updated: Option<DateTime<Utc>> = sqlx::query_scalar(
             "UPDATE reminder_deliveries
                 SET state = $4, attempt_at = coalesce($5, attempt_at), last_error = $6,
+                    attempts = attempts - $7,
                     done_at = CASE WHEN $4 = 'pending' THEN NULL ELSE now() END
               WHERE delivery_id = $1 AND channel = $2 AND target = $3 AND state = 'pending'
           RETURNING (reminder->>'remind_at')::timestamptz",
@@ -324,13 +446,18 @@ impl Inner {
         .bind(state)
         .bind(retry_at)
         .bind(error)
+        .bind(uncounted)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(remind_at) = updated else {
             tx.rollback().await?;
             return Ok(());
         };
-        let outcome_label = if state == "pending" { "retry" } else { state };
+        let outcome_label = match state {
+            "pending" if uncounted == 1 => "held",
+            "pending" => "retry",
+            other => other,
+        };
         let m = &row.reminder.0;
         let data = ReminderEventData {
             task_id: m.task_id,
@@ -373,6 +500,10 @@ impl Inner {
                 publish(&mut tx, &cause, EventType::ReminderFailed, data)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            _ if uncounted == 1 => {
+                tracing::info!(delivery_id = %row.delivery_id, channel = kind,
+                    reason = error.unwrap_or_default(), "reminder delivery held while the channel's breaker is open");
             }
             _ => {
                 tracing::info!(delivery_id = %row.delivery_id, channel = kind, attempts = row.attempts,

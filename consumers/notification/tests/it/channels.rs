@@ -36,6 +36,7 @@ use web_push_native::p256;
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Notifier {
+    base: String,
     trigger: ShutdownTrigger,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -63,8 +64,10 @@ impl Notifier {
         let app = App::build(&stack.settings(), options, Arc::new(LogDelivery))
             .await
             .expect("todo-notifier starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
         let (trigger, shutdown) = shutdown::channel();
         Notifier {
+            base,
             trigger,
             handle: tokio::spawn(app.run(shutdown)),
         }
@@ -159,6 +162,11 @@ struct SmtpServer {
 
 impl SmtpServer {
     fn start(refuse_first: u32) -> SmtpServer {
+        Self::start_on(refuse_first, 0)
+    }
+
+    /// On `port` (0: a free one).
+    fn start_on(refuse_first: u32, port: u16) -> SmtpServer {
         let python = std::env::var("TEST_SMTP_PYTHON").unwrap_or_else(|_| {
             let home = std::env::var("HOME").unwrap_or_default();
             format!("{home}/.cache/todo-platform/smtp-venv/bin/python")
@@ -171,6 +179,8 @@ impl SmtpServer {
             .arg(script)
             .arg("--refuse-first")
             .arg(refuse_first.to_string())
+            .arg("--port")
+            .arg(port.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -293,6 +303,123 @@ async fn an_email_arrives_once_with_its_message_id_after_a_transient_refusal() {
     assert!(raw.contains(task["id"].as_str().expect("id")), "{raw}");
     // The HTML part escapes the title.
     assert!(raw.contains("Water &lt;the&gt; plants"), "{raw}");
+    notifier.stop().await;
+    api.stop().await;
+}
+
+/// A port nothing listens on (until a test starts something there).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits until `check` holds, polling (a condition, not a fixed sleep).
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_smtp_is_down_the_breaker_holds_every_reminder_and_delivers_each_once_it_is_up() {
+    const USERS: usize = 6;
+    let stack = Stack::new().await;
+    let port = closed_port();
+    let api = stack.spawn_api().await;
+    // Three attempts each (the harness's REMINDER_MAX_ATTEMPTS): without the
+    // breaker, every reminder would fail for good within a second or two.
+    let notifier = Notifier::spawn(
+        &stack,
+        &[
+            ("SMTP_URL", format!("smtp://127.0.0.1:{port}")),
+            ("REMINDER_BREAKER_OPEN_MS", "300".into()),
+        ],
+    )
+    .await;
+    let state = || {
+        crate::metric_sum(
+            &stack.http,
+            &notifier.base,
+            "todo_reminder_channel_breaker_state",
+        )
+    };
+    assert_eq!(state().await, 0.0, "closed (and shown) from the start");
+    let reader = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
+    // One moment for all: the attempts of many users fail together, as in
+    // an outage (not one user's three attempts before the next has one).
+    let at = rfc3339(Utc::now() + TimeDelta::seconds(4));
+    let mut tasks = Vec::new();
+    for n in 0..USERS {
+        let token = stack.token(&format!("user{n}"));
+        set_channels(
+            &stack,
+            &api,
+            &token,
+            json!({"email": {"address": format!("user{n}@example.com"), "enabled": true}}),
+        )
+        .await;
+        let task = json!({"title": format!("Task of user {n}"), "reminders": [{"at": at}]});
+        tasks.push(stack.create(&api, &token, task).await);
+    }
+
+    // Most users' attempts fail: the breaker opens, and stays open (or
+    // probing) while the server is down.
+    wait_for("the e-mail breaker opens", || async {
+        crate::metric_sum(
+            &stack.http,
+            &notifier.base,
+            "todo_reminder_channel_breaker_opened_total",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    // Several failed probes later (300 ms, 600 ms, 1.2 s...) nothing has
+    // failed for good, though each reminder had only three attempts.
+    wait_for("probes fail while the server is down", || async {
+        crate::metric_sum(
+            &stack.http,
+            &notifier.base,
+            "todo_reminder_channel_breaker_opened_total",
+        )
+        .await
+            >= 4.0
+    })
+    .await;
+    assert!(state().await > 0.0, "still open");
+    let (failed, held): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'failed'), count(*) FILTER (WHERE state = 'pending')
+           FROM reminder_deliveries WHERE channel = 'email'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .expect("deliveries");
+    assert_eq!((failed, held), (0, USERS as i64), "all held, none failed");
+
+    let smtp = SmtpServer::start_on(0, port);
+    let events = read_until(&reader, |got| {
+        tasks.iter().all(|t| outcome(got, t, "email").is_some())
+    })
+    .await;
+    for task in &tasks {
+        let sent = outcome(&events, task, "email").expect("outcome");
+        assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
+        let attempts = sent.value["data"]["attempts"].as_i64().expect("attempts");
+        assert!((1..=3).contains(&attempts), "{attempts} counted attempts");
+    }
+    let mut to: Vec<String> = smtp
+        .accepted()
+        .iter()
+        .map(|m| m["to"][0].as_str().unwrap_or_default().to_owned())
+        .collect();
+    to.sort();
+    let expected: Vec<String> = (0..USERS).map(|n| format!("user{n}@example.com")).collect();
+    assert_eq!(to, expected, "each reminder delivered once");
+    wait_for("the breaker closes", || async { state().await == 0.0 }).await;
     notifier.stop().await;
     api.stop().await;
 }

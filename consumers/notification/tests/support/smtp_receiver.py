@@ -4,7 +4,8 @@ Listens on 127.0.0.1 at a free port, prints `PORT <n>` once it accepts
 connections, then one JSON line per message it accepted: envelope sender and
 recipients, and the raw message. `--refuse-first N` answers the first N
 transactions with `451 4.3.0 try again later` (a transient refusal), as a
-busy server would.
+busy server would. `--port N` listens on N instead (a test that starts the
+server late, on the port the notifier was given while nothing listened).
 """
 import argparse
 import asyncio
@@ -46,8 +47,9 @@ def free_port():
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--refuse-first", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    port = free_port()
+    port = args.port or free_port()
     controller = Controller(Handler(args.refuse_first), hostname="127.0.0.1", port=port)
     controller.start()
     print(f"PORT {port}", flush=True)
