@@ -51,6 +51,7 @@ pub fn draft(
         userid: user.to_owned(),
         correlationid: Uuid::new_v4().to_string(),
         causationid: None,
+        origin: Default::default(),
         data: TaskEventData {
             task,
             previous,

@@ -3,6 +3,7 @@
 
 use crate::extract::{CorrelationId, CORRELATION_HEADER};
 use crate::limits::{WriteLimiter, WriteQuota};
+use crate::origin::OriginPolicy;
 use crate::preferences::ChannelSettings;
 use crate::state::{AppState, HttpMetrics};
 use crate::{docs, idempotency, mcp, routes};
@@ -48,6 +49,8 @@ pub struct ApiOptions {
     pub cors_origins: Option<Vec<HeaderValue>>,
     /// What reminders may use (`WEBHOOK_SECRET_KEY`, `VAPID_PUBLIC_KEY`).
     pub channels: ChannelSettings,
+    /// `AUDIT_CLIENT_IP`, `AUDIT_TRUSTED_PROXIES`.
+    pub origin: OriginPolicy,
 }
 
 impl Default for ApiOptions {
@@ -58,6 +61,7 @@ impl Default for ApiOptions {
             run_relay: true,
             cors_origins: None,
             channels: ChannelSettings::default(),
+            origin: OriginPolicy::default(),
         }
     }
 }
@@ -88,6 +92,7 @@ impl ApiOptions {
                 webhook_key: WebhookKey::from_lookup(&env)?,
                 vapid_public_key: env.get("VAPID_PUBLIC_KEY"),
             },
+            origin: OriginPolicy::from_lookup(&env)?,
         })
     }
 }
@@ -122,6 +127,7 @@ impl Application {
             producer: producer.clone(),
             http: http.clone(),
             channels: Arc::new(options.channels.clone()),
+            origin: Arc::new(options.origin.clone()),
         };
         let connect = db::connect_options(&settings.database)?;
         let relay = options.run_relay.then(|| Relay {

@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{CorrelationId, IdempotencyKey, IfMatch, JsonBody, CORRELATION_HEADER};
+use crate::origin::ClientOrigin;
 use aide::generate::GenContext;
 use aide::openapi::{
     HeaderStyle, MediaType, OpenApi, Operation, Parameter, ParameterData, ParameterSchemaOrContent,
@@ -80,6 +81,28 @@ impl OperationInput for CorrelationId {
             "Carried into the events of this request and echoed in the answer; 1-128 visible \
              ASCII characters (otherwise, or when absent, a new UUID)",
             schemars::json_schema!({ "type": "string", "maxLength": 128 }),
+        );
+    }
+}
+
+impl OperationInput for ClientOrigin {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        add_header_parameter(
+            ctx,
+            operation,
+            "User-Agent",
+            "Recorded with the events of this request (extension attribute `useragent`, \
+             shown in the audit history), cut at 256 characters",
+            schemars::json_schema!({ "type": "string" }),
+        );
+        add_header_parameter(
+            ctx,
+            operation,
+            "X-Forwarded-For",
+            "Only with AUDIT_CLIENT_IP=true, and only the hops added by a proxy in \
+             AUDIT_TRUSTED_PROXIES: the client address recorded with the events \
+             (extension attribute `clientip`)",
+            schemars::json_schema!({ "type": "string" }),
         );
     }
 }

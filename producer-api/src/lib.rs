@@ -10,6 +10,7 @@ pub mod input;
 pub mod limits;
 pub mod mcp;
 pub mod operations;
+pub mod origin;
 pub mod preferences;
 pub mod routes;
 pub mod state;

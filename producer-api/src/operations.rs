@@ -15,16 +15,19 @@ use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
 use todo_shared::db;
 use todo_shared::domain::{Task, TaskSpec, UserId};
+use todo_shared::envelope::Origin;
 use todo_shared::tasks::{self, Actor, ListQuery};
 use uuid::Uuid;
 
 const SOURCE: &str = "todo-api";
 
-/// Who asks, and the correlation id their request's events carry.
+/// Who asks, and what their request's events carry: its correlation id
+/// and where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub user: &'a UserId,
     pub correlation_id: &'a str,
+    pub origin: &'a Origin,
 }
 
 impl<'a> Caller<'a> {
@@ -34,6 +37,7 @@ impl<'a> Caller<'a> {
             correlation_id: self.correlation_id,
             causation_id: Some(self.correlation_id.to_owned()),
             source: SOURCE,
+            origin: self.origin,
         }
     }
 }
@@ -50,7 +54,7 @@ pub struct Idempotency {
 #[derive(Debug)]
 pub enum Answer {
     /// Done now (or nothing to do): the task as it is.
-    Done { status: StatusCode, task: Task },
+    Done { status: StatusCode, task: Box<Task> },
     /// The key was used before for this request: its first answer.
     Replayed {
         status: StatusCode,
@@ -140,7 +144,10 @@ impl<'a> KeyedTx<'a> {
         if wrote_event {
             state.signal.committed();
         }
-        Ok(Answer::Done { status, task })
+        Ok(Answer::Done {
+            status,
+            task: Box::new(task),
+        })
     }
 }
 

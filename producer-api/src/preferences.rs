@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{CorrelationId, JsonBody};
+use crate::origin::ClientOrigin;
 use crate::state::AppState;
 use aide::axum::routing::get_with;
 use aide::axum::ApiRouter;
@@ -120,6 +121,7 @@ async fn replace(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     correlation: CorrelationId,
+    ClientOrigin(origin): ClientOrigin,
     body: JsonBody<PreferencesInput>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state.writes.check(&user)?;
@@ -160,6 +162,7 @@ async fn replace(
                 userid: user.as_str().to_owned(),
                 correlationid: correlation.0.clone(),
                 causationid: None,
+                origin,
                 data: &preferences,
             },
         )

@@ -8,10 +8,15 @@ use crate::extract::{CorrelationId, IdempotencyKey, IfMatch, JsonBody};
 use crate::idempotency;
 use crate::input::{self, ListParams, TaskBody, TaskPatch};
 use crate::operations::{self, Answer, Caller, Idempotency, Page, StateChange};
+use crate::origin::ClientOrigin;
 use crate::state::AppState;
 use aide::axum::routing::{get_with, post_with};
 use aide::axum::ApiRouter;
-use axum::extract::{Path, Query, State};
+use aide::generate::GenContext;
+use aide::openapi::Operation;
+use aide::OperationInput;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -163,23 +168,67 @@ fn keyed(key: IdempotencyKey, uri: &Uri, body: &[u8]) -> Option<Idempotency> {
     })
 }
 
-fn caller<'a>(user: &'a AuthUser, correlation: &'a CorrelationId) -> Caller<'a> {
-    Caller {
-        user: &user.0,
-        correlation_id: &correlation.0,
+/// Who asks for a change, and what its events carry of the request: the
+/// token's user, the correlation id, the request's origin.
+pub struct Asker {
+    user: AuthUser,
+    correlation: CorrelationId,
+    origin: ClientOrigin,
+}
+
+impl Asker {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            user: &self.user.0,
+            correlation_id: &self.correlation.0,
+            origin: &self.origin.0,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Asker {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let user = AuthUser::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let correlation = CorrelationId::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Ok(origin) = ClientOrigin::from_request_parts(parts, state).await;
+        Ok(Asker {
+            user,
+            correlation,
+            origin,
+        })
+    }
+}
+
+impl OperationInput for Asker {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        AuthUser::operation_input(ctx, operation);
+        CorrelationId::operation_input(ctx, operation);
+        ClientOrigin::operation_input(ctx, operation);
+    }
+
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<aide::openapi::StatusCode>, aide::openapi::Response)> {
+        AuthUser::inferred_early_responses(ctx, operation)
     }
 }
 
 async fn create_task(
     State(state): State<AppState>,
-    user: AuthUser,
-    correlation: CorrelationId,
+    asker: Asker,
     key: IdempotencyKey,
     uri: Uri,
     body: JsonBody<TaskBody>,
 ) -> Result<Response, ApiError> {
     let key = keyed(key, &uri, &body.raw);
-    let answer = operations::create(&state, caller(&user, &correlation), body.value, key).await?;
+    let answer = operations::create(&state, asker.caller(), body.value, key).await?;
     Ok(answer_response(answer))
 }
 
@@ -203,40 +252,37 @@ async fn list_tasks(
 
 async fn replace_task(
     State(state): State<AppState>,
-    user: AuthUser,
-    correlation: CorrelationId,
+    asker: Asker,
     IfMatch(expected): IfMatch,
     Path(TaskPath { id }): Path<TaskPath>,
     body: JsonBody<TaskBody>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&user, &correlation);
+    let caller = asker.caller();
     let task = operations::replace(&state, caller, &id, expected, body.value).await?;
     Ok(task_response(StatusCode::OK, &task))
 }
 
 async fn patch_task(
     State(state): State<AppState>,
-    user: AuthUser,
-    correlation: CorrelationId,
+    asker: Asker,
     IfMatch(expected): IfMatch,
     Path(TaskPath { id }): Path<TaskPath>,
     body: JsonBody<TaskPatch>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&user, &correlation);
+    let caller = asker.caller();
     let task = operations::patch(&state, caller, &id, expected, body.value).await?;
     Ok(task_response(StatusCode::OK, &task))
 }
 
 async fn complete_task(
     State(state): State<AppState>,
-    user: AuthUser,
-    correlation: CorrelationId,
+    asker: Asker,
     IfMatch(expected): IfMatch,
     key: IdempotencyKey,
     uri: Uri,
     Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&user, &correlation);
+    let caller = asker.caller();
     let key = keyed(key, &uri, &[]);
     let answer =
         operations::change_state(&state, caller, &id, expected, key, StateChange::Complete).await?;
@@ -245,14 +291,13 @@ async fn complete_task(
 
 async fn reopen_task(
     State(state): State<AppState>,
-    user: AuthUser,
-    correlation: CorrelationId,
+    asker: Asker,
     IfMatch(expected): IfMatch,
     key: IdempotencyKey,
     uri: Uri,
     Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&user, &correlation);
+    let caller = asker.caller();
     let key = keyed(key, &uri, &[]);
     let answer =
         operations::change_state(&state, caller, &id, expected, key, StateChange::Reopen).await?;
@@ -261,11 +306,10 @@ async fn reopen_task(
 
 async fn delete_task(
     State(state): State<AppState>,
-    user: AuthUser,
-    correlation: CorrelationId,
+    asker: Asker,
     IfMatch(expected): IfMatch,
     Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
-    operations::delete(&state, caller(&user, &correlation), &id, expected).await?;
+    operations::delete(&state, asker.caller(), &id, expected).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -16,6 +16,8 @@ pub struct AppState {
     pub producer: FutureProducer,
     pub http: HttpMetrics,
     pub channels: Arc<crate::preferences::ChannelSettings>,
+    /// What of a request's origin its events record.
+    pub origin: Arc<crate::origin::OriginPolicy>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<JwtKeys> {

@@ -237,6 +237,14 @@ pub struct Envelope<D = serde_json::Value> {
     /// distributed-tracing extension), when it was traced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Extension attribute: the User-Agent of the HTTP client that made
+    /// the change (changes made through todo-api only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub useragent: Option<String>,
+    /// Extension attribute: the client's address, only where the operator
+    /// chose to record it (`AUDIT_CLIENT_IP`): it is personal data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clientip: Option<String>,
     pub sequence: i64,
     pub data: D,
 }
@@ -301,6 +309,26 @@ pub struct ReminderEventData {
     pub attempts: Option<i32>,
 }
 
+/// Where a change came from, for the audit: the HTTP client's User-Agent
+/// and (when recorded) its address. Changes a service makes on its own
+/// (an instance, a fired reminder) have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub user_agent: Option<String>,
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
+impl Origin {
+    /// No client: a service's own change.
+    pub fn none() -> &'static Origin {
+        static NONE: Origin = Origin {
+            user_agent: None,
+            client_ip: None,
+        };
+        &NONE
+    }
+}
+
 /// What a service knows when it records an event; the outbox adds the id,
 /// time and per-user sequence.
 #[derive(Debug, Clone)]
@@ -311,6 +339,7 @@ pub struct EventDraft<D> {
     pub userid: String,
     pub correlationid: String,
     pub causationid: Option<String>,
+    pub origin: Origin,
     pub data: D,
 }
 
@@ -329,6 +358,8 @@ impl<D> EventDraft<D> {
             correlationid: self.correlationid,
             causationid: self.causationid,
             traceparent: None,
+            useragent: self.origin.user_agent,
+            clientip: self.origin.client_ip.map(|ip| ip.to_string()),
             sequence,
             data: self.data,
         }
@@ -374,6 +405,7 @@ mod tests {
             userid: "alice".into(),
             correlationid: "c".into(),
             causationid: None,
+            origin: Default::default(),
             data: serde_json::json!({}),
         };
         let mut json =
@@ -395,6 +427,7 @@ mod tests {
             userid: "alice".into(),
             correlationid: "c".into(),
             causationid: None,
+            origin: Default::default(),
             data: serde_json::json!({}),
         };
         let mut env = draft.into_envelope(Uuid::nil(), Utc::now(), 1);

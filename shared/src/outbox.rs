@@ -234,6 +234,7 @@ mod tests {
             userid: "alice".into(),
             correlationid: correlationid.into(),
             causationid: None,
+            origin: Default::default(),
             data,
         }
     }

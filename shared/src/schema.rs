@@ -104,6 +104,7 @@ mod tests {
             userid: "alice".into(),
             correlationid: Uuid::new_v4().to_string(),
             causationid: None,
+            origin: Default::default(),
             data,
         };
         serde_json::to_value(draft.into_envelope(Uuid::now_v7(), Utc::now(), 7)).unwrap()

@@ -10,6 +10,7 @@
 use crate::config::{ConfigError, Env};
 use crate::http::Problem;
 use crate::shutdown::Shutdown;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -19,6 +20,7 @@ use hyper_util::service::TowerToHyperService;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tower::ServiceExt as _;
 use tower_http::timeout::TimeoutLayer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,14 +98,12 @@ pub async fn serve(
     limits: HttpLimits,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let service = TowerToHyperService::new(
-        router
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                limits.request_timeout,
-            ))
-            .layer(axum::middleware::map_response(timeout_as_problem)),
-    );
+    let router = router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(timeout_as_problem));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -112,7 +112,7 @@ pub async fn serve(
     let (closing, _) = watch::channel(false);
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.recv() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -125,8 +125,16 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Each request knows its peer (`ConnectInfo`), as with axum::serve's
+        // `into_make_service_with_connect_info`.
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
         let conn = http
-            .serve_connection(TokioIo::new(stream), service.clone())
+            .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut closing = closing.subscribe();
         let open = open.clone();

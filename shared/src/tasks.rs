@@ -4,7 +4,7 @@
 //! through here.
 
 use crate::domain::{self, Priority, Recurrence, Reminder, Task, TaskSpec, Timestamp, UserId};
-use crate::envelope::{Envelope, EventDraft, EventType, TaskEventData};
+use crate::envelope::{Envelope, EventDraft, EventType, Origin, TaskEventData};
 use crate::outbox::{self, OutboxError};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgArguments;
@@ -42,6 +42,8 @@ pub struct Actor<'a> {
     pub correlation_id: &'a str,
     pub causation_id: Option<String>,
     pub source: &'static str,
+    /// The client the change came through (nothing for a service's own).
+    pub origin: &'a Origin,
 }
 
 pub type TaskEvent = Envelope<TaskEventData>;
@@ -132,6 +134,7 @@ fn draft(
         userid: actor.user.as_str().to_owned(),
         correlationid: actor.correlation_id.to_owned(),
         causationid: actor.causation_id.clone(),
+        origin: actor.origin.clone(),
         data,
     }
 }

@@ -62,6 +62,7 @@ pub async fn publish(
             userid: cause.user.to_owned(),
             correlationid: cause.correlation_id.clone().into_owned(),
             causationid: cause.causation_id.clone(),
+            origin: Default::default(),
             data,
         },
     )

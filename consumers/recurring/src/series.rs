@@ -6,6 +6,7 @@ use sqlx::types::Json;
 use sqlx::PgConnection;
 use todo_shared::consumer::HandlerError;
 use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestamp, UserId};
+use todo_shared::envelope::Origin;
 use todo_shared::tasks::{self, Actor};
 use todo_shared::telemetry::TraceParent;
 use uuid::Uuid;
@@ -191,6 +192,7 @@ pub async fn create_instance(
         correlation_id,
         causation_id,
         source: SOURCE,
+        origin: Origin::none(),
     };
     let (task, _event) = tasks::create(conn, &actor, spec, Some(series.series_id)).await?;
     sqlx::query(

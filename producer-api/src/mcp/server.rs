@@ -337,9 +337,13 @@ impl ServerHandler for TodoMcp {
         let correlation = parts
             .and_then(|p| p.extensions.get::<CorrelationId>().cloned())
             .unwrap_or_else(|| CorrelationId::from_headers(&Default::default()));
+        let origin = parts
+            .map(|p| self.state.origin.origin(p))
+            .unwrap_or_default();
         let caller = Caller {
             user,
             correlation_id: &correlation.0,
+            origin: &origin,
         };
         let args = request.arguments.unwrap_or_default();
         let result = match self.run(&request.name, caller, args).await {

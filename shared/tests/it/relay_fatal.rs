@@ -54,6 +54,7 @@ async fn append(db: &TestDatabase, user: &str, data: serde_json::Value) -> Strin
             userid: user.into(),
             correlationid: "c".into(),
             causationid: None,
+            origin: Default::default(),
             data,
         },
     )

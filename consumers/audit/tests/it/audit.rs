@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use todo_api::origin::OriginPolicy;
 use todo_api::testing::{Api, Stack};
 use todo_shared::testing::Received;
 
@@ -358,4 +359,69 @@ async fn history_comes_in_pages_and_early_tokens_are_refused() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     audit.stop().await;
     api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_shows_each_changes_user_agent_and_its_address_only_where_recorded() {
+    let stack = Stack::new().await;
+    // One todo-api records addresses, behind a proxy on 127.0.0.1 it trusts;
+    // the other does not record them (the default).
+    let recording = stack
+        .spawn_api_with(
+            stack.settings(),
+            todo_api::app::ApiOptions {
+                origin: OriginPolicy {
+                    record_ip: true,
+                    trusted_proxies: vec!["127.0.0.1/32".parse().expect("network")],
+                },
+                ..stack.api_options()
+            },
+        )
+        .await;
+    let plain = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    let ann = stack.token("ann");
+    let created = stack
+        .request(&recording, Method::POST, "/tasks", &ann)
+        .header("user-agent", "todo-test/1.0 (audit)")
+        .header("x-forwarded-for", "192.0.2.66, 203.0.113.7")
+        .json(&json!({"title": "from behind a proxy"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let task: Value = created.json().await.expect("task");
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    let patched = stack
+        .request(&plain, Method::PATCH, &format!("/tasks/{id}"), &ann)
+        .header("user-agent", "other-client/2")
+        .header("x-forwarded-for", "203.0.113.7")
+        .json(&json!({"title": "edited elsewhere"}))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(patched.status(), StatusCode::OK);
+    let events = published(&stack).await;
+    wait_stored(&stack, events.len() as i64).await;
+
+    let (status, page) = audit
+        .get(&stack, &format!("/tasks/{id}/history"), &ann)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let history = page["events"].as_array().expect("events");
+    assert_eq!(history.len(), 2, "{page}");
+    assert_eq!(history[0]["useragent"], "todo-test/1.0 (audit)");
+    assert_eq!(
+        history[0]["clientip"], "203.0.113.7",
+        "the hop the trusted proxy added, not what the client wrote before it"
+    );
+    assert_eq!(history[1]["useragent"], "other-client/2");
+    assert!(
+        history[1].get("clientip").is_none(),
+        "not recorded without AUDIT_CLIENT_IP: {}",
+        history[1]
+    );
+    audit.stop().await;
+    plain.stop().await;
+    recording.stop().await;
 }

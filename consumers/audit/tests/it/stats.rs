@@ -87,6 +87,7 @@ async fn stats_count_a_users_own_days_in_their_zone_and_refuse_bad_ranges() {
             userid: "ann".into(),
             correlationid: uuid::Uuid::new_v4().to_string(),
             causationid: None,
+            origin: Default::default(),
             data: json!({"task_id": task_id, "reminder_id": "r1", "sent_at": Utc::now(),
                          "channel": "email"}),
         },
