@@ -1,7 +1,8 @@
-//! Next-occurrence computation of todo-recurring (`rules::Series`): on every
-//! completion of an `on_completion` task the handler builds the series from
-//! its rule and DTSTART and asks for the first occurrence after the
-//! completion; the scheduler does the same for `schedule` series. The cost
+//! Next-occurrence computation (`todo_shared::recurrence::Series`): on every
+//! completion of an `on_completion` task todo-recurring's handler builds the
+//! series from its rule and DTSTART and asks for the first occurrence after
+//! the completion; its scheduler does the same for `schedule` series, and
+//! todo-api once per write of a recurring task (`next_occurrence`). The cost
 //! grows with the occurrences between DTSTART and "now", so each rule is
 //! measured with a series started today and one started a year ago.
 //!
@@ -10,8 +11,8 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use todo_recurring::rules::Series;
 use todo_shared::domain::{RecurrenceRule, TimeZone};
+use todo_shared::recurrence::Series;
 
 const RULES: &[(&str, &str, &str)] = &[
     ("daily", "FREQ=DAILY", "Europe/Berlin"),

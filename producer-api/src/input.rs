@@ -55,6 +55,12 @@ pub struct TaskBody {
     #[serde(default, rename = "series_id")]
     #[schemars(skip)]
     _series_id: Option<IgnoredAny>,
+    #[serde(default, rename = "series_start")]
+    #[schemars(skip)]
+    _series_start: Option<IgnoredAny>,
+    #[serde(default, rename = "next_occurrence")]
+    #[schemars(skip)]
+    _next_occurrence: Option<IgnoredAny>,
     #[serde(default, rename = "version")]
     #[schemars(skip)]
     _version: Option<IgnoredAny>,
@@ -137,6 +143,12 @@ pub struct TaskPatch {
     #[serde(default, rename = "series_id")]
     #[schemars(skip)]
     _series_id: Option<IgnoredAny>,
+    #[serde(default, rename = "series_start")]
+    #[schemars(skip)]
+    _series_start: Option<IgnoredAny>,
+    #[serde(default, rename = "next_occurrence")]
+    #[schemars(skip)]
+    _next_occurrence: Option<IgnoredAny>,
     #[serde(default, rename = "version")]
     #[schemars(skip)]
     _version: Option<IgnoredAny>,

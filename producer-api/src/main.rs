@@ -86,6 +86,11 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         version = db::schema_version(&pool).await?,
         "migrations applied"
     );
+    // Data a migration could not compute in SQL.
+    let filled = todo_shared::tasks::fill_next_occurrences(&pool).await?;
+    if filled > 0 {
+        tracing::info!(tasks = filled, "next occurrences computed");
+    }
     Ok(())
 }
 

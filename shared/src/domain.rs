@@ -733,6 +733,17 @@ pub struct Task {
     pub recurrence: Option<Recurrence>,
     pub reminders: Vec<Reminder>,
     pub series_id: Option<Uuid>,
+    /// When the task's series began: its first occurrence, the rule's
+    /// DTSTART (COUNT counts from it). Null when the task is not recurring.
+    #[serde(default)]
+    pub series_start: Option<DateTime<Utc>>,
+    /// The due time the series produces after this task, in the task's zone
+    /// by the rules todo-recurring applies (`schedule`: the occurrence after
+    /// due_at; `on_completion`: after the later of due_at and completed_at,
+    /// or due_at while open). Null when not recurring or when COUNT or
+    /// UNTIL ended the series.
+    #[serde(default)]
+    pub next_occurrence: Option<DateTime<Utc>>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

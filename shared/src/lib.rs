@@ -16,6 +16,7 @@ pub mod ops;
 pub mod outbox;
 pub mod panics;
 pub mod preferences;
+pub mod recurrence;
 pub mod relay;
 pub mod retry;
 pub mod server;

@@ -90,6 +90,8 @@ mod tests {
             .unwrap(),
             reminders: serde_json::from_value(serde_json::json!([{"before": "PT1H"}])).unwrap(),
             series_id: None,
+            series_start: None,
+            next_occurrence: None,
             version: 1,
             created_at: now,
             updated_at: now,

@@ -6,6 +6,7 @@
 use crate::domain::{self, Priority, Recurrence, Reminder, Task, TaskSpec, Timestamp, UserId};
 use crate::envelope::{Envelope, EventDraft, EventType, Origin, TaskEventData};
 use crate::outbox::{self, OutboxError};
+use crate::recurrence;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryScalar;
@@ -49,7 +50,8 @@ pub struct Actor<'a> {
 pub type TaskEvent = Envelope<TaskEventData>;
 
 const COLUMNS: &str = "id, title, description, priority, tags, completed, completed_at, due_at, \
-                       recurrence, reminders, series_id, version, created_at, updated_at";
+                       recurrence, reminders, series_id, series_start, next_occurrence, version, \
+                       created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 struct TaskRow {
@@ -64,6 +66,8 @@ struct TaskRow {
     recurrence: Option<Json<Recurrence>>,
     reminders: Json<Vec<Reminder>>,
     series_id: Option<Uuid>,
+    series_start: Option<DateTime<Utc>>,
+    next_occurrence: Option<DateTime<Utc>>,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -88,6 +92,8 @@ impl TryFrom<TaskRow> for Task {
             recurrence: r.recurrence.map(|j| j.0),
             reminders: r.reminders.0,
             series_id: r.series_id,
+            series_start: r.series_start,
+            next_occurrence: r.next_occurrence,
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -139,7 +145,7 @@ fn draft(
     }
 }
 
-/// Binds `$8` to `$20` of a statement that writes `task` with its event
+/// Binds `$8` to `$22` of a statement that writes `task` with its event
 /// ([`outbox::statement_after`]): the id, then every column a change can
 /// write, in table order.
 fn bind_columns<'q>(
@@ -158,16 +164,27 @@ fn bind_columns<'q>(
         .bind(task.recurrence.as_ref().map(Json))
         .bind(Json(&task.reminders))
         .bind(task.series_id)
+        .bind(task.series_start)
+        .bind(task.next_occurrence)
         .bind(task.version)
         .bind(task.updated_at)
 }
 
-/// Creates a task and its `task.created` event.
+/// The series an instance belongs to, as todo-recurring knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesLink {
+    pub id: Uuid,
+    /// The series' DTSTART.
+    pub start: DateTime<Utc>,
+}
+
+/// Creates a task and its `task.created` event: a new task (a recurring
+/// one starts its series at its due time), or an instance of `series`.
 pub async fn create(
     conn: &mut PgConnection,
     actor: &Actor<'_>,
     spec: TaskSpec,
-    series_id: Option<Uuid>,
+    series: Option<SeriesLink>,
 ) -> Result<(Task, TaskEvent), StoreError> {
     let now = domain::now();
     let mut task = Task {
@@ -181,23 +198,29 @@ pub async fn create(
         due_at: None,
         recurrence: None,
         reminders: Vec::new(),
-        series_id,
+        series_id: series.map(|s| s.id),
+        series_start: series.map(|s| s.start),
+        next_occurrence: None,
         version: 1,
         created_at: now,
         updated_at: now,
     };
     apply_spec(&mut task, spec);
     if task.recurrence.is_some() && task.series_id.is_none() {
-        // The first task of a series names it.
+        // The first task of a series names it and starts it.
         task.series_id = Some(task.id);
+        task.series_start = task.due_at;
     }
+    task.next_occurrence = recurrence::next_occurrence(&task);
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         outbox::statement_after(Some(
             "task AS (
                  INSERT INTO tasks (id, user_id, title, description, priority, tags, completed,
                                     completed_at, due_at, recurrence, reminders, series_id,
-                                    version, updated_at, created_at)
-                 VALUES ($8, $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21))",
+                                    series_start, next_occurrence, version, updated_at,
+                                    created_at)
+                 VALUES ($8, $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                         $21, $22, $23))",
         ))
     });
     let pending = outbox::Pending::new(draft(
@@ -284,12 +307,14 @@ async fn save_change(
     }
     after.version = before.version + 1;
     after.updated_at = domain::now().max(before.updated_at);
+    after.next_occurrence = recurrence::next_occurrence(&after);
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         outbox::statement_after(Some(
             "task AS (
                  UPDATE tasks SET title = $9, description = $10, priority = $11, tags = $12,
                         completed = $13, completed_at = $14, due_at = $15, recurrence = $16,
-                        reminders = $17, series_id = $18, version = $19, updated_at = $20
+                        reminders = $17, series_id = $18, series_start = $19,
+                        next_occurrence = $20, version = $21, updated_at = $22
                   WHERE id = $8)",
         ))
     });
@@ -320,6 +345,11 @@ pub async fn update(
     apply_spec(&mut after, spec);
     if after.recurrence.is_some() && after.series_id.is_none() {
         after.series_id = Some(after.id);
+    }
+    if after.recurrence != before.recurrence {
+        // A changed rule starts its series afresh at this task, as
+        // todo-recurring restarts it; no rule, no series start.
+        after.series_start = after.recurrence.as_ref().and(after.due_at);
     }
     save_change(conn, actor, before, after, EventType::TaskUpdated).await
 }
@@ -379,6 +409,60 @@ pub async fn delete(
         .fetch_one(&mut *conn)
         .await?;
     Ok(pending.into_envelope(sequence))
+}
+
+/// Computes `next_occurrence` for recurring tasks stored without one (they
+/// predate the column: `todo-api migrate` runs this after the migrations).
+/// A series that ended has none and is looked at again, cheaply. No event:
+/// the field is derived, and the task's next change carries it. Returns how
+/// many tasks got one.
+pub async fn fill_next_occurrences(pool: &sqlx::PgPool) -> Result<u64, StoreError> {
+    const BATCH: i64 = 500;
+    let mut after = Uuid::nil();
+    let mut filled = 0;
+    loop {
+        let rows: Vec<TaskRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tasks
+              WHERE recurrence IS NOT NULL AND next_occurrence IS NULL AND id > $1
+              ORDER BY id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(filled);
+        };
+        after = last.id;
+        let (mut ids, mut versions, mut next) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            let task = match Task::try_from(row) {
+                Ok(task) => task,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a task could not be read; its next_occurrence stays empty");
+                    continue;
+                }
+            };
+            if let Some(at) = recurrence::next_occurrence(&task) {
+                ids.push(task.id);
+                versions.push(task.version);
+                next.push(at);
+            }
+        }
+        // Only where no change came in between (it wrote its own value).
+        let done = sqlx::query(
+            "UPDATE tasks SET next_occurrence = x.next
+               FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS x(id, version, next)
+              WHERE tasks.id = x.id AND tasks.version = x.version
+                AND tasks.next_occurrence IS NULL",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&next)
+        .execute(pool)
+        .await?;
+        filled += done.rows_affected();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,7 +4,6 @@
 
 pub mod app;
 pub mod handler;
-pub mod rules;
 pub mod scheduler;
 pub mod series;
 

@@ -1,12 +1,12 @@
 //! The service's record of each series, and the creation of instances.
 
-use crate::rules::Series as Rule;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use todo_shared::consumer::HandlerError;
 use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestamp, UserId};
 use todo_shared::envelope::Origin;
+use todo_shared::recurrence::Series as Rule;
 use todo_shared::tasks::{self, Actor};
 use todo_shared::telemetry::TraceParent;
 use uuid::Uuid;
@@ -194,7 +194,11 @@ pub async fn create_instance(
         source: SOURCE,
         origin: Origin::none(),
     };
-    let (task, _event) = tasks::create(conn, &actor, spec, Some(series.series_id)).await?;
+    let link = tasks::SeriesLink {
+        id: series.series_id,
+        start: series.dtstart,
+    };
+    let (task, _event) = tasks::create(conn, &actor, spec, Some(link)).await?;
     sqlx::query(
         "UPDATE recurring_instances SET task_id = $3 WHERE series_id = $1 AND occurrence_at = $2",
     )

@@ -2,5 +2,6 @@
 //! test harness are linked once for all of them.
 
 mod deploy_env;
+mod next_occurrence_fill;
 mod relay_fatal;
 mod topics;

@@ -241,6 +241,11 @@ async fn completing_a_weekly_task_over_mcp_creates_the_next_instance() {
         )
         .await;
     let id = added.ok()["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        added.ok()["next_occurrence"],
+        "2030-01-14T08:00:00Z",
+        "an assistant sees what comes next"
+    );
     let done = mcp.call("complete_task", json!({"task_id": id})).await;
     assert_eq!(done.ok()["completed"], true);
 
@@ -734,6 +739,183 @@ async fn a_series_locked_elsewhere_does_not_make_the_scheduler_spin() {
         )
         .await;
     wait_instances(&stack, &series, 1).await;
+    recurring.stop().await;
+    api.stop().await;
+}
+
+/// Whether todo-recurring still runs `series` (false: COUNT or UNTIL ended it).
+async fn series_active(stack: &Stack, series: &str) -> Option<bool> {
+    sqlx::query_scalar("SELECT active FROM recurring_series WHERE series_id = $1::uuid")
+        .bind(series)
+        .fetch_optional(&stack.db.pool)
+        .await
+        .expect("series")
+}
+
+fn next_of(task: &Value) -> Option<DateTime<Utc>> {
+    task["next_occurrence"].as_str().map(at)
+}
+
+/// What a task says comes next, and what todo-recurring then creates: the
+/// same instant every time, and null exactly when nothing follows. The rules
+/// are the hard ones: month ends, a leap day, COUNT and UNTIL, DST changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_occurrence_is_always_the_due_time_of_the_instance_todo_recurring_creates() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    // (rule, zone, first due time, tasks the series has: None = unbounded,
+    // completed this many times)
+    let cases: &[(&str, &str, &str, Option<usize>, usize)] = &[
+        (
+            "FREQ=MONTHLY",
+            "Europe/Berlin",
+            "2030-01-31T08:00:00Z",
+            None,
+            4,
+        ),
+        ("FREQ=YEARLY", "UTC", "2032-02-29T09:00:00Z", None, 2),
+        (
+            "FREQ=WEEKLY;COUNT=3",
+            "America/New_York",
+            "2030-03-04T14:00:00Z",
+            Some(3),
+            3,
+        ),
+        (
+            "FREQ=DAILY;UNTIL=20300103T000000Z",
+            "Asia/Tokyo",
+            "2030-01-01T00:00:00Z",
+            Some(3),
+            3,
+        ),
+        (
+            "FREQ=DAILY;BYHOUR=2;BYMINUTE=30",
+            "Europe/Berlin",
+            "2030-03-30T01:30:00Z",
+            None,
+            2,
+        ),
+    ];
+    for &(rule, zone, first, length, completions) in cases {
+        let what = format!("{rule} in {zone} from {first}");
+        let origin = stack
+            .create(
+                &api,
+                &ann,
+                json!({"title": what, "due_at": first,
+                       "recurrence": {"rule": rule, "timezone": zone, "mode": "on_completion"}}),
+            )
+            .await;
+        let series = origin["id"].as_str().expect("id").to_owned();
+        assert_eq!(
+            origin["series_start"].as_str().map(at),
+            Some(at(first)),
+            "{what}"
+        );
+        let mut current = origin;
+        for done in 1..=completions {
+            let id = current["id"].as_str().expect("id").to_owned();
+            let completed = complete(&stack, &api, &ann, &id).await;
+            let promised = next_of(&completed);
+            assert_eq!(
+                promised,
+                next_of(&current),
+                "{what}: completing before the due time changes nothing"
+            );
+            let ended = length == Some(done);
+            assert_eq!(
+                promised.is_none(),
+                ended,
+                "{what}: after {done}: {completed}"
+            );
+            if ended {
+                let completion = event_of(&stack, "task.completed", &id).await;
+                processed(
+                    &stack,
+                    "todo-recurring",
+                    completion.value["id"].as_str().expect("id"),
+                )
+                .await;
+                assert_eq!(series_active(&stack, &series).await, Some(false), "{what}");
+                assert_eq!(instances(&stack, &series).await.len(), done - 1, "{what}");
+                break;
+            }
+            let made = wait_instances(&stack, &series, done).await;
+            let (next_id, next_due) = made[done - 1];
+            assert_eq!(Some(next_due), promised, "{what}: instance {done}");
+            let (status, next) = stack
+                .call(&api, Method::GET, &format!("/tasks/{next_id}"), &ann, None)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{next}");
+            assert_eq!(
+                next["series_start"].as_str().map(at),
+                Some(at(first)),
+                "{what}"
+            );
+            current = next;
+        }
+    }
+
+    // A new rule on a later instance starts the series afresh there.
+    let origin = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "restarted", "due_at": "2030-01-31T08:00:00Z",
+                   "recurrence": {"rule": "FREQ=MONTHLY", "timezone": "Europe/Berlin", "mode": "on_completion"}}),
+        )
+        .await;
+    let series = origin["id"].as_str().expect("id").to_owned();
+    complete(&stack, &api, &ann, &series).await;
+    let (first_instance, due) = wait_instances(&stack, &series, 1).await[0];
+    let (status, changed) = stack
+        .call(
+            &api,
+            Method::PATCH,
+            &format!("/tasks/{first_instance}"),
+            &ann,
+            Some(json!({"recurrence": {"rule": "FREQ=WEEKLY;COUNT=2", "timezone": "Europe/Berlin", "mode": "on_completion"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["series_start"].as_str().map(at), Some(due));
+    assert_eq!(next_of(&changed), Some(due + TimeDelta::days(7)));
+    let completed = complete(&stack, &api, &ann, &first_instance.to_string()).await;
+    let made = wait_instances(&stack, &series, 2).await;
+    assert_eq!(Some(made[1].1), next_of(&completed));
+    let (_, last) = stack
+        .call(
+            &api,
+            Method::GET,
+            &format!("/tasks/{}", made[1].0),
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(
+        last["next_occurrence"],
+        Value::Null,
+        "COUNT=2 from the restart: {last}"
+    );
+
+    // `schedule`: the instance comes when its occurrence does. A daily
+    // series whose first due time was a day ago, less a few seconds.
+    let first = (Utc::now() - TimeDelta::days(1) + TimeDelta::seconds(4))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let origin = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "scheduled", "due_at": first,
+                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
+        )
+        .await;
+    let promised = next_of(&origin).expect("a next occurrence");
+    assert_eq!(promised, at(&first) + TimeDelta::days(1));
+    let made = wait_instances(&stack, origin["id"].as_str().expect("id"), 1).await;
+    assert_eq!(made[0].1, promised);
     recurring.stop().await;
     api.stop().await;
 }

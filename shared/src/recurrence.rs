@@ -13,10 +13,10 @@
 //! → Mar 31); a plain yearly rule anchored on Feb 29 lands on Feb 28 in
 //! common years. (RFC 5545 alone would skip those months and years.)
 
+use crate::domain::{in_time_range, RecurrenceMode, RecurrenceRule, Task, TimeZone};
+use crate::panics;
 use chrono::{DateTime, Datelike, NaiveDateTime, Offset as _, TimeDelta, TimeZone as _, Utc};
 use rrule::{Frequency, RRule, RRuleSet, Tz, Unvalidated};
-use todo_shared::domain::{in_time_range, RecurrenceRule, TimeZone};
-use todo_shared::panics;
 
 /// Most occurrences looked at to answer one question (a daily rule started
 /// 270 years ago); a rule that needs more is treated as ended.
@@ -146,6 +146,22 @@ fn anchor_month_end(rule: RRule<Unvalidated>, start: NaiveDateTime) -> RRule<Unv
         }
         _ => rule,
     }
+}
+
+/// The due time `task`'s series produces after it, as todo-recurring will
+/// compute it: `schedule`, the first occurrence after its due time;
+/// `on_completion`, after the later of its due time and its completion (as
+/// if completed by its due time while it is open). `None` when the task is
+/// not recurring, COUNT or UNTIL ended the series, or the rule cannot be
+/// evaluated from the series' start.
+pub fn next_occurrence(task: &Task) -> Option<DateTime<Utc>> {
+    let (recurrence, start, due) = (task.recurrence.as_ref()?, task.series_start?, task.due_at?);
+    let series = Series::new(&recurrence.rule, &recurrence.timezone, start).ok()?;
+    let after = match recurrence.mode {
+        RecurrenceMode::Schedule => due,
+        RecurrenceMode::OnCompletion => task.completed_at.map_or(due, |done| done.max(due)),
+    };
+    series.next_after(after).ok().flatten()
 }
 
 #[cfg(test)]
@@ -442,5 +458,68 @@ mod tests {
                 "{rule}: {cpu:?} of CPU for one completion"
             );
         }
+    }
+
+    fn task(rule: &str, mode: &str, start: &str, due: &str, completed_at: Option<&str>) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "id": uuid::Uuid::nil(), "title": "t", "description": null, "priority": "medium",
+            "tags": [], "completed": completed_at.is_some(), "completed_at": completed_at,
+            "due_at": due, "recurrence": {"rule": rule, "timezone": "Europe/Berlin", "mode": mode},
+            "reminders": [], "series_id": uuid::Uuid::nil(), "series_start": start,
+            "version": 1, "created_at": start, "updated_at": start,
+        }))
+        .expect("task")
+    }
+
+    #[test]
+    fn next_occurrence_follows_the_mode_and_counts_from_the_series_start() {
+        let start = "2030-01-31T08:00:00Z";
+        let open = task(
+            "FREQ=MONTHLY",
+            "on_completion",
+            start,
+            "2030-02-28T08:00:00Z",
+            None,
+        );
+        assert_eq!(
+            next_occurrence(&open),
+            Some(at("2030-03-31T07:00:00Z")),
+            "anchored on the 31st of the series' start, not the 28th of this instance"
+        );
+        let late = task(
+            "FREQ=MONTHLY",
+            "on_completion",
+            start,
+            "2030-02-28T08:00:00Z",
+            Some("2030-05-02T10:00:00Z"),
+        );
+        assert_eq!(
+            next_occurrence(&late),
+            Some(at("2030-05-31T07:00:00Z")),
+            "no backlog after a late completion"
+        );
+        let scheduled = task(
+            "FREQ=MONTHLY",
+            "schedule",
+            start,
+            "2030-02-28T08:00:00Z",
+            Some("2030-05-02T10:00:00Z"),
+        );
+        assert_eq!(
+            next_occurrence(&scheduled),
+            Some(at("2030-03-31T07:00:00Z")),
+            "a schedule does not wait for completions"
+        );
+        let last = task(
+            "FREQ=WEEKLY;COUNT=2",
+            "on_completion",
+            "2030-01-07T08:00:00Z",
+            "2030-01-14T08:00:00Z",
+            None,
+        );
+        assert_eq!(next_occurrence(&last), None, "COUNT counts from the start");
+        let mut plain = open.clone();
+        plain.recurrence = None;
+        assert_eq!(next_occurrence(&plain), None);
     }
 }
