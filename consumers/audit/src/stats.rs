@@ -22,8 +22,10 @@ pub const DEFAULT_DAYS: i64 = 30;
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     /// First day of the range (YYYY-MM-DD, in `tz`; default: 29 days before `to`).
+    #[schemars(extend("format" = "date"))]
     from: Option<String>,
     /// Last day of the range, included (YYYY-MM-DD, in `tz`; default: today).
+    #[schemars(extend("format" = "date"))]
     to: Option<String>,
     /// The IANA time zone days are counted in (default UTC).
     tz: Option<String>,

@@ -313,5 +313,15 @@ mod tests {
         assert!(e.to_string().contains("REALTIME_SEND_BUFFER"), "{e}");
         let e = options(&[("REALTIME_DEV_TOKENS", "maybe")]).expect_err("not a bool");
         assert!(e.to_string().contains("REALTIME_DEV_TOKENS"), "{e}");
+        assert_eq!(o.page.poll_interval_secs, 30, "the specs' 30 seconds");
+        for bad in ["0", "3601", "soon"] {
+            let e = options(&[("REALTIME_PAGE_POLL_SECS", bad)]).expect_err(bad);
+            assert!(
+                e.to_string().contains("REALTIME_PAGE_POLL_SECS"),
+                "{bad}: {e}"
+            );
+        }
+        let o = options(&[("REALTIME_PAGE_POLL_SECS", "5")]).expect("in range");
+        assert_eq!(o.page.poll_interval_secs, 5);
     }
 }
