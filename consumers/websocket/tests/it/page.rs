@@ -414,3 +414,91 @@ async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
     rt.stop().await;
     api.stop().await;
 }
+
+/// A reminder fired by a real todo-notifier shows at the top of the page as
+/// it fires, and a recurring task shows what comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence() {
+    use todo_notifier::app::{App, ChannelOptions, Options};
+    use todo_shared::config::Env;
+    use todo_shared::consumer::ConsumerConfig;
+    use todo_shared::envelope::Topic;
+
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let mut consumer = ConsumerConfig::new(todo_notifier::NAME, &[Topic::TaskEvents]);
+    consumer.session_timeout = Duration::from_secs(6);
+    let notifier = App::with_log_delivery(
+        &stack.settings(),
+        Options {
+            consumer,
+            max_attempts: 3,
+            delivery_lease: Duration::from_secs(5),
+            channels: ChannelOptions::from_lookup(&Env::new(|_: &str| None), 3)
+                .expect("no channels"),
+        },
+    )
+    .await
+    .expect("todo-notifier starts");
+    let (stop_notifier, shutdown) = todo_shared::shutdown::channel();
+    let notifier = tokio::spawn(notifier.run(shutdown));
+    let ann = stack.token("ann");
+    let driver = Driver::start().await;
+    let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
+    let browser = driver.browser(&profile).await;
+    open(&browser, &format!("http://{}/", rt.base), &ann).await;
+
+    let fires = chrono::Utc::now() + chrono::TimeDelta::seconds(3);
+    stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "water the roses", "due_at": "2030-01-07T08:00:00Z",
+                   "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "Europe/Berlin", "mode": "on_completion"},
+                   "reminders": [{"at": fires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)}]}),
+        )
+        .await;
+    let row = browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(&task_titled("water the roses", false)))
+        .await
+        .expect("the task arrives over the socket");
+    let next = row
+        .find(Locator::Css("time.next"))
+        .await
+        .expect("a recurring task shows its next occurrence");
+    assert_eq!(
+        next.attr("datetime").await.expect("datetime").as_deref(),
+        Some("2030-01-14T08:00:00Z")
+    );
+    if chrono::Utc::now() + chrono::TimeDelta::milliseconds(500) < fires {
+        let early = browser
+            .find_all(Locator::Css("#reminders li"))
+            .await
+            .expect("reminders");
+        assert!(early.is_empty(), "nothing shows before the reminder fires");
+    }
+    let reminder = browser
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::XPath(
+            "//ul[@id='reminders']/li[contains(., 'water the roses')]",
+        ))
+        .await
+        .expect("the reminder shows as it fires");
+    let text = reminder.text().await.expect("text");
+    assert!(text.starts_with('⏰'), "{text}");
+
+    browser.close().await.expect("browser closes");
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&profile);
+    stop_notifier.trigger();
+    notifier
+        .await
+        .expect("task")
+        .expect("todo-notifier ran cleanly");
+    rt.stop().await;
+    api.stop().await;
+}
