@@ -153,6 +153,24 @@ impl Stack {
             .expect("count")
     }
 
+    /// A service's /metrics page (`base`: its `http://host:port`).
+    pub async fn metrics(&self, base: &str) -> String {
+        self.http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The sum of the samples whose lines start with `prefix` (a metric's
+    /// name, perhaps with some of its labels) in a service's /metrics.
+    pub async fn metric_sum(&self, base: &str, prefix: &str) -> f64 {
+        sum_of(&self.metrics(base).await, prefix)
+    }
+
     /// Waits until the relay has published every outbox row.
     pub async fn outbox_drained(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -228,18 +246,22 @@ impl Api {
     }
 
     /// Whether this instance's relay currently leads (from its /metrics).
-    pub async fn relay_leads(&self, http: &reqwest::Client) -> bool {
-        let text = http
-            .get(format!("{}/metrics", self.base))
-            .send()
+    pub async fn relay_leads(&self, stack: &Stack) -> bool {
+        stack
+            .metrics(&self.base)
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
+            .lines()
             .any(|l| l.trim() == "todo_outbox_relay_leader 1")
     }
+}
+
+/// The sum of the samples in a /metrics page whose lines start with `prefix`.
+pub fn sum_of(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Every event validated against its JSON Schema; panics naming the first

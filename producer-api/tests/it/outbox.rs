@@ -139,8 +139,8 @@ async fn two_relays_on_one_database_publish_everything_in_order() {
 
     // Exactly one of them leads; stop it, and the other takes over.
     let leads = (
-        first.relay_leads(&stack.http).await,
-        second.relay_leads(&stack.http).await,
+        first.relay_leads(&stack).await,
+        second.relay_leads(&stack).await,
     );
     assert!(leads.0 ^ leads.1, "exactly one relay leads: {leads:?}");
     let (leader, survivor) = if leads.0 {
@@ -162,7 +162,7 @@ async fn two_relays_on_one_database_publish_everything_in_order() {
     // shutdown records them, so none are expected here.)
     let per_user = assert_per_user_order(&all);
     assert!(per_user.values().all(|&n| n == 30), "{per_user:?}");
-    assert!(survivor.relay_leads(&stack.http).await);
+    assert!(survivor.relay_leads(&stack).await);
     survivor.stop().await;
 }
 
@@ -324,7 +324,7 @@ async fn a_frozen_leader_is_replaced_within_seconds() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let standby = stack.spawn_api().await;
-    assert!(!standby.relay_leads(&stack.http).await, "one leader");
+    assert!(!standby.relay_leads(&stack).await, "one leader");
     // SAFETY: kill(2) on a child of ours.
     unsafe { libc::kill(leader.id() as i32, libc::SIGSTOP) };
     let frozen = std::time::Instant::now();
@@ -344,7 +344,7 @@ async fn a_frozen_leader_is_replaced_within_seconds() {
     };
     let took = frozen.elapsed();
     assert!(took < Duration::from_secs(15), "replaced after {took:?}");
-    assert!(standby.relay_leads(&stack.http).await);
+    assert!(standby.relay_leads(&stack).await);
     eprintln!(
         "frozen leader replaced: event {} published {took:?} after SIGSTOP",
         event.id()
@@ -428,15 +428,7 @@ async fn the_first_change_after_a_quiet_spell_is_not_taken_for_a_stall() {
     stack.create(&api, &ann, json!({"title": "after"})).await;
     let after = reader.next(WAIT).await.expect("the second event");
     assert_eq!(after.value["data"]["task"]["title"], "after");
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.metrics(&api.base).await;
     assert!(
         metrics
             .lines()

@@ -88,19 +88,7 @@ impl Audit {
     }
 
     pub async fn metric(&self, stack: &Stack, line_prefix: &str) -> f64 {
-        let text = stack
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with(line_prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        stack.metric_sum(&self.base, line_prefix).await
     }
 }
 

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::process::Child;
 use std::time::Duration;
-use todo_api::testing::{Api, Stack};
+use todo_api::testing::{sum_of, Api, Stack};
 use todo_shared::consumer::dead_letters::header;
 use todo_shared::consumer::dlq_topic;
 use todo_shared::envelope::Topic;
@@ -447,34 +447,17 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 4],
     );
-    let metric = |stack: &Stack| {
-        let url = format!("{base}/metrics");
-        let http = stack.http.clone();
-        async move {
-            let text = http
-                .get(&url)
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("text");
-            let sum = |name: &str| -> f64 {
-                text.lines()
-                    .filter(|l| l.starts_with(name))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            };
-            (
-                sum("todo_dead_letter_failures_total"),
-                sum("todo_events_dead_lettered_total"),
-            )
-        }
-    };
+    async fn metric(stack: &Stack, base: &str) -> (f64, f64) {
+        let text = stack.metrics(base).await;
+        (
+            sum_of(&text, "todo_dead_letter_failures_total"),
+            sum_of(&text, "todo_events_dead_lettered_total"),
+        )
+    }
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut saw_unready = false;
     loop {
-        let (failures, lettered) = metric(&stack).await;
+        let (failures, lettered) = metric(&stack, &base).await;
         let (status, body) = ready(&stack).await;
         if status == StatusCode::SERVICE_UNAVAILABLE && body["checks"]["dead_letters"] == false {
             saw_unready = true;
@@ -533,7 +516,7 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, lettered) = metric(&stack).await;
+    let (_, lettered) = metric(&stack, &base).await;
     assert_eq!(
         lettered, 2.0,
         "the unparsable message and the clash, each once"

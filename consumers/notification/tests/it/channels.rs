@@ -340,13 +340,7 @@ async fn while_smtp_is_down_the_breaker_holds_every_reminder_and_delivers_each_o
         ],
     )
     .await;
-    let state = || {
-        crate::metric_sum(
-            &stack.http,
-            &notifier.base,
-            "todo_reminder_channel_breaker_state",
-        )
-    };
+    let state = || stack.metric_sum(&notifier.base, "todo_reminder_channel_breaker_state");
     assert_eq!(state().await, 0.0, "closed (and shown) from the start");
     let reader = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
     // One moment for all: the attempts of many users fail together, as in
@@ -369,24 +363,18 @@ async fn while_smtp_is_down_the_breaker_holds_every_reminder_and_delivers_each_o
     // Most users' attempts fail: the breaker opens, and stays open (or
     // probing) while the server is down.
     wait_for("the e-mail breaker opens", || async {
-        crate::metric_sum(
-            &stack.http,
-            &notifier.base,
-            "todo_reminder_channel_breaker_opened_total",
-        )
-        .await
+        stack
+            .metric_sum(&notifier.base, "todo_reminder_channel_breaker_opened_total")
+            .await
             >= 1.0
     })
     .await;
     // Several failed probes later (300 ms, 600 ms, 1.2 s...) nothing has
     // failed for good, though each reminder had only three attempts.
     wait_for("probes fail while the server is down", || async {
-        crate::metric_sum(
-            &stack.http,
-            &notifier.base,
-            "todo_reminder_channel_breaker_opened_total",
-        )
-        .await
+        stack
+            .metric_sum(&notifier.base, "todo_reminder_channel_breaker_opened_total")
+            .await
             >= 4.0
     })
     .await;

@@ -62,7 +62,7 @@ impl Notifier {
 
     /// The sum of a metric's samples in this notifier's /metrics.
     async fn metric(&self, stack: &Stack, name: &str) -> f64 {
-        crate::metric_sum(&stack.http, &self.base, name).await
+        stack.metric_sum(&self.base, name).await
     }
 
     async fn stop(self) {

@@ -42,19 +42,7 @@ impl Recurring {
 
     /// The sum of a metric's samples in this service's /metrics.
     async fn metric(&self, stack: &Stack, name: &str) -> f64 {
-        let text = stack
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        stack.metric_sum(&self.base, name).await
     }
 
     async fn stop(self) {
