@@ -13,7 +13,7 @@ use axum::Router;
 pub const DOCUMENT: &str = include_str!("../asyncapi.json");
 
 /// Every event schema file (`shared/schemas/events/`), by file name.
-pub const EVENT_SCHEMAS: [(&str, &str); 13] = [
+pub const EVENT_SCHEMAS: [(&str, &str); 18] = [
     (
         "envelope.json",
         include_str!("../schemas/events/envelope.json"),
@@ -62,6 +62,26 @@ pub const EVENT_SCHEMAS: [(&str, &str); 13] = [
     (
         "user.notifications.updated.json",
         include_str!("../schemas/events/user.notifications.updated.json"),
+    ),
+    (
+        "recurring.json",
+        include_str!("../schemas/events/recurring.json"),
+    ),
+    (
+        "recurring.created.json",
+        include_str!("../schemas/events/recurring.created.json"),
+    ),
+    (
+        "recurring.instance.created.json",
+        include_str!("../schemas/events/recurring.instance.created.json"),
+    ),
+    (
+        "recurring.rule.changed.json",
+        include_str!("../schemas/events/recurring.rule.changed.json"),
+    ),
+    (
+        "recurring.cancelled.json",
+        include_str!("../schemas/events/recurring.cancelled.json"),
     ),
 ];
 

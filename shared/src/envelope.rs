@@ -1,7 +1,7 @@
 //! The CloudEvents 1.0 envelope (structured mode) every message carries, the
 //! event types, and the topics they travel on.
 
-use crate::domain::Task;
+use crate::domain::{Recurrence, Task};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -87,10 +87,18 @@ pub enum EventType {
     ReminderFailed,
     #[serde(rename = "user.notifications.updated")]
     UserNotificationsUpdated,
+    #[serde(rename = "recurring.created")]
+    RecurringCreated,
+    #[serde(rename = "recurring.instance.created")]
+    RecurringInstanceCreated,
+    #[serde(rename = "recurring.rule.changed")]
+    RecurringRuleChanged,
+    #[serde(rename = "recurring.cancelled")]
+    RecurringCancelled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 15] = [
         EventType::TaskCreated,
         EventType::TaskUpdated,
         EventType::TaskCompleted,
@@ -102,6 +110,10 @@ impl EventType {
         EventType::ReminderSent,
         EventType::ReminderFailed,
         EventType::UserNotificationsUpdated,
+        EventType::RecurringCreated,
+        EventType::RecurringInstanceCreated,
+        EventType::RecurringRuleChanged,
+        EventType::RecurringCancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,7 +129,23 @@ impl EventType {
             EventType::ReminderSent => "reminder.sent",
             EventType::ReminderFailed => "reminder.failed",
             EventType::UserNotificationsUpdated => "user.notifications.updated",
+            EventType::RecurringCreated => "recurring.created",
+            EventType::RecurringInstanceCreated => "recurring.instance.created",
+            EventType::RecurringRuleChanged => "recurring.rule.changed",
+            EventType::RecurringCancelled => "recurring.cancelled",
         }
+    }
+
+    /// A change of a task (`task.*`: its data is a [`TaskEventData`]).
+    pub fn is_task_change(self) -> bool {
+        matches!(
+            self,
+            EventType::TaskCreated
+                | EventType::TaskUpdated
+                | EventType::TaskCompleted
+                | EventType::TaskReopened
+                | EventType::TaskDeleted
+        )
     }
 
     pub fn parse(s: &str) -> Option<EventType> {
@@ -133,8 +161,16 @@ impl EventType {
             | EventType::TaskCompleted
             | EventType::TaskReopened
             | EventType::TaskDeleted
-            | EventType::UserNotificationsUpdated => Topic::TaskEvents,
-            _ => Topic::Reminders,
+            | EventType::UserNotificationsUpdated
+            | EventType::RecurringCreated
+            | EventType::RecurringInstanceCreated
+            | EventType::RecurringRuleChanged
+            | EventType::RecurringCancelled => Topic::TaskEvents,
+            EventType::ReminderScheduled
+            | EventType::ReminderCancelled
+            | EventType::ReminderTriggered
+            | EventType::ReminderSent
+            | EventType::ReminderFailed => Topic::Reminders,
         }
     }
 
@@ -142,6 +178,10 @@ impl EventType {
     pub fn data_schema(self) -> &'static str {
         match self {
             EventType::UserNotificationsUpdated => "user-event/v1",
+            EventType::RecurringCreated
+            | EventType::RecurringInstanceCreated
+            | EventType::RecurringRuleChanged
+            | EventType::RecurringCancelled => "recurring-event/v1",
             _ => match self.topic() {
                 Topic::TaskEvents => "task-event/v1",
                 Topic::Reminders => "reminder-event/v1",
@@ -307,6 +347,58 @@ pub struct ReminderEventData {
     /// Attempts the channel's delivery took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<i32>,
+}
+
+/// The data of todo-recurring's events about a series
+/// (`recurring-event/v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecurringEventData {
+    pub series_id: Uuid,
+    /// The task the event is about (also the subject): the one that started
+    /// or changed the series, the new instance, or the one whose change
+    /// ended it.
+    pub task_id: Uuid,
+    /// The series' rule (for `recurring.cancelled`, its last).
+    pub recurrence: Recurrence,
+    /// The series' DTSTART.
+    pub series_start: DateTime<Utc>,
+    /// The due time the series produces next; null when nothing follows.
+    pub next_occurrence: Option<DateTime<Utc>>,
+    /// `recurring.instance.created`: the instance's occurrence (its due time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurrence: Option<DateTime<Utc>>,
+    /// `recurring.instance.created`: what made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<InstanceCause>,
+    /// `recurring.rule.changed`: the rule before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Recurrence>,
+    /// `recurring.cancelled`: why the series ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<SeriesEnd>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceCause {
+    /// The previous instance was completed (`on_completion`).
+    Completion,
+    /// Its occurrence came (`schedule`).
+    Schedule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesEnd {
+    /// The task's `recurrence` was removed.
+    RuleRemoved,
+    /// `COUNT` or `UNTIL` was reached.
+    Ended,
+    /// The latest instance of an `on_completion` series was deleted: no
+    /// completion can continue it.
+    TaskDeleted,
+    /// The rule, or an instance, could not be evaluated.
+    Failed,
 }
 
 /// Where a change came from, for the audit: the HTTP client's User-Agent

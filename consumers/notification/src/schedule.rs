@@ -90,10 +90,15 @@ fn data(task: &Task, id: Uuid, remind_at: DateTime<Utc>) -> ReminderEventData {
     }
 }
 
+/// Task changes and the user's channels; not todo-recurring's series
+/// events, which share the topic but carry no task.
+fn handles(t: EventType) -> bool {
+    t.is_task_change() || t == EventType::UserNotificationsUpdated
+}
+
 impl Handler for Schedule {
     fn wants(&self, kind: &EventKind) -> bool {
-        kind.known()
-            .is_some_and(|t| t.topic() == todo_shared::envelope::Topic::TaskEvents)
+        kind.known().is_some_and(handles)
     }
 
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
@@ -261,4 +266,29 @@ async fn cancel(
     let mut data = data(task, stored.reminder_id, stored.remind_at);
     data.reason = Some(reason.to_owned());
     publish(conn, cause, EventType::ReminderCancelled, data).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_handles_task_changes_and_channels_and_skips_series_events() {
+        let handled: Vec<&str> = EventType::ALL
+            .into_iter()
+            .filter(|t| handles(*t))
+            .map(EventType::as_str)
+            .collect();
+        assert_eq!(
+            handled,
+            [
+                "task.created",
+                "task.updated",
+                "task.completed",
+                "task.reopened",
+                "task.deleted",
+                "user.notifications.updated"
+            ]
+        );
+    }
 }

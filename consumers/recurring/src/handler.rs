@@ -2,13 +2,14 @@
 //! its series, edits of the latest instance are copied forward, and the
 //! completion of an `on_completion` instance creates the next one.
 
+use crate::events::Cause;
 use crate::series;
 use chrono::Utc;
 use sqlx::PgConnection;
 use std::sync::Arc;
 use todo_shared::consumer::{Event, Handler, HandlerError};
 use todo_shared::domain::RecurrenceMode;
-use todo_shared::envelope::{EventKind, EventType};
+use todo_shared::envelope::{EventKind, EventType, InstanceCause, SeriesEnd};
 use todo_shared::outbox::OutboxSignal;
 use tokio::sync::Notify;
 
@@ -23,7 +24,12 @@ impl Handler for Recurring {
     fn wants(&self, kind: &EventKind) -> bool {
         matches!(
             kind.known(),
-            Some(EventType::TaskCreated | EventType::TaskUpdated | EventType::TaskCompleted)
+            Some(
+                EventType::TaskCreated
+                    | EventType::TaskUpdated
+                    | EventType::TaskCompleted
+                    | EventType::TaskDeleted
+            )
         )
     }
 
@@ -32,6 +38,12 @@ impl Handler for Recurring {
         // The user's sequence row before the series row, as the scheduler
         // takes them.
         todo_shared::outbox::lock_sequence(conn, &event.envelope.userid).await?;
+        // What this event causes continues its correlation.
+        let cause = Cause {
+            user: &event.envelope.userid,
+            correlation_id: &event.envelope.correlationid,
+            causation_id: Some(event.envelope.id.to_string()),
+        };
         let task = &data.task;
         let (Some(series_id), Some(recurrence), Some(due_at)) =
             (task.series_id, task.recurrence.as_ref(), task.due_at)
@@ -45,25 +57,24 @@ impl Handler for Recurring {
                     .as_ref()
                     .is_some_and(|c| c.iter().any(|f| f == "recurrence"))
                 {
-                    series::stop(conn, series_id).await?;
+                    series::stop(conn, &cause, series_id, task.id, SeriesEnd::RuleRemoved).await?;
                 }
             }
             return Ok(());
         };
-        let user = &event.envelope.userid;
         match event.known_type() {
             Some(EventType::TaskCreated) => {
                 // The first task of a series names it; instances created here
                 // are already recorded.
                 let known = series::find(conn, series_id).await?.is_some();
                 if !known {
-                    series::start(conn, user, series_id, task, recurrence, due_at).await?;
+                    series::start(conn, &cause, series_id, task, recurrence, due_at).await?;
                 }
             }
             Some(EventType::TaskUpdated) => {
                 let changed = data.changed.as_deref().unwrap_or_default();
                 if changed.iter().any(|f| f == "recurrence") {
-                    series::start(conn, user, series_id, task, recurrence, due_at).await?;
+                    series::start(conn, &cause, series_id, task, recurrence, due_at).await?;
                 } else {
                     series::set_template(conn, series_id, task).await?;
                 }
@@ -74,7 +85,7 @@ impl Handler for Recurring {
                     None => {
                         // Its start was never seen (e.g. it predates this
                         // service): this instance starts it.
-                        series::start(conn, user, series_id, task, recurrence, due_at).await?;
+                        series::start(conn, &cause, series_id, task, recurrence, due_at).await?;
                         series::find(conn, series_id)
                             .await?
                             .ok_or_else(|| HandlerError::rejected("series vanished"))?
@@ -99,8 +110,8 @@ impl Handler for Recurring {
                             conn,
                             &series,
                             next,
-                            &event.envelope.correlationid,
-                            Some(event.envelope.id.to_string()),
+                            &cause,
+                            InstanceCause::Completion,
                         )
                         .await?;
                         if let Some(created) = created {
@@ -111,7 +122,19 @@ impl Handler for Recurring {
                             );
                         }
                     }
-                    None => series::stop(conn, series_id).await?,
+                    None => {
+                        series::stop(conn, &cause, series_id, task.id, SeriesEnd::Ended).await?
+                    }
+                }
+            }
+            // No completion can continue an on_completion series whose
+            // latest instance is gone. (A schedule goes on without it.)
+            Some(EventType::TaskDeleted) if recurrence.mode == RecurrenceMode::OnCompletion => {
+                if let Some(series) = series::find(conn, series_id).await? {
+                    if series.active && series.template.0.id == task.id {
+                        series::stop(conn, &cause, series_id, task.id, SeriesEnd::TaskDeleted)
+                            .await?;
+                    }
                 }
             }
             _ => {}
@@ -135,9 +158,11 @@ impl Handler for Recurring {
         if touches_schedule {
             self.schedule_changed.notify_one();
         }
+        // Instances and series events of any series task's change wait
+        // in the outbox.
         if events
             .iter()
-            .any(|e| e.known_type() == Some(EventType::TaskCompleted))
+            .any(|e| !e.envelope.data["task"]["series_id"].is_null())
         {
             self.signal.committed();
         }

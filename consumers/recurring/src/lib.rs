@@ -3,6 +3,7 @@
 //! (`schedule`), computed in the task's time zone.
 
 pub mod app;
+pub mod events;
 pub mod handler;
 pub mod scheduler;
 pub mod series;

@@ -9,6 +9,7 @@
 //! Locks: one series per transaction, its user's sequence row first, as the
 //! consumer takes them, so the two never deadlock.
 
+use crate::events::Cause;
 use crate::series::{self, SeriesRow};
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, Registry};
@@ -16,6 +17,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_shared::consumer::HandlerError;
+use todo_shared::envelope::{InstanceCause, SeriesEnd};
 use todo_shared::outbox::{self, OutboxSignal};
 use todo_shared::retry::run_rounds;
 use todo_shared::shutdown::Shutdown;
@@ -128,6 +130,14 @@ impl Scheduler {
         );
         let parent = traceparent.as_deref().and_then(TraceParent::parse);
         telemetry::continue_trace(&span, parent.as_ref());
+        // A schedule's events start a correlation of their own.
+        let correlation = Uuid::new_v4().to_string();
+        let cause = Cause {
+            user: &s.user_id,
+            correlation_id: &correlation,
+            causation_id: None,
+        };
+        let mut latest = s.template.0.id;
         // A series whose rule cannot be evaluated stops, alone.
         let evaluated = s
             .rule()
@@ -137,20 +147,23 @@ impl Scheduler {
             Ok(times) => times,
             Err(e) => {
                 tracing::error!(series_id = %s.series_id, error = %e, "unusable rule; series stopped");
-                series::stop(&mut tx, s.series_id).await?;
+                series::stop(&mut tx, &cause, s.series_id, latest, SeriesEnd::Failed)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 tx.commit().await?;
                 return Ok(0);
             }
         };
         let mut created = 0;
         if let Some(occurrence) = due_now {
-            let correlation = Uuid::new_v4().to_string();
-            let instance = series::create_instance(&mut tx, &s, occurrence, &correlation, None)
-                .instrument(span.clone())
-                .await;
+            let instance =
+                series::create_instance(&mut tx, &s, occurrence, &cause, InstanceCause::Schedule)
+                    .instrument(span.clone())
+                    .await;
             match instance {
                 Ok(Some(task)) => {
                     created = 1;
+                    latest = task.id;
                     span.in_scope(|| {
                         tracing::info!(
                             task_id = %task.id, due_at = %occurrence,
@@ -161,22 +174,31 @@ impl Scheduler {
                 Ok(None) => {}
                 Err(HandlerError::Rejected(e)) => {
                     tracing::error!(series_id = %s.series_id, error = %e, "instance cannot be created; series stopped");
-                    series::stop(&mut tx, s.series_id).await?;
+                    series::stop(&mut tx, &cause, s.series_id, latest, SeriesEnd::Failed)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                     tx.commit().await?;
                     return Ok(0);
                 }
                 Err(e) => return Err(anyhow::anyhow!("{e}")),
             }
         }
-        sqlx::query(
-            "UPDATE recurring_series SET next_at = $2, active = $3, updated_at = now()
-              WHERE series_id = $1",
-        )
-        .bind(s.series_id)
-        .bind(next)
-        .bind(next.is_some())
-        .execute(&mut *tx)
-        .await?;
+        match next {
+            Some(next) => {
+                sqlx::query(
+                    "UPDATE recurring_series SET next_at = $2, updated_at = now()
+                      WHERE series_id = $1",
+                )
+                .bind(s.series_id)
+                .bind(next)
+                .execute(&mut *tx)
+                .await?;
+            }
+            // COUNT or UNTIL reached.
+            None => series::stop(&mut tx, &cause, s.series_id, latest, SeriesEnd::Ended)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        }
         tx.commit().await?;
         Ok(created)
     }

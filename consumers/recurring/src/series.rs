@@ -1,11 +1,12 @@
 //! The service's record of each series, and the creation of instances.
 
+use crate::events::{self, Cause};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use todo_shared::consumer::HandlerError;
 use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestamp, UserId};
-use todo_shared::envelope::Origin;
+use todo_shared::envelope::{EventType, InstanceCause, Origin, RecurringEventData, SeriesEnd};
 use todo_shared::recurrence::Series as Rule;
 use todo_shared::tasks::{self, Actor};
 use todo_shared::telemetry::TraceParent;
@@ -52,10 +53,11 @@ pub async fn find(
 }
 
 /// Records `task` as the start of its series, or (the recurrence changed) as
-/// a new start; the task's own occurrence counts as taken.
+/// a new start; the task's own occurrence counts as taken. Publishes
+/// `recurring.created`, or `recurring.rule.changed` for a series running.
 pub async fn start(
     conn: &mut PgConnection,
-    user: &str,
+    cause: &Cause<'_>,
     series_id: Uuid,
     task: &Task,
     recurrence: &Recurrence,
@@ -63,10 +65,12 @@ pub async fn start(
 ) -> Result<(), HandlerError> {
     let rule = Rule::new(&recurrence.rule, &recurrence.timezone, due_at)
         .map_err(HandlerError::rejected)?;
+    let next = rule.next_after(due_at).map_err(HandlerError::rejected)?;
     let next_at = match recurrence.mode {
-        RecurrenceMode::Schedule => rule.next_after(due_at).map_err(HandlerError::rejected)?,
+        RecurrenceMode::Schedule => next,
         RecurrenceMode::OnCompletion => None,
     };
+    let before = find(conn, series_id).await?;
     sqlx::query(
         "INSERT INTO recurring_series (series_id, user_id, recurrence, mode, dtstart, template, active, next_at,
                                        traceparent)
@@ -77,7 +81,7 @@ pub async fn start(
                 traceparent = EXCLUDED.traceparent, updated_at = now()",
     )
     .bind(series_id)
-    .bind(user)
+    .bind(cause.user)
     .bind(Json(recurrence))
     .bind(mode_name(recurrence.mode))
     .bind(due_at)
@@ -89,7 +93,24 @@ pub async fn start(
     .execute(&mut *conn)
     .await?;
     claim(conn, series_id, due_at, Some(task.id)).await?;
-    Ok(())
+    let (event_type, previous) = match before {
+        Some(running) if running.active => {
+            (EventType::RecurringRuleChanged, Some(running.recurrence.0))
+        }
+        _ => (EventType::RecurringCreated, None),
+    };
+    let data = RecurringEventData {
+        series_id,
+        task_id: task.id,
+        recurrence: recurrence.clone(),
+        series_start: due_at,
+        next_occurrence: next,
+        occurrence: None,
+        cause: None,
+        previous,
+        reason: None,
+    };
+    events::publish(conn, cause, event_type, data).await
 }
 
 /// The latest instance is the one the next copies.
@@ -110,15 +131,38 @@ pub async fn set_template(
     Ok(())
 }
 
-pub async fn stop(conn: &mut PgConnection, series_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Ends a running series and publishes `recurring.cancelled` about `task_id`
+/// (the task whose change ended it); a series already ended stays quiet.
+pub async fn stop(
+    conn: &mut PgConnection,
+    cause: &Cause<'_>,
+    series_id: Uuid,
+    task_id: Uuid,
+    reason: SeriesEnd,
+) -> Result<(), HandlerError> {
+    let ended: Option<(Json<Recurrence>, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE recurring_series SET active = false, next_at = NULL, updated_at = now()
-          WHERE series_id = $1",
+          WHERE series_id = $1 AND active
+      RETURNING recurrence, dtstart",
     )
     .bind(series_id)
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(())
+    let Some((recurrence, series_start)) = ended else {
+        return Ok(());
+    };
+    let data = RecurringEventData {
+        series_id,
+        task_id,
+        recurrence: recurrence.0,
+        series_start,
+        next_occurrence: None,
+        occurrence: None,
+        cause: None,
+        previous: None,
+        reason: Some(reason),
+    };
+    events::publish(conn, cause, EventType::RecurringCancelled, data).await
 }
 
 /// Takes an occurrence for an instance; false if it already has one.
@@ -148,8 +192,8 @@ pub async fn create_instance(
     conn: &mut PgConnection,
     series: &SeriesRow,
     occurrence: DateTime<Utc>,
-    correlation_id: &str,
-    causation_id: Option<String>,
+    cause: &Cause<'_>,
+    why: InstanceCause,
 ) -> Result<Option<Task>, HandlerError> {
     let template = &series.template.0;
     let mut spec = tasks::spec_of(template).map_err(HandlerError::rejected)?;
@@ -189,8 +233,8 @@ pub async fn create_instance(
     }
     let actor = Actor {
         user: &user,
-        correlation_id,
-        causation_id,
+        correlation_id: cause.correlation_id,
+        causation_id: cause.causation_id.clone(),
         source: SOURCE,
         origin: Origin::none(),
     };
@@ -214,5 +258,17 @@ pub async fn create_instance(
     .bind(Json(&task))
     .execute(&mut *conn)
     .await?;
+    let data = RecurringEventData {
+        series_id: series.series_id,
+        task_id: task.id,
+        recurrence: series.recurrence.0.clone(),
+        series_start: series.dtstart,
+        next_occurrence: task.next_occurrence,
+        occurrence: Some(occurrence),
+        cause: Some(why),
+        previous: None,
+        reason: None,
+    };
+    events::publish(conn, cause, EventType::RecurringInstanceCreated, data).await?;
     Ok(Some(task))
 }

@@ -425,3 +425,92 @@ async fn history_shows_each_changes_user_agent_and_its_address_only_where_record
     plain.stop().await;
     recording.stop().await;
 }
+
+/// todo-recurring's series events belong to the tasks they are about: the
+/// history of a recurring task shows its series starting, and the history
+/// of the instance its completion made shows how it came to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recurring_tasks_history_shows_its_series_events() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    let mut config = todo_shared::consumer::ConsumerConfig::new(
+        todo_recurring::NAME,
+        &[todo_shared::envelope::Topic::TaskEvents],
+    );
+    config.session_timeout = std::time::Duration::from_secs(6);
+    let recurring = todo_recurring::app::App::build(&stack.settings(), config)
+        .await
+        .expect("todo-recurring starts");
+    let (stop_recurring, shutdown) = todo_shared::shutdown::channel();
+    let recurring = tokio::spawn(recurring.run(shutdown));
+    let ann = stack.token("ann");
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "weekly", "due_at": "2030-01-07T08:00:00Z",
+                   "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "Europe/Berlin", "mode": "on_completion"}}),
+        )
+        .await;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    let reader = stack.task_events().await;
+    let mut seen: Vec<Received> = Vec::new();
+    // The series has started before the task is completed.
+    while !seen.iter().any(|e| e.event_type() == "recurring.created") {
+        seen.push(reader.next(WAIT).await.expect("an event"));
+    }
+    let (status, _) = stack
+        .call(
+            &api,
+            Method::POST,
+            &format!("/tasks/{id}/complete"),
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Then the completion, and the instance's two events.
+    while seen.len() < 5 {
+        seen.push(reader.next(WAIT).await.expect("an event"));
+    }
+    wait_stored(&stack, seen.len() as i64).await;
+    let instance = seen
+        .iter()
+        .find(|e| e.event_type() == "recurring.instance.created")
+        .expect("the instance's series event")
+        .value["subject"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let types = |page: &Value| -> Vec<String> {
+        page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (_, history) = audit
+        .get(&stack, &format!("/tasks/{id}/history"), &ann)
+        .await;
+    assert_eq!(
+        types(&history),
+        ["task.created", "recurring.created", "task.completed"]
+    );
+    let (_, history) = audit
+        .get(&stack, &format!("/tasks/{instance}/history"), &ann)
+        .await;
+    assert_eq!(
+        types(&history),
+        ["task.created", "recurring.instance.created"]
+    );
+    stop_recurring.trigger();
+    recurring
+        .await
+        .expect("task")
+        .expect("todo-recurring ran cleanly");
+    audit.stop().await;
+    api.stop().await;
+}

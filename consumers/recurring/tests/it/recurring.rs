@@ -907,3 +907,217 @@ async fn next_occurrence_is_always_the_due_time_of_the_instance_todo_recurring_c
     recurring.stop().await;
     api.stop().await;
 }
+
+/// The series events of `series`, in the order published.
+fn series_events<'a>(events: &'a [Received], series: &str) -> Vec<&'a Received> {
+    events
+        .iter()
+        .filter(|e| {
+            e.event_type().starts_with("recurring.") && e.value["data"]["series_id"] == series
+        })
+        .collect()
+}
+
+/// Every change of a series is a `recurring.*` event on task-events, keyed
+/// by its user, in their sequence, once, valid against its schema, about
+/// the task its history shows it with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_of_a_series_is_one_recurring_event_in_its_users_order() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    let weekly =
+        |rule: &str| json!({"rule": rule, "timezone": "Europe/Berlin", "mode": "on_completion"});
+
+    // Started, one instance (the last of COUNT=2), ended.
+    let counted = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "counted", "due_at": "2030-01-07T08:00:00Z",
+                                   "recurrence": weekly("FREQ=WEEKLY;COUNT=2")}),
+        )
+        .await;
+    let counted_id = counted["id"].as_str().expect("id").to_owned();
+    complete(&stack, &api, &ann, &counted_id).await;
+    let (instance, _) = wait_instances(&stack, &counted_id, 1).await[0];
+    complete(&stack, &api, &ann, &instance.to_string()).await;
+
+    // Started, its rule changed, its rule removed.
+    let edited = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "edited", "due_at": "2030-01-07T08:00:00Z",
+                                   "recurrence": weekly("FREQ=DAILY")}),
+        )
+        .await;
+    let edited_id = edited["id"].as_str().expect("id").to_owned();
+    for recurrence in [weekly("FREQ=WEEKLY"), Value::Null] {
+        let (status, body) = stack
+            .call(
+                &api,
+                Method::PATCH,
+                &format!("/tasks/{edited_id}"),
+                &ann,
+                Some(json!({"recurrence": recurrence})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    // Started, its latest (and only) instance deleted.
+    let deleted = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "deleted", "due_at": "2030-01-07T08:00:00Z",
+                                   "recurrence": weekly("FREQ=DAILY")}),
+        )
+        .await;
+    let deleted_id = deleted["id"].as_str().expect("id").to_owned();
+    let (status, _) = stack
+        .call(
+            &api,
+            Method::DELETE,
+            &format!("/tasks/{deleted_id}"),
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // A schedule's instance comes on its own.
+    let first = (Utc::now() - TimeDelta::days(1) + TimeDelta::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let scheduled = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "scheduled", "due_at": first,
+              "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
+        )
+        .await;
+    let scheduled_id = scheduled["id"].as_str().expect("id").to_owned();
+
+    let reader = stack.task_events().await;
+    let mut events: Vec<Received> = Vec::new();
+    let expected = 3 + 3 + 2 + 2;
+    while events
+        .iter()
+        .filter(|e| e.event_type().starts_with("recurring."))
+        .count()
+        < expected
+    {
+        let e = reader.next(WAIT).await.unwrap_or_else(|| {
+            panic!(
+                "series events so far: {:?}",
+                events
+                    .iter()
+                    .map(|e| e.event_type().to_owned())
+                    .collect::<Vec<_>>()
+            )
+        });
+        events.push(e);
+    }
+    // And nothing more of them, once every task event so far has arrived.
+    stack.outbox_drained(WAIT).await;
+    while let Some(e) = reader.next(Duration::from_secs(2)).await {
+        events.push(e);
+    }
+    todo_api::testing::assert_schema_valid(&events);
+    let kinds = |series: &str| -> Vec<String> {
+        series_events(&events, series)
+            .iter()
+            .map(|e| e.event_type().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        kinds(&counted_id),
+        [
+            "recurring.created",
+            "recurring.instance.created",
+            "recurring.cancelled"
+        ]
+    );
+    assert_eq!(
+        kinds(&edited_id),
+        [
+            "recurring.created",
+            "recurring.rule.changed",
+            "recurring.cancelled"
+        ]
+    );
+    assert_eq!(
+        kinds(&deleted_id),
+        ["recurring.created", "recurring.cancelled"]
+    );
+    assert_eq!(
+        kinds(&scheduled_id),
+        ["recurring.created", "recurring.instance.created"]
+    );
+
+    let by_id = |id: &str| {
+        events
+            .iter()
+            .find(|e| e.value["id"] == id)
+            .expect("the cause is published")
+    };
+    let c = series_events(&events, &counted_id);
+    assert_eq!(c[0].value["subject"], counted_id.as_str());
+    assert_eq!(c[0].value["source"], "todo-recurring");
+    assert_eq!(c[0].key, "ann");
+    assert_eq!(c[0].value["data"]["series_start"], "2030-01-07T08:00:00Z");
+    assert_eq!(
+        c[0].value["data"]["next_occurrence"],
+        "2030-01-14T08:00:00Z"
+    );
+    assert_eq!(
+        by_id(c[0].value["causationid"].as_str().expect("cause")).event_type(),
+        "task.created"
+    );
+    assert_eq!(
+        c[1].value["subject"],
+        instance.to_string(),
+        "about the new instance"
+    );
+    assert_eq!(c[1].value["data"]["occurrence"], "2030-01-14T08:00:00Z");
+    assert_eq!(c[1].value["data"]["cause"], "completion");
+    assert_eq!(
+        c[1].value["data"]["next_occurrence"],
+        Value::Null,
+        "COUNT=2: the last"
+    );
+    let completion = by_id(c[1].value["causationid"].as_str().expect("cause"));
+    assert_eq!(completion.event_type(), "task.completed");
+    assert_eq!(completion.value["subject"], counted_id.as_str());
+    assert_eq!(
+        c[1].value["correlationid"],
+        completion.value["correlationid"]
+    );
+    assert_eq!(c[2].value["data"]["reason"], "ended");
+    assert_eq!(c[2].value["subject"], instance.to_string());
+
+    let e = series_events(&events, &edited_id);
+    assert_eq!(e[1].value["data"]["previous"]["rule"], "FREQ=DAILY");
+    assert_eq!(e[1].value["data"]["recurrence"]["rule"], "FREQ=WEEKLY");
+    assert_eq!(e[2].value["data"]["reason"], "rule_removed");
+    assert_eq!(
+        series_events(&events, &deleted_id)[1].value["data"]["reason"],
+        "task_deleted"
+    );
+    let s = series_events(&events, &scheduled_id);
+    assert_eq!(s[1].value["data"]["cause"], "schedule");
+    assert!(
+        s[1].value.get("causationid").is_none(),
+        "the schedule caused it: {}",
+        s[1].value
+    );
+
+    // One user's events, one partition, in their sequence.
+    let sequences: Vec<i64> = events.iter().map(Received::sequence).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    recurring.stop().await;
+    api.stop().await;
+}
