@@ -66,11 +66,7 @@ pub async fn publish(
             data,
         },
     )
-    .await
-    .map_err(|e| match e {
-        outbox::OutboxError::Db(db) => db.into(),
-        other => HandlerError::Failed(other.into()),
-    })?;
+    .await?;
     Ok(())
 }
 

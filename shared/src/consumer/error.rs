@@ -41,12 +41,21 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
+impl From<crate::outbox::OutboxError> for HandlerError {
+    fn from(e: crate::outbox::OutboxError) -> Self {
+        match e {
+            crate::outbox::OutboxError::Db(db) => db.into(),
+            other => HandlerError::Failed(other.into()),
+        }
+    }
+}
+
 impl From<crate::tasks::StoreError> for HandlerError {
     fn from(e: crate::tasks::StoreError) -> Self {
-        use crate::outbox::OutboxError;
         use crate::tasks::StoreError;
         match e {
-            StoreError::Db(db) | StoreError::Outbox(OutboxError::Db(db)) => db.into(),
+            StoreError::Db(db) => db.into(),
+            StoreError::Outbox(outbox) => outbox.into(),
             other => HandlerError::Failed(other.into()),
         }
     }
