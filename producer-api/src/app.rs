@@ -28,7 +28,7 @@ use todo_shared::relay::{Relay, RelayConfig, RelayMetrics};
 use todo_shared::server::HttpLimits;
 use todo_shared::shutdown::Shutdown;
 use todo_shared::{db, kafka, telemetry};
-use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
@@ -157,28 +157,24 @@ impl Application {
     /// Serves until `shutdown`; then finishes the requests in flight, stops
     /// the relay (letting its batch in flight be acknowledged) and returns.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        let tasks = TaskTracker::new();
         if let Some(relay) = self.relay {
-            tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+            tasks.spawn(relay.run(shutdown.clone()));
         }
-        tasks.push(tokio::spawn(
+        tasks.spawn(
             self.state
                 .signal
                 .clone()
                 .forward_to_other_processes(self.state.pool.clone(), shutdown.clone()),
-        ));
-        tasks.push(tokio::spawn(housekeeping(
-            self.state.clone(),
-            shutdown.clone(),
-        )));
+        );
+        tasks.spawn(housekeeping(self.state.clone(), shutdown.clone()));
         tracing::info!(
             port = self.listener.local_addr()?.port(),
             "todo-api listening"
         );
         todo_shared::server::serve(self.listener, self.router, self.limits, shutdown).await?;
-        for task in tasks {
-            let _ = task.await;
-        }
+        tasks.close();
+        tasks.wait().await;
         self.state.pool.close().await;
         tracing::info!("todo-api stopped");
         Ok(())

@@ -1,22 +1,24 @@
 //! Graceful shutdown: one trigger, many listeners (cloned into every task),
-//! and the process signals that pull the trigger.
+//! and the process signals that pull the trigger. The listeners are
+//! `tokio_util`'s [`CancellationToken`]; the trigger is the one place that
+//! cancels it, so a task that only listens cannot end everyone's work.
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// Pulled once; every [`Shutdown`] cloned from its channel then resolves.
+/// Pulled once (or dropped); every [`Shutdown`] of its channel then resolves.
 #[derive(Debug)]
 pub struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
+    token: CancellationToken,
 }
 
 impl ShutdownTrigger {
     pub fn trigger(&self) {
-        let _ = self.tx.send(true);
+        self.token.cancel();
     }
 
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
-            rx: self.tx.subscribe(),
+            token: self.token.clone(),
         }
     }
 }
@@ -29,24 +31,28 @@ impl Drop for ShutdownTrigger {
 
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+    token: CancellationToken,
 }
 
 impl Shutdown {
     /// Resolves once shutdown has been triggered (at once if it already was).
     pub async fn recv(&mut self) {
-        // An error means the trigger is gone, which also means shutdown.
-        let _ = self.rx.wait_for(|down| *down).await;
+        self.token.cancelled().await
     }
 
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        self.token.is_cancelled()
     }
 }
 
 pub fn channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger { tx }, Shutdown { rx })
+    let token = CancellationToken::new();
+    (
+        ShutdownTrigger {
+            token: token.clone(),
+        },
+        Shutdown { token },
+    )
 }
 
 /// A shutdown pulled by the process signals (see [`signal`]): what a

@@ -28,6 +28,7 @@ use todo_shared::relay::Relay;
 use todo_shared::service::ConsumerService;
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 pub struct App {
     service: ConsumerService<Schedule>,
@@ -323,27 +324,24 @@ impl App {
         self.service.port()
     }
 
+    /// Runs until `shutdown`, then waits for the clock, the channel
+    /// workers, the relay and the notify forwarder to finish their work.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let clock = tokio::spawn(self.clock.run(shutdown.clone()));
-        let workers: Vec<_> = self
-            .workers
-            .into_iter()
-            .map(|w| tokio::spawn(w.run(shutdown.clone())))
-            .collect();
-        let notifier = tokio::spawn(
+        let tasks = TaskTracker::new();
+        tasks.spawn(self.clock.run(shutdown.clone()));
+        for worker in self.workers {
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
+        tasks.spawn(
             self.signal
                 .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
         );
-        let relay = self.relay.map(|r| tokio::spawn(r.run(shutdown.clone())));
+        if let Some(relay) = self.relay {
+            tasks.spawn(relay.run(shutdown.clone()));
+        }
         let result = self.service.run(shutdown).await;
-        if let Some(relay) = relay {
-            let _ = relay.await;
-        }
-        let _ = clock.await;
-        for worker in workers {
-            let _ = worker.await;
-        }
-        let _ = notifier.await;
+        tasks.close();
+        tasks.wait().await;
         result
     }
 }

@@ -16,6 +16,7 @@ use todo_shared::relay::Relay;
 use todo_shared::service::ConsumerService;
 use todo_shared::shutdown::Shutdown;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 pub struct App {
     service: ConsumerService<Recurring>,
@@ -74,19 +75,21 @@ impl App {
         self.service.port()
     }
 
+    /// Runs until `shutdown`, then waits for the scheduler, the relay and
+    /// the notify forwarder to finish their work.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let scheduler = tokio::spawn(self.scheduler.run(shutdown.clone()));
-        let notifier = tokio::spawn(
+        let tasks = TaskTracker::new();
+        tasks.spawn(self.scheduler.run(shutdown.clone()));
+        tasks.spawn(
             self.signal
                 .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
         );
-        let relay = self.relay.map(|r| tokio::spawn(r.run(shutdown.clone())));
-        let result = self.service.run(shutdown).await;
-        if let Some(relay) = relay {
-            let _ = relay.await;
+        if let Some(relay) = self.relay {
+            tasks.spawn(relay.run(shutdown.clone()));
         }
-        let _ = scheduler.await;
-        let _ = notifier.await;
+        let result = self.service.run(shutdown).await;
+        tasks.close();
+        tasks.wait().await;
         result
     }
 }
