@@ -196,7 +196,7 @@ async fn housekeeping(state: AppState, mut shutdown: Shutdown) {
         if rounds % 10 != 1 {
             continue;
         }
-        match idempotency::prune(&state.pool).await {
+        match idempotency::prune(&state.pool, idempotency::PRUNE_BATCH).await {
             Ok(n) if n > 0 => tracing::info!(pruned = n, "expired idempotency keys removed"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not prune idempotency keys"),

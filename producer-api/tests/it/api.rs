@@ -737,3 +737,48 @@ async fn operations_endpoints_and_correlation_ids() {
     assert!(metrics.contains("todo_outbox_backlog"), "{metrics}");
     api.stop().await;
 }
+
+/// Keys older than a day go, in batches; a recent one still replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_older_than_a_day_are_pruned_in_batches() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let ann = stack.token("ann");
+    let first = stack
+        .request(&api, Method::POST, "/tasks", &ann)
+        .header("idempotency-key", "kept")
+        .json(&json!({"title": "recent"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, status, response, created_at)
+         SELECT 'ann', 'old-' || n, '\\x00', 201, '{}', now() - interval '25 hours'
+           FROM generate_series(1, 23) AS n",
+    )
+    .execute(&stack.db.pool)
+    .await
+    .expect("old keys");
+
+    let pruned = todo_api::idempotency::prune(&stack.db.pool, 7)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 23, "three batches of 7 and one of 2");
+    assert_eq!(stack.count("idempotency_keys").await, 1);
+    let again = stack
+        .request(&api, Method::POST, "/tasks", &ann)
+        .header("idempotency-key", "kept")
+        .json(&json!({"title": "recent"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    api.stop().await;
+}

@@ -53,20 +53,38 @@ pub async fn is_processed(
     .await
 }
 
+/// Most records one pruning statement deletes: each is a short transaction
+/// that locks little and leaves little for one vacuum, however large the
+/// backlog (an hour of 2,000 events/s is 7.2 million rows).
+pub const PRUNE_BATCH: i64 = 5_000;
+
 /// Forgets records older than `retention` (longer than the topics keep
-/// messages, so nothing that can still be redelivered is forgotten).
+/// messages, so nothing that can still be redelivered is forgotten), at
+/// most `batch` per statement; returns how many.
 pub async fn prune(
     pool: &sqlx::PgPool,
     consumer: &str,
     retention: Duration,
+    batch: i64,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM processed_events
-          WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2)",
-    )
-    .bind(consumer)
-    .bind(retention.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM processed_events
+              WHERE consumer = $1 AND event_id IN (
+                    SELECT event_id FROM processed_events
+                     WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2)
+                     LIMIT $3)",
+        )
+        .bind(consumer)
+        .bind(retention.as_secs_f64())
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += done;
+        if done < u64::try_from(batch).unwrap_or(u64::MAX) {
+            return Ok(total);
+        }
+    }
 }

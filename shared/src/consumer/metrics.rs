@@ -14,6 +14,7 @@ pub struct ConsumerMetrics {
     pub(crate) end_to_end: HistogramVec,
     pub(crate) lag: IntGaugeVec,
     pub(crate) assigned: IntGaugeVec,
+    pub(crate) pruned: IntCounterVec,
 }
 
 impl ConsumerMetrics {
@@ -93,6 +94,14 @@ impl ConsumerMetrics {
             ),
             &["consumer"],
         )?;
+        let pruned = IntCounterVec::new(
+            Opts::new(
+                "todo_processed_events_pruned_total",
+                "Processed-event records forgotten after CONSUMER_DEDUP_RETENTION_HOURS",
+            ),
+            &["consumer"],
+        )?;
+        registry.register(Box::new(pruned.clone()))?;
         registry.register(Box::new(consumed.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(failed.clone()))?;
@@ -114,6 +123,7 @@ impl ConsumerMetrics {
             end_to_end,
             lag,
             assigned,
+            pruned,
         })
     }
 }

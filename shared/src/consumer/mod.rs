@@ -18,7 +18,7 @@
 
 mod context;
 pub mod dead_letters;
-mod dedup;
+pub mod dedup;
 mod error;
 mod health;
 mod metrics;
@@ -270,6 +270,7 @@ impl<H: Handler> Runtime<H> {
             self.pool.clone(),
             self.config.name.clone(),
             self.config.dedup_retention,
+            self.metrics.clone(),
         ));
         self.consume(&consumer, &dead_letters, &mut shutdown).await;
         self.health.set_consuming(false);
@@ -739,11 +740,20 @@ async fn wait(delay: Duration, shutdown: &mut Shutdown) -> Flow {
     }
 }
 
-async fn prune_forever(pool: PgPool, consumer: String, retention: Duration) {
+async fn prune_forever(
+    pool: PgPool,
+    consumer: String,
+    retention: Duration,
+    metrics: ConsumerMetrics,
+) {
+    let pruned = metrics.pruned.with_label_values(&[consumer.as_str()]);
     loop {
-        match dedup::prune(&pool, &consumer, retention).await {
+        match dedup::prune(&pool, &consumer, retention, dedup::PRUNE_BATCH).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(consumer, pruned = n, "forgot old processed-event ids"),
+            Ok(n) => {
+                pruned.inc_by(n);
+                tracing::info!(consumer, pruned = n, "forgot old processed-event ids");
+            }
             Err(e) => tracing::warn!(consumer, error = %e, "pruning processed events failed"),
         }
         tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -3,5 +3,6 @@
 
 mod deploy_env;
 mod next_occurrence_fill;
+mod pruning;
 mod relay_fatal;
 mod topics;
