@@ -446,3 +446,37 @@ async fn the_first_change_after_a_quiet_spell_is_not_taken_for_a_stall() {
     );
     api.stop().await;
 }
+
+/// The relay vacuums the outbox it empties (every 20,000 rows or 10 s), on
+/// a connection of its own: publishing goes on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_vacuums_the_outbox_it_empties() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let ann = stack.token("ann");
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'",
+        )
+        .fetch_one(&stack.db.pool)
+        .await
+        .expect("table statistics")
+    };
+    let before = vacuums().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut created = 0;
+    // Changes keep coming; after 10 s of them the relay's vacuum is due.
+    while vacuums().await == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no VACUUM of the outbox after {created} published changes"
+        );
+        stack
+            .create(&api, &ann, json!({"title": format!("t{created}")}))
+            .await;
+        created += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stack.outbox_drained(WAIT).await;
+    api.stop().await;
+}

@@ -271,7 +271,7 @@ impl Relay {
             halt: None,
             last_progress: Instant::now(),
             renewed: Instant::now(),
-            vacuum: Vacuum::new(),
+            vacuum: Vacuum::new(self.connect.clone()),
             backlog_checked: Instant::now() - Duration::from_secs(60),
         };
         let outcome = leading
@@ -583,7 +583,7 @@ impl Leading<'_> {
             .await?;
         let n = self.acked.len();
         self.acked.clear();
-        self.vacuum.after(n, &mut self.conn).await;
+        self.vacuum.after(n);
         Ok(())
     }
 
