@@ -307,7 +307,11 @@ async fn save_change(
     }
     after.version = before.version + 1;
     after.updated_at = domain::now().max(before.updated_at);
-    after.next_occurrence = recurrence::next_occurrence(&after);
+    // Evaluating a rule costs up to milliseconds: only when what it depends
+    // on changed (not for a title edit).
+    if rule_inputs(&after) != rule_inputs(&before) {
+        after.next_occurrence = recurrence::next_occurrence(&after);
+    }
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
         outbox::statement_after(Some(
             "task AS (
@@ -332,6 +336,23 @@ async fn save_change(
         .await?;
     let event = pending.into_envelope(sequence);
     Ok(Some((after, event)))
+}
+
+/// What a task's `next_occurrence` is computed from.
+type RuleInputs<'a> = (
+    Option<&'a Recurrence>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+fn rule_inputs(t: &Task) -> RuleInputs<'_> {
+    (
+        t.recurrence.as_ref(),
+        t.series_start,
+        t.due_at,
+        t.completed_at,
+    )
 }
 
 /// Replaces the writable fields (`task.updated`); `None` when nothing changed.
