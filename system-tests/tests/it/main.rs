@@ -2,3 +2,4 @@
 //! test harness are linked once for all of them.
 
 mod observability;
+mod processes;

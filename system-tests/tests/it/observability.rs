@@ -11,6 +11,10 @@
 //!   every alert expression parses and evaluates; a message no consumer can
 //!   read fires the dead-letter alert.
 
+use crate::processes::{
+    eventually, free_port, metric_lines, scratch_dir, serve, which, Stack, API, AUDIT, NOTIFIER,
+    PATIENCE, REALTIME, RECURRING,
+};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -25,21 +29,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use todo_shared::testing::{self, Broker, TestDatabase};
-
-/// How long anything may take to show up on a busy 2-core machine.
-const PATIENCE: Duration = Duration::from_secs(90);
-
-const API: &str = "todo-api";
-const RECURRING: &str = "todo-recurring";
-const NOTIFIER: &str = "todo-notifier";
-const AUDIT: &str = "todo-audit";
-const REALTIME: &str = "todo-realtime";
 const CONSUMERS: [&str; 4] = [RECURRING, NOTIFIER, AUDIT, REALTIME];
 /// The services that run an outbox relay: whichever leads publishes.
 const RELAYS: [&str; 3] = [API, RECURRING, NOTIFIER];
@@ -441,134 +435,6 @@ fn descends(span: &Collected, ancestor: &str, trace: &[Collected]) -> bool {
     false
 }
 
-// --- the services -------------------------------------------------------
-
-struct Stack {
-    dir: PathBuf,
-    services: Vec<(&'static str, u16, Child)>,
-}
-
-impl Stack {
-    fn new(dir: PathBuf) -> Self {
-        Stack {
-            dir,
-            services: Vec::new(),
-        }
-    }
-
-    fn start(&mut self, name: &'static str, common: &[(&str, String)], own: &[(&str, String)]) {
-        let port = free_port();
-        let log = File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        let err = log.try_clone().expect("log file");
-        let child = Command::new(binary(name))
-            .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
-            .envs(own.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} did not start: {e}"));
-        self.services.push((name, port, child));
-    }
-
-    fn port(&self, name: &str) -> u16 {
-        self.services
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, p, _)| *p)
-            .unwrap_or_else(|| panic!("{name} is not running"))
-    }
-
-    async fn wait_ready(&mut self, http: &reqwest::Client, name: &str) {
-        let port = self.port(name);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let ready = http
-                .get(format!("http://127.0.0.1:{port}/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return;
-            }
-            let exited = self
-                .services
-                .iter_mut()
-                .find(|(n, _, _)| *n == name)
-                .and_then(|(_, _, c)| c.try_wait().ok().flatten());
-            assert!(
-                exited.is_none(),
-                "{name} exited ({exited:?}):\n{}",
-                self.logs()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{name} never got ready:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// A token minted by todo-api's own command.
-    fn token(&self, user: &str) -> String {
-        let out = Command::new(binary(API))
-            .args(["token", "--user", user])
-            .env("JWT_SECRET", testing::JWT_SECRET)
-            .env("DATABASE_URL", "postgres://unused")
-            .env("KAFKA_BOOTSTRAP_SERVERS", "unused:9092")
-            .output()
-            .expect("todo-api token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn logs(&self) -> String {
-        self.services
-            .iter()
-            .map(|(name, _, _)| {
-                let text = std::fs::read_to_string(self.dir.join(format!("{name}.log")))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("--- {name} ---\n{}", tail.join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for (_, _, child) in &mut self.services {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The binaries cargo built beside this test (`target/<profile>/`).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: this test runs the services' binaries; build them first \
-         (`cargo test --workspace` does, or `cargo build --workspace --all-features --bins`)",
-        path.display()
-    );
-    path
-}
-
 // --- Prometheus ------------------------------------------------------------
 
 struct Prometheus {
@@ -581,9 +447,8 @@ impl Prometheus {
         let port = free_port();
         let rules = repo().join("deploy/prometheus/alerts.yml");
         let jobs: Vec<Value> = stack
-            .services
-            .iter()
-            .map(|(name, port, _)| {
+            .ports()
+            .map(|(name, port)| {
                 json!({"job_name": name, "static_configs": [{"targets": [format!("127.0.0.1:{port}")]}]})
             })
             .collect();
@@ -808,43 +673,6 @@ async fn receive_hook(State(count): State<Arc<Mutex<usize>>>) -> StatusCode {
 
 // --- helpers ------------------------------------------------------------------
 
-async fn serve(router: axum::Router) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    port
-}
-
-async fn metric_lines(http: &reqwest::Client, port: u16) -> Vec<String> {
-    let Ok(r) = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-    else {
-        return Vec::new();
-    };
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -856,25 +684,4 @@ fn random_hex(len: usize) -> String {
     }
     s.truncate(len);
     s
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("todo-system-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    dir
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
 }
