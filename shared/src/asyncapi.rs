@@ -13,7 +13,7 @@ use axum::Router;
 pub const DOCUMENT: &str = include_str!("../asyncapi.json");
 
 /// Every event schema file (`shared/schemas/events/`), by file name.
-pub const EVENT_SCHEMAS: [(&str, &str); 18] = [
+pub const EVENT_SCHEMAS: [(&str, &str); 19] = [
     (
         "envelope.json",
         include_str!("../schemas/events/envelope.json"),
@@ -62,6 +62,10 @@ pub const EVENT_SCHEMAS: [(&str, &str); 18] = [
     (
         "user.notifications.updated.json",
         include_str!("../schemas/events/user.notifications.updated.json"),
+    ),
+    (
+        "user.erased.json",
+        include_str!("../schemas/events/user.erased.json"),
     ),
     (
         "recurring.json",

@@ -219,6 +219,15 @@ pub fn is_transient_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// The statement touched the events of a user who has been erased: their
+/// sequence row refuses every writer (migration `user_erasure`).
+pub fn is_user_erased(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(USER_ERASED))
+}
+
+/// The SQLSTATE of [`is_user_erased`].
+pub const USER_ERASED: &str = "TD001";
+
 /// PostgreSQL cancelled a statement that ran past `statement_timeout`.
 pub fn is_statement_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))

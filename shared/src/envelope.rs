@@ -87,6 +87,8 @@ pub enum EventType {
     ReminderFailed,
     #[serde(rename = "user.notifications.updated")]
     UserNotificationsUpdated,
+    #[serde(rename = "user.erased")]
+    UserErased,
     #[serde(rename = "recurring.created")]
     RecurringCreated,
     #[serde(rename = "recurring.instance.created")]
@@ -98,7 +100,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 16] = [
         EventType::TaskCreated,
         EventType::TaskUpdated,
         EventType::TaskCompleted,
@@ -110,6 +112,7 @@ impl EventType {
         EventType::ReminderSent,
         EventType::ReminderFailed,
         EventType::UserNotificationsUpdated,
+        EventType::UserErased,
         EventType::RecurringCreated,
         EventType::RecurringInstanceCreated,
         EventType::RecurringRuleChanged,
@@ -129,6 +132,7 @@ impl EventType {
             EventType::ReminderSent => "reminder.sent",
             EventType::ReminderFailed => "reminder.failed",
             EventType::UserNotificationsUpdated => "user.notifications.updated",
+            EventType::UserErased => "user.erased",
             EventType::RecurringCreated => "recurring.created",
             EventType::RecurringInstanceCreated => "recurring.instance.created",
             EventType::RecurringRuleChanged => "recurring.rule.changed",
@@ -162,6 +166,7 @@ impl EventType {
             | EventType::TaskReopened
             | EventType::TaskDeleted
             | EventType::UserNotificationsUpdated
+            | EventType::UserErased
             | EventType::RecurringCreated
             | EventType::RecurringInstanceCreated
             | EventType::RecurringRuleChanged
@@ -177,7 +182,7 @@ impl EventType {
     /// The `dataschema` attribute: the payload's schema and its version.
     pub fn data_schema(self) -> &'static str {
         match self {
-            EventType::UserNotificationsUpdated => "user-event/v1",
+            EventType::UserNotificationsUpdated | EventType::UserErased => "user-event/v1",
             EventType::RecurringCreated
             | EventType::RecurringInstanceCreated
             | EventType::RecurringRuleChanged

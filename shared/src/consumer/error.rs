@@ -33,7 +33,13 @@ impl HandlerError {
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&e) || crate::db::is_transient_conflict(&e) {
+        // A handler that lost the race with an erasure (its user was erased
+        // between the runtime's check and the handler's write) is retried
+        // like a lost race: on the retry the runtime skips the event.
+        if crate::db::is_unavailable(&e)
+            || crate::db::is_transient_conflict(&e)
+            || crate::db::is_user_erased(&e)
+        {
             HandlerError::Unavailable(e.into())
         } else {
             HandlerError::Failed(e.into())

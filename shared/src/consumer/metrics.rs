@@ -15,6 +15,7 @@ pub struct ConsumerMetrics {
     pub(crate) lag: IntGaugeVec,
     pub(crate) assigned: IntGaugeVec,
     pub(crate) pruned: IntCounterVec,
+    pub(crate) erased: IntCounterVec,
 }
 
 impl ConsumerMetrics {
@@ -101,6 +102,14 @@ impl ConsumerMetrics {
             ),
             &["consumer"],
         )?;
+        let erased = IntCounterVec::new(
+            Opts::new(
+                "todo_events_skipped_erased_user_total",
+                "Events skipped because their user has been erased (late or repeated deliveries)",
+            ),
+            &["consumer"],
+        )?;
+        registry.register(Box::new(erased.clone()))?;
         registry.register(Box::new(pruned.clone()))?;
         registry.register(Box::new(consumed.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
@@ -124,6 +133,7 @@ impl ConsumerMetrics {
             lag,
             assigned,
             pruned,
+            erased,
         })
     }
 }

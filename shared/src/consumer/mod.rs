@@ -538,11 +538,14 @@ impl<H: Handler> Runtime<H> {
             .await?
             .into_iter()
             .collect();
-        let todo: Vec<&Event> = events
+        let fresh: Vec<&Event> = events
             .iter()
             .copied()
             .filter(|e| fresh.contains(&e.envelope.id))
             .collect();
+        let fresh_count = fresh.len();
+        let todo = self.without_erased_users(&mut tx, fresh).await?;
+        let skipped = fresh_count - todo.len();
         if !todo.is_empty() {
             // A handler that panics on one event fails that event (retried,
             // then dead-lettered) instead of the process: restarted, it would
@@ -560,7 +563,7 @@ impl<H: Handler> Runtime<H> {
         tx.commit().await?;
 
         let name = self.config.name.as_str();
-        let duplicates = events.len() - todo.len();
+        let duplicates = events.len() - todo.len() - skipped;
         if duplicates > 0 {
             self.metrics
                 .duplicates
@@ -581,6 +584,47 @@ impl<H: Handler> Runtime<H> {
         }
         self.handler.committed(&todo);
         Ok(())
+    }
+
+    /// `events` less those of users who have been erased (the specs'
+    /// "events for deleted users are logged and skipped"): a repeated
+    /// delivery of an event from before the erasure, or one on another topic
+    /// that arrives after it, must not bring back what the erasure removed.
+    /// They stay recorded as processed. `user.erased` itself is handled.
+    /// The tombstone commits with the erasure's event, before any consumer
+    /// can read it, and nothing of the user is written after it.
+    async fn without_erased_users<'e>(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<&'e Event>,
+    ) -> Result<Vec<&'e Event>, HandlerError> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let mut users: Vec<&str> = events.iter().map(|e| e.envelope.userid.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let erased: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM event_sequences WHERE erased_at IS NOT NULL AND user_id = ANY($1)",
+        )
+        .bind(&users)
+        .fetch_all(&mut *conn)
+        .await?;
+        if erased.is_empty() {
+            return Ok(events);
+        }
+        let (skip, keep): (Vec<&Event>, Vec<&Event>) = events.into_iter().partition(|e| {
+            erased.contains(&e.envelope.userid) && e.envelope.event_type != EventType::UserErased
+        });
+        for e in &skip {
+            e.span
+                .in_scope(|| tracing::info!("skipping an event of a user who has been erased"));
+        }
+        self.metrics
+            .erased
+            .with_label_values(&[self.config.name.as_str()])
+            .inc_by(skip.len() as u64);
+        Ok(keep)
     }
 
     /// Publishes a dead letter and waits for the broker's acknowledgement,
