@@ -263,6 +263,7 @@ fn router(
     let mcp = mcp::router(&state)?;
     let routes = routes::router()
         .merge(crate::preferences::router())
+        .merge(crate::erasure::router())
         .merge(mcp)
         .api_route_docs(mcp::PATH, ApiMethodDocs::new("post", mcp::operation()))
         .route_layer(middleware::from_fn_with_state(http, record_metrics))

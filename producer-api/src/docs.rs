@@ -230,6 +230,10 @@ pub fn task<const STATUS: u16>(op: TransformOperation<'_>) -> TransformOperation
 
 /// The answers of every route that writes: 429 past the user's allowance.
 pub fn write(op: TransformOperation<'_>) -> TransformOperation<'_> {
+    let op = problem::<403>(
+        op,
+        "The caller was erased (DELETE /me): nothing more is written for them",
+    );
     op.response_with::<429, todo_shared::openapi::ProblemJson, _>(|r| {
         let mut r = r.description("Past this user's writes per second (API_WRITES_PER_SECOND)");
         add_header(

@@ -28,6 +28,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("this user has been erased: nothing more is written for them")]
+    UserErased,
     #[error("too many writes; retry in {retry_after:?}")]
     TooManyRequests { retry_after: std::time::Duration },
     #[error("service unavailable: {0}")]
@@ -52,6 +54,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UserErased => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -76,6 +79,7 @@ impl ApiError {
                 ("/problems/idempotency-key-reused", "Idempotency-Key reused")
             }
             ApiError::Conflict(_) => ("/problems/conflict", "Conflict"),
+            ApiError::UserErased => ("/problems/user-erased", "User erased"),
             ApiError::TooManyRequests { .. } => {
                 ("/problems/too-many-requests", "Too many requests")
             }
@@ -156,7 +160,9 @@ impl IntoResponse for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         use todo_shared::db;
-        if db::is_unique_violation(&e) {
+        if db::is_user_erased(&e) {
+            ApiError::UserErased
+        } else if db::is_unique_violation(&e) {
             ApiError::Conflict("a resource with this identity already exists".into())
         } else if db::is_unavailable(&e)
             || db::is_statement_timeout(&e)

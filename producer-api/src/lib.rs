@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod docs;
+pub mod erasure;
 pub mod error;
 pub mod extract;
 pub mod idempotency;

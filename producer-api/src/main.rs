@@ -29,6 +29,13 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Erase a user's data in every service (what DELETE /me does), e.g.
+    /// for a request that reached the operators.
+    EraseUser {
+        /// The user id (the tokens' `sub`).
+        #[arg(long)]
+        user: String,
+    },
     /// Print a development token for a user (signed with JWT_SECRET).
     Token {
         /// The user id (the token's `sub`).
@@ -56,6 +63,14 @@ async fn main() {
             let ttl = Duration::from_secs(hours.saturating_mul(3600));
             println!("{}", keys.mint(&user, ttl));
             Ok(())
+        }
+        Command::EraseUser { user } => {
+            let user = UserId::try_from(user).unwrap_or_else(|e| {
+                eprintln!("{BINARY}: --user: {e}");
+                std::process::exit(2)
+            });
+            let _telemetry = telemetry::init(BINARY);
+            erase_user(&settings, &user).await
         }
         Command::Migrate => {
             let _telemetry = telemetry::init(BINARY);
@@ -90,6 +105,27 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let filled = todo_shared::tasks::fill_next_occurrences(&pool).await?;
     if filled > 0 {
         tracing::info!(tasks = filled, "next occurrences computed");
+    }
+    Ok(())
+}
+
+/// Erases on the command line; the relay leading in a running service
+/// publishes user.erased.
+async fn erase_user(settings: &Settings, user: &UserId) -> anyhow::Result<()> {
+    let pool = db::service_pool(&settings.database).await?;
+    let correlation = uuid::Uuid::now_v7().to_string();
+    let erasure = todo_api::erasure::erase(&pool, user, &correlation).await?;
+    // Wakes that relay at once instead of at its next poll.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(todo_shared::outbox::CHANNEL)
+        .execute(&pool)
+        .await?;
+    match erasure.event_id {
+        Some(event) => println!(
+            "erased {user}: {} tasks here; user.erased {event} tells the other services",
+            erasure.tasks
+        ),
+        None => println!("{user} had been erased before; nothing to do"),
     }
     Ok(())
 }
