@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 use todo_shared::consumer::{Event, Handler, HandlerError};
-use todo_shared::envelope::{EventKind, Topic};
+use todo_shared::envelope::{EventKind, EventType, Topic};
 use uuid::Uuid;
 
 pub struct AuditStore;
@@ -38,60 +38,83 @@ impl Handler for AuditStore {
         conn: &mut PgConnection,
         events: &[&Event],
     ) -> Result<(), HandlerError> {
-        let n = events.len();
-        let (mut ids, mut users, mut sequences, mut types) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut tasks, mut times, mut envelopes) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut topics, mut partitions, mut offsets) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for e in events {
-            let env = &e.envelope;
-            // The envelope as it was published, extension attributes included.
-            let raw = std::str::from_utf8(&e.payload)
-                .map_err(|err| HandlerError::rejected(format!("payload is not UTF-8: {err}")))?;
-            ids.push(env.id);
-            users.push(env.userid.as_str());
-            sequences.push(env.sequence);
-            types.push(env.event_type.as_str());
-            tasks.push(task_id(e));
-            times.push(env.time);
-            envelopes.push(raw);
-            topics.push(e.origin.topic.as_str());
-            partitions.push(e.origin.partition);
-            offsets.push(e.origin.offset);
+        // An erasure is not stored: it deletes the user's log (the one
+        // exception the append-only trigger allows, for an erased user).
+        let (erasures, events): (Vec<&Event>, Vec<&Event>) = events
+            .iter()
+            .copied()
+            .partition(|e| e.envelope.event_type == EventType::UserErased);
+        if !events.is_empty() {
+            insert(conn, &events).await?;
         }
-        sqlx::query(
-            "INSERT INTO audit_events (event_id, user_id, sequence, event_type, task_id, time,
+        for e in erasures {
+            let deleted = sqlx::query("DELETE FROM audit_events WHERE user_id = $1")
+                .bind(&e.envelope.userid)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            e.span
+                .in_scope(|| tracing::info!(deleted, "erased the user's audit log"));
+        }
+        Ok(())
+    }
+}
+
+/// Every event of `events` into `audit_events`, in one statement.
+async fn insert(conn: &mut PgConnection, events: &[&Event]) -> Result<(), HandlerError> {
+    let n = events.len();
+    let (mut ids, mut users, mut sequences, mut types) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut tasks, mut times, mut envelopes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut topics, mut partitions, mut offsets) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in events {
+        let env = &e.envelope;
+        // The envelope as it was published, extension attributes included.
+        let raw = std::str::from_utf8(&e.payload)
+            .map_err(|err| HandlerError::rejected(format!("payload is not UTF-8: {err}")))?;
+        ids.push(env.id);
+        users.push(env.userid.as_str());
+        sequences.push(env.sequence);
+        types.push(env.event_type.as_str());
+        tasks.push(task_id(e));
+        times.push(env.time);
+        envelopes.push(raw);
+        topics.push(e.origin.topic.as_str());
+        partitions.push(e.origin.partition);
+        offsets.push(e.origin.offset);
+    }
+    sqlx::query(
+        "INSERT INTO audit_events (event_id, user_id, sequence, event_type, task_id, time,
                                        envelope, topic, partition, kafka_offset)
              SELECT id, u, s, t, task, tm, env::jsonb, tp, p, o
                FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::uuid[],
                            $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::bigint[])
                     AS x(id, u, s, t, task, tm, env, tp, p, o)
              ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&users)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&tasks)
-        .bind(&times)
-        .bind(&envelopes)
-        .bind(&topics)
-        .bind(&partitions)
-        .bind(&offsets)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&tasks)
+    .bind(&times)
+    .bind(&envelopes)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use todo_shared::consumer::{HandlerError, Progress};
 use todo_shared::envelope::{EventType, ReminderEventData};
-use todo_shared::outbox::{self, OutboxSignal};
+use todo_shared::outbox::OutboxSignal;
 use todo_shared::preferences::Preferences;
 use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
@@ -154,9 +154,13 @@ impl Clock {
         let partitions = self.progress.caught_up_partitions(&self.topic);
         loop {
             let users: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT user_id FROM reminders
-                  WHERE state = 'scheduled' AND attempt_at <= now()
-                    AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
+                "SELECT DISTINCT r.user_id FROM reminders r
+                  WHERE r.state = 'scheduled' AND r.attempt_at <= now()
+                    AND (r.kafka_partition IS NULL OR r.kafka_partition = ANY($1))
+                    -- An erased user's reminders never fire, even before
+                    -- user.erased has reached this service.
+                    AND NOT EXISTS (SELECT 1 FROM event_sequences e
+                                     WHERE e.user_id = r.user_id AND e.erased_at IS NOT NULL)
                   LIMIT $2",
             )
             .bind(&partitions)
@@ -196,12 +200,14 @@ impl Clock {
             }
         }
         let next: Option<f64> = sqlx::query_scalar(
-            "SELECT GREATEST(EXTRACT(EPOCH FROM attempt_at - clock_timestamp()), 0)::float8
-               FROM reminders
-              WHERE state IN ('scheduled', 'delivering')
-                AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
-              ORDER BY attempt_at LIMIT 1
-                FOR UPDATE SKIP LOCKED",
+            "SELECT GREATEST(EXTRACT(EPOCH FROM r.attempt_at - clock_timestamp()), 0)::float8
+               FROM reminders r
+              WHERE r.state IN ('scheduled', 'delivering')
+                AND (r.kafka_partition IS NULL OR r.kafka_partition = ANY($1))
+                AND NOT EXISTS (SELECT 1 FROM event_sequences e
+                                 WHERE e.user_id = r.user_id AND e.erased_at IS NOT NULL)
+              ORDER BY r.attempt_at LIMIT 1
+                FOR UPDATE OF r SKIP LOCKED",
         )
         .bind(&partitions)
         .fetch_optional(&self.pool)
@@ -216,7 +222,9 @@ impl Clock {
     /// `reminder.triggered`, in one transaction.
     async fn fire(&self, user: &str, partitions: &[i32]) -> anyhow::Result<()> {
         let mut tx = todo_shared::db::begin(&self.pool).await?;
-        outbox::lock_sequence(&mut tx, user).await?;
+        if !crate::erasure::lock_user(&mut tx, &self.pool, user).await? {
+            return Ok(());
+        }
         let due: Vec<Delivering> = sqlx::query_as(
             "UPDATE reminders SET state = 'delivering', attempts = 0, attempt_at = now(),
                     updated_at = now()
@@ -279,10 +287,12 @@ impl Clock {
         Ok(sqlx::query_as(
             "UPDATE reminders SET attempt_at = now() + make_interval(secs => $3), updated_at = now()
               WHERE reminder_id IN (
-                    SELECT reminder_id FROM reminders
-                     WHERE state = 'delivering' AND attempt_at <= now()
-                       AND (kafka_partition IS NULL OR kafka_partition = ANY($1))
-                     ORDER BY attempt_at LIMIT $2
+                    SELECT r.reminder_id FROM reminders r
+                     WHERE r.state = 'delivering' AND r.attempt_at <= now()
+                       AND (r.kafka_partition IS NULL OR r.kafka_partition = ANY($1))
+                       AND NOT EXISTS (SELECT 1 FROM event_sequences e
+                                        WHERE e.user_id = r.user_id AND e.erased_at IS NOT NULL)
+                     ORDER BY r.attempt_at LIMIT $2
                        FOR UPDATE SKIP LOCKED)
               RETURNING reminder_id, task_id, user_id, title, due_at, remind_at, attempts, time_zone,
                         traceparent",
@@ -333,7 +343,9 @@ impl Clock {
         outcome: Result<(), String>,
     ) -> anyhow::Result<()> {
         let mut tx = todo_shared::db::begin(&self.pool).await?;
-        outbox::lock_sequence(&mut tx, &r.user_id).await?;
+        if !crate::erasure::lock_user(&mut tx, &self.pool, &r.user_id).await? {
+            return Ok(());
+        }
         // The row may have moved on meanwhile (the reminder was moved to a
         // new time and scheduled again): then this firing's outcome is
         // reported, and the row left to its new schedule.

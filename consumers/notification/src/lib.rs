@@ -6,6 +6,7 @@ pub mod app;
 pub mod channels;
 pub mod clock;
 pub mod delivery;
+pub mod erasure;
 pub mod schedule;
 
 pub const NAME: &str = "todo-notifier";

@@ -89,7 +89,11 @@ fn data(task: &Task, id: Uuid, remind_at: DateTime<Utc>) -> ReminderEventData {
 /// Task changes and the user's channels; not todo-recurring's series
 /// events, which share the topic but carry no task.
 fn handles(t: EventType) -> bool {
-    t.is_task_change() || t == EventType::UserNotificationsUpdated
+    t.is_task_change()
+        || matches!(
+            t,
+            EventType::UserNotificationsUpdated | EventType::UserErased
+        )
 }
 
 impl Handler for Schedule {
@@ -98,8 +102,13 @@ impl Handler for Schedule {
     }
 
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
-        if event.envelope.event_type.known() == Some(EventType::UserNotificationsUpdated) {
-            return keep_channels(conn, event).await;
+        match event.known_type() {
+            Some(EventType::UserNotificationsUpdated) => return keep_channels(conn, event).await,
+            // No sequence lock: an erased user's row refuses it.
+            Some(EventType::UserErased) => {
+                return Ok(crate::erasure::forget(conn, &event.envelope.userid).await?)
+            }
+            _ => {}
         }
         let task = event.task_data()?.task;
         let env = &event.envelope;
@@ -269,7 +278,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn it_handles_task_changes_and_channels_and_skips_series_events() {
+    fn it_handles_task_changes_channels_and_erasures_and_skips_series_events() {
         let handled: Vec<&str> = EventType::ALL
             .into_iter()
             .filter(|t| handles(*t))
@@ -283,7 +292,8 @@ mod tests {
                 "task.completed",
                 "task.reopened",
                 "task.deleted",
-                "user.notifications.updated"
+                "user.notifications.updated",
+                "user.erased"
             ]
         );
     }

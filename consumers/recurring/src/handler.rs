@@ -29,11 +29,17 @@ impl Handler for Recurring {
                     | EventType::TaskUpdated
                     | EventType::TaskCompleted
                     | EventType::TaskDeleted
+                    | EventType::UserErased
             )
         )
     }
 
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        if event.known_type() == Some(EventType::UserErased) {
+            // No sequence lock: an erased user's row refuses it, and the
+            // scheduler can no longer take it to write for them.
+            return series::erase(conn, &event.envelope.userid).await;
+        }
         let data = event.task_data()?;
         // The user's sequence row before the series row, as the scheduler
         // takes them.

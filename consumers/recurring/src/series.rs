@@ -165,6 +165,21 @@ pub async fn stop(
     events::publish(conn, cause, EventType::RecurringCancelled, data).await
 }
 
+/// Forgets every series of an erased user, with its instance records.
+pub async fn erase(conn: &mut PgConnection, user: &str) -> Result<(), HandlerError> {
+    let (series, instances): (i64, i64) = sqlx::query_as(
+        "WITH series AS (DELETE FROM recurring_series WHERE user_id = $1 RETURNING series_id),
+              instances AS (DELETE FROM recurring_instances
+                             WHERE series_id IN (SELECT series_id FROM series) RETURNING 1)
+         SELECT (SELECT count(*) FROM series), (SELECT count(*) FROM instances)",
+    )
+    .bind(user)
+    .fetch_one(&mut *conn)
+    .await?;
+    tracing::info!(series, instances, "erased the user's series");
+    Ok(())
+}
+
 /// Takes an occurrence for an instance; false if it already has one.
 async fn claim(
     conn: &mut PgConnection,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use todo_shared::auth::JwtKeys;
 use todo_shared::config::{ConfigError, Env, JwtSettings, KafkaSettings, Settings};
 use todo_shared::consumer::{ConsumerMetrics, Event, Progress, Tail, TailConfig};
-use todo_shared::envelope::Topic;
+use todo_shared::envelope::{EventType, Topic};
 use todo_shared::kafka;
 use todo_shared::ops::{self, Readiness, ReadyCheck};
 use todo_shared::server::HttpLimits;
@@ -239,8 +239,12 @@ impl App {
             } else {
                 tracing::Span::none()
             };
-            let counts =
-                fan_out.in_scope(|| hub.publish(&event.envelope.userid, pushed, Instant::now()));
+            let user = &event.envelope.userid;
+            let counts = if event.envelope.event_type == EventType::UserErased {
+                fan_out.in_scope(|| hub.erase(user, pushed.text))
+            } else {
+                fan_out.in_scope(|| hub.publish(user, pushed, Instant::now()))
+            };
             metrics.frames_sent(counts.sent);
             metrics.slow_dropped(counts.dropped);
         };

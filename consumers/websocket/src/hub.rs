@@ -77,6 +77,8 @@ pub enum Live {
     Event(Utf8Bytes),
     /// Events were lost for this user (a gap in the log): refetch the state.
     Resync,
+    /// The user was erased: the connection ends after what came before.
+    Erased,
 }
 
 /// Counts reported to the caller, which owns the metrics.
@@ -423,6 +425,26 @@ impl Hub {
         }
     }
 
+    /// `user` was erased: each of their connections gets `frame` (the
+    /// `user.erased` event) and is ended, and nothing of theirs stays here,
+    /// so no resume can bring back an event of theirs.
+    pub fn erase(&self, user: &str, frame: Utf8Bytes) -> Delivered {
+        let mut counts = Delivered::default();
+        let Some(feed) = self.shard(user).remove(user) else {
+            return counts;
+        };
+        let kept: usize = feed.history.iter().map(|e| e.text.len()).sum();
+        self.bytes.fetch_sub(kept, Ordering::Relaxed);
+        for s in feed.subscribers {
+            // A full buffer drops the connection all the same.
+            if s.tx.try_send(Live::Event(frame.clone())).is_ok() {
+                counts.sent += 1;
+                let _ = s.tx.try_send(Live::Erased);
+            }
+        }
+        counts
+    }
+
     pub fn unsubscribe(&self, user: &str, id: u64) {
         if let Some(feed) = self.shard(user).get_mut(user) {
             feed.subscribers.retain(|s| s.id != id);
@@ -470,6 +492,7 @@ mod tests {
             out.push(match live {
                 Live::Event(text) => text.to_string(),
                 Live::Resync => "resync".into(),
+                Live::Erased => "end".into(),
             });
         }
         out
@@ -480,6 +503,33 @@ mod tests {
             Start::Backlog(events) => events.iter().map(|e| e.to_string()).collect(),
             Start::Resync => vec!["resync".into()],
         }
+    }
+
+    #[test]
+    fn an_erased_user_is_told_and_forgotten_and_others_keep_their_window() {
+        let hub = hub(10);
+        let now = Instant::now();
+        let (alice_tx, mut alice) = mpsc::channel(16);
+        hub.subscribe("alice", None, alice_tx, now);
+        for s in 1..=3 {
+            hub.publish("alice", event(s), now);
+            hub.publish("bob", event(s), now);
+        }
+        let bytes_before = hub.buffered_bytes();
+        let counts = hub.erase("alice", Utf8Bytes::from_static("erased"));
+        assert_eq!(counts.sent, 1);
+        assert_eq!(received(&mut alice), ["1", "2", "3", "erased", "end"]);
+        assert_eq!(hub.buffered_bytes(), bytes_before / 2, "bob's window stays");
+        let (tx, _rx) = mpsc::channel(16);
+        assert!(
+            matches!(
+                hub.subscribe("alice", Some(1), tx, now).start,
+                Start::Resync
+            ),
+            "nothing of alice's is left to resume from"
+        );
+        let (tx, _rx) = mpsc::channel(16);
+        assert_eq!(backlog(&hub.subscribe("bob", Some(1), tx, now)), ["2", "3"]);
     }
 
     #[test]

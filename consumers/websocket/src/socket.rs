@@ -31,6 +31,8 @@ pub mod close {
     pub const SILENT: u16 = 4002;
     /// The token expired: reconnect with a fresh one.
     pub const TOKEN_EXPIRED: u16 = 4003;
+    /// The user was erased (after the `user.erased` event): do not reconnect.
+    pub const ERASED: u16 = 4004;
     /// The server is going away: reconnect (to another replica).
     pub const GOING_AWAY: u16 = 1001;
 }
@@ -276,13 +278,24 @@ impl Session<'_> {
                     let Some(live) = live else {
                         return self.close(close::TOO_SLOW, "too slow: reconnect with since", "too_slow").await;
                     };
-                    let mut frames = vec![self.frame_of(live)];
                     // Whatever else is waiting goes out in the same flush.
-                    while let Ok(more) = rx.try_recv() {
-                        frames.push(self.frame_of(more));
+                    let waiting = std::iter::once(live).chain(std::iter::from_fn(|| rx.try_recv().ok()));
+                    let mut frames = Vec::new();
+                    let mut erased = false;
+                    for live in waiting {
+                        match self.frame_of(live) {
+                            Some(frame) => frames.push(frame),
+                            None => {
+                                erased = true;
+                                break;
+                            }
+                        }
                     }
                     if let Err(reason) = self.send_all(frames).await {
                         return reason;
+                    }
+                    if erased {
+                        return self.close(close::ERASED, "user erased", "erased").await;
                     }
                 }
                 incoming = self.socket.next() => match incoming {
@@ -310,13 +323,15 @@ impl Session<'_> {
         }
     }
 
-    fn frame_of(&mut self, live: Live) -> Utf8Bytes {
+    /// The frame to send; none when the session is to end (erased).
+    fn frame_of(&mut self, live: Live) -> Option<Utf8Bytes> {
         match live {
-            Live::Event(text) => text,
+            Live::Event(text) => Some(text),
             Live::Resync => {
                 self.state.metrics.resyncs.inc();
-                frame::resync(None)
+                Some(frame::resync(None))
             }
+            Live::Erased => None,
         }
     }
 

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use todo_shared::envelope::{EventType, ReminderEventData};
-use todo_shared::outbox::{self, OutboxSignal};
+use todo_shared::outbox::OutboxSignal;
 use todo_shared::retry::{backoff, run_rounds};
 use todo_shared::shutdown::Shutdown;
 use todo_shared::telemetry::{self, TraceParent};
@@ -248,9 +248,13 @@ impl Inner {
                     SET attempts = attempts + 1, attempt_at = now() + make_interval(secs => $3),
                         first_attempt_at = coalesce(first_attempt_at, now())
                   WHERE (delivery_id, channel, target) IN (
-                        SELECT delivery_id, channel, target FROM reminder_deliveries
-                         WHERE channel = $1 AND state = 'pending' AND attempt_at <= now()
-                         ORDER BY attempt_at LIMIT $2
+                        SELECT d.delivery_id, d.channel, d.target FROM reminder_deliveries d
+                         WHERE d.channel = $1 AND d.state = 'pending' AND d.attempt_at <= now()
+                           -- Nothing goes out to an erased user, even before
+                           -- user.erased has reached this service.
+                           AND NOT EXISTS (SELECT 1 FROM event_sequences e
+                                            WHERE e.user_id = d.user_id AND e.erased_at IS NOT NULL)
+                         ORDER BY d.attempt_at LIMIT $2
                            FOR UPDATE SKIP LOCKED)
               RETURNING delivery_id, channel, target, user_id, settings, reminder, attempts,
                         traceparent",
@@ -291,8 +295,11 @@ impl Inner {
             }
         }
         let (waiting, next): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), min(GREATEST(EXTRACT(EPOCH FROM attempt_at - clock_timestamp()), 0))::float8
-               FROM reminder_deliveries WHERE channel = $1 AND state = 'pending'",
+            "SELECT count(*), min(GREATEST(EXTRACT(EPOCH FROM d.attempt_at - clock_timestamp()), 0))::float8
+               FROM reminder_deliveries d
+              WHERE d.channel = $1 AND d.state = 'pending'
+                AND NOT EXISTS (SELECT 1 FROM event_sequences e
+                                 WHERE e.user_id = d.user_id AND e.erased_at IS NOT NULL)",
         )
         .bind(kind)
         .fetch_one(&self.pool)
@@ -410,7 +417,9 @@ impl Inner {
     ) -> anyhow::Result<()> {
         let kind = self.channel.kind().as_str();
         let mut tx = todo_shared::db::begin(&self.pool).await?;
-        outbox::lock_sequence(&mut tx, &row.user_id).await?;
+        if !crate::erasure::lock_user(&mut tx, &self.pool, &row.user_id).await? {
+            return Ok(());
+        }
         let key = (row.delivery_id, &row.channel, &row.target);
         // A held attempt gives its reminder its attempt back.
         let mut uncounted = 0;

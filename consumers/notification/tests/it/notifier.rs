@@ -1044,3 +1044,68 @@ async fn with_todo_api_down_the_notifiers_own_relay_publishes_its_reminders() {
         .all(|e| e.value["data"]["task_id"] == task["id"]));
     notifier.stop().await;
 }
+
+/// The window between an erasure's commit and todo-notifier reading its
+/// `user.erased` (a consumer that lags, or is down): the tombstone alone
+/// keeps the erased user's reminders from firing, while everyone else's
+/// fire on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_reminders_never_fire_even_before_user_erased_arrives() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
+    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let now = Utc::now();
+    let anns = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "ann's", "due_at": secs(now + TimeDelta::seconds(60)),
+                   "reminders": [{"at": secs(now + TimeDelta::seconds(3))}]}),
+        )
+        .await;
+    stack
+        .create(
+            &api,
+            &bob,
+            json!({"title": "bob's", "due_at": secs(now + TimeDelta::seconds(60)),
+                   "reminders": [{"at": secs(now + TimeDelta::seconds(5))}]}),
+        )
+        .await;
+    let reader = reminders(&stack).await;
+    read_until(&reader, |got| count(got, "reminder.scheduled") == 2).await;
+    // As todo-api's erasure leaves it, without the event.
+    sqlx::query("UPDATE event_sequences SET erased_at = now() WHERE user_id = 'ann'")
+        .execute(&stack.db.pool)
+        .await
+        .expect("tombstone");
+
+    let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
+    let sent: Vec<&Received> = events
+        .iter()
+        .filter(|e| e.event_type() == "reminder.sent")
+        .collect();
+    assert_eq!(sent[0].key, "bob");
+    // Ann's came due 2 s before bob's, and a round fires in time order.
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM reminders WHERE task_id = $1")
+        .bind(uuid::Uuid::parse_str(anns["id"].as_str().expect("id")).expect("uuid"))
+        .fetch_all(&stack.db.pool)
+        .await
+        .expect("ann's reminders");
+    assert!(
+        states.iter().all(|s| s == "scheduled"),
+        "ann's reminder must not fire: {states:?}"
+    );
+    assert!(of_task(&events, &anns)
+        .iter()
+        .all(|e| e.event_type() == "reminder.scheduled"));
+    let refused = stack
+        .request(&api, Method::POST, "/tasks", &ann)
+        .json(&json!({"title": "again"}))
+        .send()
+        .await
+        .expect("POST /tasks");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    notifier.stop().await;
+    api.stop().await;
+}

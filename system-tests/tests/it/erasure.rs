@@ -1,0 +1,513 @@
+//! Per-user erasure across the platform, every service a process of its
+//! own: after `DELETE /me` (and `todo-api erase-user`) nothing the user
+//! wrote is left in any table of the database, their open page is told and
+//! closed, later writes are refused, an event of theirs that arrives late is
+//! skipped by every consumer, and another user keeps everything.
+
+use crate::processes::{
+    binary, eventually, metric_lines, scratch_dir, serve, Stack, API, AUDIT, NOTIFIER, REALTIME,
+    RECURRING,
+};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use futures::StreamExt;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use todo_shared::testing::{self, Broker, TestDatabase};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+/// Webhook deliveries received, by the path's last segment.
+type Hooks = Arc<Mutex<HashMap<String, usize>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
+    testing::init_logging();
+    let broker = Broker::start();
+    let db = TestDatabase::create().await;
+    let hooks = Hooks::default();
+    let hook_port = serve(
+        axum::Router::new()
+            .route("/hook/{who}", post(receive_hook))
+            .with_state(hooks.clone()),
+    )
+    .await;
+    let prefix = testing::unique_prefix();
+    let common: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap().to_owned()),
+        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+        ("KAFKA_TOPIC_PARTITIONS", "2".into()),
+        ("RUST_LOG", "warn".into()),
+        ("JWT_SECRET", testing::JWT_SECRET.to_owned()),
+        ("WEBHOOK_SECRET_KEY", testing::WEBHOOK_SECRET_KEY.to_owned()),
+        ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true".into()),
+    ];
+    let mut stack = Stack::new(scratch_dir());
+    for name in [API, RECURRING, NOTIFIER, AUDIT, REALTIME] {
+        stack.start(name, &common, &[]);
+    }
+    let http = reqwest::Client::new();
+    for name in [API, RECURRING, NOTIFIER, AUDIT, REALTIME] {
+        stack.wait_ready(&http, name).await;
+    }
+    let api = format!("http://127.0.0.1:{}", stack.port(API));
+
+    let alice = Person::new("erase", &stack, &api);
+    let bob = Person::new("keep", &stack, &api);
+    let alice_series = alice.seed(&http, hook_port).await;
+    bob.seed(&http, hook_port).await;
+    for who in [&alice, &bob] {
+        eventually(
+            &format!("{}'s reminder reached their webhook", who.id),
+            || async { hooks_of(&hooks, &who.marker) >= 1 },
+        )
+        .await;
+        eventually(&format!("todo-audit stored {}'s reminder.sent", who.id), || async {
+            count(&db.pool, "SELECT count(*) FROM audit_events WHERE user_id = $1 AND event_type = 'reminder.sent'", &who.id).await >= 1
+        })
+        .await;
+        eventually(
+            &format!("todo-recurring made {}'s next instance", who.id),
+            || async { who.tasks(&http).await.len() == 3 },
+        )
+        .await;
+    }
+    // Everything the test will look for is there before the erasure.
+    for table in [
+        "tasks",
+        "audit_events",
+        "reminders",
+        "reminder_deliveries",
+        "recurring_series",
+        "notifier_channels",
+        "notification_preferences",
+        "idempotency_keys",
+    ] {
+        for who in [&alice, &bob] {
+            assert!(
+                rows_holding(&db.pool, table, &who.marker).await > 0,
+                "{table} holds {}'s text before the erasure",
+                who.id
+            );
+        }
+    }
+    assert!(instances_of(&db.pool, alice_series).await > 0);
+    let late_task_event = stored_envelope(&db.pool, &alice.id, "task.created").await;
+    let late_reminder_event = stored_envelope(&db.pool, &alice.id, "reminder.sent").await;
+
+    // Alice's page is open when she erases herself.
+    let (mut page, _) = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{}/ws?token={}",
+        stack.port(REALTIME),
+        alice.token
+    ))
+    .await
+    .expect("alice's WebSocket");
+    let erased = http
+        .delete(format!("{api}/me"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("DELETE /me");
+    assert_eq!(erased.status(), StatusCode::ACCEPTED);
+    let erased: Value = erased.json().await.expect("erasure body");
+    assert_eq!(erased["tasks"], 3, "{erased}");
+    assert!(erased["event_id"].is_string(), "{erased}");
+
+    let (told, close) = read_until_closed(&mut page).await;
+    assert!(
+        told.iter().any(|f| f["type"] == "user.erased"),
+        "the page was told: {told:?}"
+    );
+    assert_eq!(close, Some(4004), "and closed as erased");
+
+    for service in [RECURRING, NOTIFIER, AUDIT] {
+        let port = stack.port(service);
+        eventually(&format!("{service} handled user.erased"), || async {
+            metric_value(&http, port, "todo_events_consumed_total", "user.erased").await >= 1
+        })
+        .await;
+    }
+    eventually("the outbox published user.erased", || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM outbox WHERE key = $1",
+            &alice.id,
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert_forgotten(&db.pool, &alice).await;
+    assert_eq!(instances_of(&db.pool, alice_series).await, 0);
+
+    // Late events: one already processed (a redelivery) and one no consumer
+    // has seen (as from the other topic, after the erasure).
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    for (topic, envelope) in [
+        ("task-events", late_task_event.clone()),
+        ("task-events", with_new_id(&late_task_event)),
+        ("reminders", with_new_id(&late_reminder_event)),
+    ] {
+        producer
+            .send(
+                FutureRecord::to(&format!("{prefix}{topic}"))
+                    .key(&alice.id)
+                    .payload(&envelope.to_string()),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("late event sent");
+    }
+    for (service, skipped) in [(RECURRING, 1), (NOTIFIER, 1), (AUDIT, 2)] {
+        let port = stack.port(service);
+        eventually(&format!("{service} skipped the late events"), || async {
+            metric_value(&http, port, "todo_events_skipped_erased_user_total", "").await >= skipped
+        })
+        .await;
+    }
+    assert_forgotten(&db.pool, &alice).await;
+
+    // Final: writes are refused, reads find nothing, erasing again is a no-op.
+    let refused = http
+        .post(format!("{api}/tasks"))
+        .bearer_auth(&alice.token)
+        .json(&json!({"title": "back again"}))
+        .send()
+        .await
+        .expect("POST /tasks");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let problem: Value = refused.json().await.expect("problem");
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/problems/user-erased")),
+        "{problem}"
+    );
+    let refused = http
+        .put(format!("{api}/me/notifications"))
+        .bearer_auth(&alice.token)
+        .json(&json!({"webhook": null}))
+        .send()
+        .await
+        .expect("PUT /me/notifications");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(alice.tasks(&http).await.is_empty());
+    let again: Value = http
+        .delete(format!("{api}/me"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("DELETE /me again")
+        .json()
+        .await
+        .expect("body");
+    assert_eq!(again, json!({"event_id": null, "tasks": 0}));
+
+    // Bob keeps everything.
+    assert_eq!(bob.tasks(&http).await.len(), 3);
+    for table in [
+        "tasks",
+        "audit_events",
+        "reminders",
+        "reminder_deliveries",
+        "recurring_series",
+        "notifier_channels",
+        "notification_preferences",
+        "idempotency_keys",
+    ] {
+        assert!(
+            rows_holding(&db.pool, table, &bob.marker).await > 0,
+            "{table} still holds bob's rows"
+        );
+    }
+
+    // The operators' command does the same.
+    let carol = Person::new("cli", &stack, &api);
+    carol.seed(&http, hook_port).await;
+    eventually("todo-audit stored carol's events", || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM audit_events WHERE user_id = $1",
+            &carol.id,
+        )
+        .await
+            >= 3
+    })
+    .await;
+    let out = Command::new(binary(API))
+        .args(["erase-user", "--user", &carol.id])
+        .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("todo-api erase-user");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for service in [RECURRING, NOTIFIER, AUDIT] {
+        let port = stack.port(service);
+        eventually(&format!("{service} handled carol's erasure"), || async {
+            metric_value(&http, port, "todo_events_consumed_total", "user.erased").await >= 2
+        })
+        .await;
+    }
+    eventually("the outbox published carol's user.erased", || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM outbox WHERE key = $1",
+            &carol.id,
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert_forgotten(&db.pool, &carol).await;
+}
+
+/// A user of the test: an id, a token, and a marker that every text they
+/// write contains (title, description, tags, webhook URL, user agent).
+struct Person {
+    id: String,
+    marker: String,
+    token: String,
+    api: String,
+}
+
+impl Person {
+    fn new(kind: &str, stack: &Stack, api: &str) -> Person {
+        let id = format!("{kind}-{}", Uuid::new_v4().simple());
+        Person {
+            marker: format!("marker{}", Uuid::new_v4().simple()),
+            token: stack.token(&id),
+            id,
+            api: api.to_owned(),
+        }
+    }
+
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        http.request(method, format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .header("user-agent", format!("browser {}", self.marker))
+    }
+
+    /// A webhook, a task whose reminder fires now and one that fires in a
+    /// week, and a recurring task completed once (so a second instance is
+    /// made); the first create with an Idempotency-Key. Returns the series.
+    async fn seed(&self, http: &reqwest::Client, hook_port: u16) -> Uuid {
+        let m = &self.marker;
+        let put = self
+            .request(http, reqwest::Method::PUT, "/me/notifications")
+            .json(&json!({"webhook": {"url": format!("http://127.0.0.1:{hook_port}/hook/{m}"), "enabled": true}}))
+            .send()
+            .await
+            .expect("PUT /me/notifications");
+        assert_eq!(put.status(), StatusCode::OK, "{:?}", put.text().await);
+        let now = chrono::Utc::now();
+        let due = (now + chrono::Duration::hours(1)).to_rfc3339();
+        let soon = (now + chrono::Duration::seconds(2)).to_rfc3339();
+        let later = (now + chrono::Duration::days(7)).to_rfc3339();
+        let task = json!({
+            "title": format!("call {m}"),
+            "description": format!("about {m}"),
+            "tags": [m],
+            "due_at": due,
+            "reminders": [{"at": soon}, {"at": later}],
+        });
+        let created = self
+            .request(http, reqwest::Method::POST, "/tasks")
+            .header("Idempotency-Key", format!("key-{m}"))
+            .json(&task)
+            .send()
+            .await
+            .expect("POST /tasks");
+        assert_eq!(
+            created.status(),
+            StatusCode::CREATED,
+            "{:?}",
+            created.text().await
+        );
+        let series: Value = self
+            .request(http, reqwest::Method::POST, "/tasks")
+            .json(&json!({
+                "title": format!("stand-up {m}"),
+                "due_at": due,
+                "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "on_completion"},
+            }))
+            .send()
+            .await
+            .expect("POST /tasks (recurring)")
+            .json()
+            .await
+            .expect("recurring task");
+        let id = series["id"].as_str().expect("id");
+        let done = self
+            .request(
+                http,
+                reqwest::Method::POST,
+                &format!("/tasks/{id}/complete"),
+            )
+            .send()
+            .await
+            .expect("complete");
+        assert!(done.status().is_success(), "{:?}", done.text().await);
+        series["series_id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("series_id")
+    }
+
+    async fn tasks(&self, http: &reqwest::Client) -> Vec<Value> {
+        let page: Value = self
+            .request(http, reqwest::Method::GET, "/tasks")
+            .send()
+            .await
+            .expect("GET /tasks")
+            .json()
+            .await
+            .expect("page");
+        page["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Every table of the database, every row as text (bytea as hex): none may
+/// hold the person's text, and only the tombstone (`event_sequences`) their
+/// id.
+async fn assert_forgotten(pool: &PgPool, who: &Person) {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("tables");
+    assert!(tables.len() > 10, "{tables:?}");
+    for table in &tables {
+        assert_eq!(
+            rows_holding(pool, table, &who.marker).await,
+            0,
+            "{table} still holds text of {}",
+            who.id
+        );
+        let with_id = rows_holding(pool, table, &who.id).await;
+        let allowed = i64::from(table == "event_sequences");
+        assert_eq!(with_id, allowed, "{table} still holds {}'s id", who.id);
+    }
+    let tombstone: Option<bool> =
+        sqlx::query_scalar("SELECT erased_at IS NOT NULL FROM event_sequences WHERE user_id = $1")
+            .bind(&who.id)
+            .fetch_optional(pool)
+            .await
+            .expect("tombstone");
+    assert_eq!(tombstone, Some(true));
+}
+
+/// Rows of `table` whose text (or a bytea column's hex) contains `needle`.
+async fn rows_holding(pool: &PgPool, table: &str, needle: &str) -> i64 {
+    let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+    let sql = format!(
+        "SELECT count(*) FROM \"{table}\" x WHERE strpos(x::text, $1) > 0 OR strpos(x::text, $2) > 0"
+    );
+    sqlx::query_scalar(&sql)
+        .bind(needle)
+        .bind(hex)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{table}: {e}"))
+}
+
+async fn count(pool: &PgPool, sql: &str, user: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+async fn instances_of(pool: &PgPool, series: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM recurring_instances WHERE series_id = $1")
+        .bind(series)
+        .fetch_one(pool)
+        .await
+        .expect("instances")
+}
+
+async fn stored_envelope(pool: &PgPool, user: &str, event_type: &str) -> Value {
+    sqlx::query_scalar(
+        "SELECT envelope FROM audit_events WHERE user_id = $1 AND event_type = $2 LIMIT 1",
+    )
+    .bind(user)
+    .bind(event_type)
+    .fetch_one(pool)
+    .await
+    .expect("a stored envelope")
+}
+
+fn with_new_id(envelope: &Value) -> Value {
+    let mut copy = envelope.clone();
+    copy["id"] = json!(Uuid::now_v7());
+    copy
+}
+
+/// The sum of a counter's samples whose labels contain `label`.
+async fn metric_value(http: &reqwest::Client, port: u16, name: &str, label: &str) -> u64 {
+    metric_lines(http, port)
+        .await
+        .iter()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+type Page =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The JSON frames until the server closes, and its close code.
+async fn read_until_closed(page: &mut Page) -> (Vec<Value>, Option<u16>) {
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(crate::processes::PATIENCE, page.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                frames.push(serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return (frames, frame.map(|f| u16::from(f.code)))
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected frames and a close, got {other:?} after {frames:?}"),
+        }
+    }
+}
+
+async fn receive_hook(State(hooks): State<Hooks>, Path(who): Path<String>) -> StatusCode {
+    *hooks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(who)
+        .or_default() += 1;
+    StatusCode::OK
+}
+
+fn hooks_of(hooks: &Hooks, who: &str) -> usize {
+    hooks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(who)
+        .copied()
+        .unwrap_or(0)
+}
