@@ -101,21 +101,13 @@ pub const PRUNE_BATCH: i64 = 5_000;
 /// Deletes keys older than the retention period, at most `batch` per
 /// statement; returns how many.
 pub async fn prune(pool: &sqlx::PgPool, batch: i64) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
-    loop {
-        let done = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
-                 SELECT user_id, key FROM idempotency_keys
-                  WHERE created_at < now() - make_interval(hours => $1) LIMIT $2)",
-        )
-        .bind(RETENTION_HOURS)
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += done;
-        if done < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(total);
-        }
-    }
+    todo_shared::db::delete_in_batches(
+        pool,
+        "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
+             SELECT user_id, key FROM idempotency_keys
+              WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        std::time::Duration::from_secs(u64::from(RETENTION_HOURS.unsigned_abs()) * 3600),
+        batch,
+    )
+    .await
 }

@@ -219,6 +219,32 @@ pub fn is_transient_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// Runs a retention `statement` until it deletes fewer than `batch` rows:
+/// `$1` is the age in seconds past which rows go (`make_interval(secs =>
+/// $1)`), `$2` the most rows one run deletes. Many short statements instead
+/// of one long DELETE: each locks little and leaves little for one vacuum.
+/// Returns how many rows went.
+pub async fn delete_in_batches(
+    pool: &PgPool,
+    statement: &str,
+    older_than: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(statement)
+            .bind(older_than.as_secs_f64())
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += done;
+        if done < u64::try_from(batch).unwrap_or(u64::MAX) {
+            return Ok(total);
+        }
+    }
+}
+
 /// The statement touched the events of a user who has been erased: their
 /// sequence row refuses every writer (migration `user_erasure`).
 pub fn is_user_erased(e: &sqlx::Error) -> bool {
