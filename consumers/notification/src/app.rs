@@ -10,6 +10,7 @@ use crate::channels::worker::{ChannelMetrics, Worker, WorkerConfig};
 use crate::channels::{Channel, ChannelKind, Unconfigured};
 use crate::clock::{Clock, ClockMetrics};
 use crate::delivery::{Delivery, LogDelivery};
+use crate::retention::{self, Retention};
 use crate::schedule::Schedule;
 use aide::axum::ApiRouter;
 use lettre::message::Mailbox;
@@ -32,6 +33,8 @@ use tokio_util::task::TaskTracker;
 
 pub struct App {
     service: ConsumerService<Schedule>,
+    retention: Retention,
+    pruned: prometheus::IntCounterVec,
     clock: Clock,
     /// One per channel, each with its own pool.
     workers: Vec<Worker>,
@@ -52,6 +55,9 @@ pub struct Options {
     /// other attempts away; a replica that died mid-delivery is replaced
     /// after it.
     pub delivery_lease: Duration,
+    /// `REMINDER_RETENTION_DAYS`: how long done reminders and deliveries
+    /// are kept.
+    pub retention: Retention,
     pub channels: ChannelOptions,
 }
 
@@ -239,10 +245,20 @@ impl Options {
                 reason: "must be between 1 and 3600".into(),
             });
         }
+        let days: u64 = env.parse_or("REMINDER_RETENTION_DAYS", retention::DEFAULT_DAYS)?;
+        if !(1..=3650).contains(&days) {
+            return Err(ConfigError::Invalid {
+                var: "REMINDER_RETENTION_DAYS",
+                reason: "must be between 1 and 3650".into(),
+            });
+        }
         Ok(Options {
             consumer: ConsumerConfig::new(crate::NAME, &[Topic::TaskEvents]).with_env(&env)?,
             max_attempts,
             delivery_lease: Duration::from_secs(lease),
+            retention: Retention {
+                keep: Duration::from_secs(days * 24 * 3600),
+            },
             channels: ChannelOptions::from_lookup(&env, max_attempts)?,
         })
     }
@@ -261,6 +277,7 @@ impl App {
         let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
         let clock_metrics = ClockMetrics::register(&registry)?;
         let channel_metrics = ChannelMetrics::register(&registry)?;
+        let pruned = retention::pruned_metric(&registry)?;
         let workers: Vec<Worker> = options
             .channels
             .build()?
@@ -285,6 +302,7 @@ impl App {
             Arc::new(Schedule {
                 changed: changed.clone(),
                 signal: signal.clone(),
+                retention: options.retention,
             }),
             ApiRouter::new(),
             Docs {
@@ -307,6 +325,8 @@ impl App {
         };
         Ok(App {
             service,
+            retention: options.retention,
+            pruned,
             clock,
             workers,
             signal,
@@ -329,6 +349,12 @@ impl App {
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         tasks.spawn(self.clock.run(shutdown.clone()));
+        tasks.spawn(retention::prune_forever(
+            self.pool.clone(),
+            self.retention,
+            self.pruned,
+            shutdown.clone(),
+        ));
         for worker in self.workers {
             tasks.spawn(worker.run(shutdown.clone()));
         }

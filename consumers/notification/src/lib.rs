@@ -7,6 +7,7 @@ pub mod channels;
 pub mod clock;
 pub mod delivery;
 pub mod erasure;
+pub mod retention;
 pub mod schedule;
 
 pub const NAME: &str = "todo-notifier";

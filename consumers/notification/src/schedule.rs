@@ -4,6 +4,7 @@
 //! published as a `reminder.*` event through the outbox, in the transaction
 //! that makes it.
 
+use crate::retention::Retention;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -38,6 +39,8 @@ pub struct Schedule {
     pub changed: Arc<Notify>,
     /// Wakes the outbox relay (in todo-api).
     pub signal: OutboxSignal,
+    /// Done reminders are deleted after it; none that old is scheduled.
+    pub retention: Retention,
 }
 
 /// Where a reminder.* event comes from: the task event that caused it.
@@ -156,6 +159,13 @@ impl Handler for Schedule {
             };
             let id = reminder_id(task.id, reminder);
             let schedule = match stored.remove(&id) {
+                // It may have fired and been deleted since: firing it again
+                // would be a repeat, and late by more than the retention.
+                None if self.retention.too_old(remind_at, now) => {
+                    tracing::info!(task_id = %task.id, reminder_id = %id,
+                        "reminder time further back than REMINDER_RETENTION_DAYS; not scheduled");
+                    continue;
+                }
                 None => true,
                 // Moved with its task's due time.
                 Some(s) if s.remind_at != remind_at => true,

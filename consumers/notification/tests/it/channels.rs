@@ -59,6 +59,7 @@ impl Notifier {
             consumer,
             max_attempts: 3,
             delivery_lease: Duration::from_secs(5),
+            retention: Default::default(),
             channels: ChannelOptions::from_lookup(&lookup, 3).expect("channel settings"),
         };
         let app = App::build(&stack.settings(), options, Arc::new(LogDelivery))

@@ -12,6 +12,7 @@ use std::time::Duration;
 use todo_api::testing::{assert_schema_valid, Api, Stack};
 use todo_notifier::app::{App, ChannelOptions, Options};
 use todo_notifier::delivery::{Delivery, Due, LogDelivery};
+use todo_notifier::retention::{self, Retention};
 use todo_shared::config::Env;
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::envelope::Topic;
@@ -34,6 +35,7 @@ fn options() -> Options {
         consumer,
         max_attempts: 3,
         delivery_lease: Duration::from_secs(2),
+        retention: Default::default(),
         channels: ChannelOptions::from_lookup(&Env::new(|_: &str| None), 3)
             .expect("no channels configured"),
     }
@@ -48,7 +50,15 @@ impl Notifier {
         settings: todo_shared::config::Settings,
         delivery: Arc<dyn Delivery>,
     ) -> Notifier {
-        let app = App::build(&settings, options(), delivery)
+        Self::spawn_with_options(settings, options(), delivery).await
+    }
+
+    async fn spawn_with_options(
+        settings: todo_shared::config::Settings,
+        options: Options,
+        delivery: Arc<dyn Delivery>,
+    ) -> Notifier {
+        let app = App::build(&settings, options, delivery)
             .await
             .expect("todo-notifier starts");
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -1108,4 +1118,173 @@ async fn an_erased_users_reminders_never_fire_even_before_user_erased_arrives() 
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     notifier.stop().await;
     api.stop().await;
+}
+
+/// A reminder that fired and was deleted after REMINDER_RETENTION_DAYS is
+/// not fired again when its task is saved once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_reminder_does_not_come_back_when_its_task_is_saved_again() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let keep = Duration::from_secs(2);
+    let notifier = Notifier::spawn_with_options(
+        stack.settings(),
+        Options {
+            retention: Retention { keep },
+            ..options()
+        },
+        Arc::new(LogDelivery),
+    )
+    .await;
+    let ann = stack.token("ann");
+    let now = Utc::now();
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "ann's", "due_at": secs(now + TimeDelta::seconds(60)),
+                   "reminders": [{"at": secs(now + TimeDelta::seconds(1))}]}),
+        )
+        .await;
+    let task_id = uuid::Uuid::parse_str(task["id"].as_str().expect("id")).expect("uuid");
+    let reader = reminders(&stack).await;
+    read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
+    let rows = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM reminders WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("count");
+        n
+    };
+    assert_eq!(rows().await, 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while retention::prune(&stack.db.pool, keep, 1)
+        .await
+        .expect("prune")
+        .reminders
+        == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never pruned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rows().await, 0);
+
+    let (status, body) = stack
+        .call(
+            &api,
+            Method::PATCH,
+            &format!("/tasks/{task_id}"),
+            &ann,
+            Some(json!({"title": "ann's, renamed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while notifier
+        .metric(
+            &stack,
+            "todo_events_consumed_total{consumer=\"todo-notifier\",type=\"task.updated\"}",
+        )
+        .await
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task.updated never consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows().await, 0, "the reminder was scheduled again");
+    notifier.stop().await;
+    api.stop().await;
+}
+
+/// What the pruning deletes, and what it leaves, over real rows, a few
+/// rows per statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_deletes_only_what_was_done_before_the_retention_in_batches() {
+    let db = todo_shared::testing::TestDatabase::create().await;
+    let old = "now() - interval '2 hours'";
+    let recent = "now() - interval '10 minutes'";
+    let future = "now() + interval '1 day'";
+    // (state, remind_at, updated_at, pruned?)
+    let reminders = [
+        ("sent", old, old, true),
+        ("failed", old, old, true),
+        ("cancelled", old, old, true),
+        ("sent", old, old, true),
+        ("scheduled", old, old, false),
+        ("delivering", old, old, false),
+        ("cancelled", future, old, false),
+        ("sent", old, recent, false),
+    ];
+    for (i, (state, at, updated, _)) in reminders.iter().enumerate() {
+        sqlx::query(&format!(
+            "INSERT INTO reminders (reminder_id, task_id, user_id, spec, title, remind_at, state,
+                                    attempt_at, updated_at)
+             VALUES ($1, gen_random_uuid(), 'u', '{{}}', $2, {at}, $3, {at}, {updated})"
+        ))
+        .bind(uuid::Uuid::new_v4())
+        .bind(format!("r{i}"))
+        .bind(state)
+        .execute(&db.pool)
+        .await
+        .expect("reminder row");
+    }
+    // (state, done_at, pruned?)
+    let deliveries = [
+        ("sent", Some(old), true),
+        ("failed", Some(old), true),
+        ("sent", Some(old), true),
+        ("pending", None, false),
+        ("sent", Some(recent), false),
+    ];
+    for (i, (state, done, _)) in deliveries.iter().enumerate() {
+        sqlx::query(&format!(
+            "INSERT INTO reminder_deliveries (delivery_id, channel, target, reminder_id, user_id,
+                                              settings, reminder, state, attempt_at, done_at)
+             VALUES (gen_random_uuid(), 'email', $1, gen_random_uuid(), 'u', '{{}}', '{{}}', $2,
+                     now(), {})",
+            done.unwrap_or("NULL")
+        ))
+        .bind(format!("t{i}"))
+        .bind(state)
+        .execute(&db.pool)
+        .await
+        .expect("delivery row");
+    }
+    let pruned = retention::prune(&db.pool, Duration::from_secs(3600), 2)
+        .await
+        .expect("prune");
+    assert_eq!(
+        pruned,
+        retention::Pruned {
+            reminders: 4,
+            deliveries: 3
+        }
+    );
+    let left: Vec<String> = sqlx::query_scalar("SELECT title FROM reminders ORDER BY title")
+        .fetch_all(&db.pool)
+        .await
+        .expect("left");
+    let kept: Vec<String> = reminders
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.3)
+        .map(|(i, _)| format!("r{i}"))
+        .collect();
+    assert_eq!(left, kept);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT target FROM reminder_deliveries ORDER BY target")
+            .fetch_all(&db.pool)
+            .await
+            .expect("left");
+    let kept: Vec<String> = deliveries
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.2)
+        .map(|(i, _)| format!("t{i}"))
+        .collect();
+    assert_eq!(left, kept);
 }

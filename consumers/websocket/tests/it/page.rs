@@ -435,6 +435,7 @@ async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence()
             consumer,
             max_attempts: 3,
             delivery_lease: Duration::from_secs(5),
+            retention: Default::default(),
             channels: ChannelOptions::from_lookup(&Env::new(|_: &str| None), 3)
                 .expect("no channels"),
         },
