@@ -6,6 +6,7 @@ use crate::scheduler::Scheduler;
 use aide::axum::ApiRouter;
 use prometheus::Registry;
 use std::sync::Arc;
+use std::time::Duration;
 use todo_shared::config::{ConfigError, Env, Settings};
 use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
@@ -23,6 +24,9 @@ pub struct App {
     scheduler: Scheduler,
     signal: OutboxSignal,
     pool: sqlx::PgPool,
+    /// How long ended series keep their instance records.
+    retention: Duration,
+    pruned: prometheus::IntCounter,
     /// A standby relay: the outbox rows this service writes are published
     /// even while no todo-api runs.
     relay: Option<Relay>,
@@ -44,6 +48,7 @@ impl App {
         let registry = Registry::new();
         let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
         let rounds = crate::scheduler::rounds_metric(&registry)?;
+        let pruned = crate::retention::pruned_metric(&registry)?;
         let service = ConsumerService::build(
             settings,
             config,
@@ -67,8 +72,17 @@ impl App {
             },
             signal,
             pool,
+            retention: Duration::from_secs(crate::retention::DEFAULT_DAYS * 86_400),
+            pruned,
             relay,
         })
+    }
+
+    /// Keeps ended series' instance records this long (from
+    /// `RECURRING_RETENTION_DAYS` in `main`).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -80,6 +94,12 @@ impl App {
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         tasks.spawn(self.scheduler.run(shutdown.clone()));
+        tasks.spawn(crate::retention::prune_forever(
+            self.pool.clone(),
+            self.retention,
+            self.pruned,
+            shutdown.clone(),
+        ));
         tasks.spawn(
             self.signal
                 .forward_to_other_processes(self.pool.clone(), shutdown.clone()),

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod events;
 pub mod handler;
+pub mod retention;
 pub mod scheduler;
 pub mod series;
 

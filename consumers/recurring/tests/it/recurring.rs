@@ -1121,3 +1121,60 @@ async fn each_change_of_a_series_is_one_recurring_event_in_its_users_order() {
     recurring.stop().await;
     api.stop().await;
 }
+
+/// Instance records go once their series has been over for longer than
+/// the retention; running series and the series rows themselves stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_series_lose_their_instance_records_after_the_retention_in_batches() {
+    let db = todo_shared::testing::TestDatabase::create().await;
+    // (active, ended or last changed, instances, pruned?)
+    let series = [
+        (false, "now() - interval '2 hours'", 3, true),
+        (false, "now() - interval '10 minutes'", 2, false),
+        (true, "now() - interval '2 hours'", 2, false),
+    ];
+    let mut ids = Vec::new();
+    for (active, updated, instances, _) in series {
+        let id = Uuid::new_v4();
+        sqlx::query(&format!(
+            "INSERT INTO recurring_series (series_id, user_id, recurrence, mode, dtstart, template,
+                                           active, updated_at)
+             VALUES ($1, 'u', '{{}}', 'on_completion', now(), '{{}}', $2, {updated})"
+        ))
+        .bind(id)
+        .bind(active)
+        .execute(&db.pool)
+        .await
+        .expect("series row");
+        for n in 0..instances {
+            sqlx::query(
+                "INSERT INTO recurring_instances (series_id, occurrence_at, task_id)
+                 VALUES ($1, now() - make_interval(days => $2::int), gen_random_uuid())",
+            )
+            .bind(id)
+            .bind(n)
+            .execute(&db.pool)
+            .await
+            .expect("instance row");
+        }
+        ids.push(id);
+    }
+    let pruned = todo_recurring::retention::prune(&db.pool, Duration::from_secs(3600), 2)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 3);
+    for (id, (_, _, instances, gone)) in ids.iter().zip(series) {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM recurring_instances WHERE series_id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .expect("count");
+        assert_eq!(left, if gone { 0 } else { instances });
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM recurring_series")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 3, "the series rows stay");
+}
