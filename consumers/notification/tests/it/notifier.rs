@@ -565,16 +565,20 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
         poison.push(event);
     }
 
-    // The next user's reminders: the extremes todo-api accepts are all
-    // scheduled (one already past, fired at once), none dead-lettered.
+    // The next user's reminders: the extremes todo-api accepts are kept,
+    // none dead-lettered. Those ahead are scheduled, one a day past fires
+    // at once, and the start of the range, further back than
+    // REMINDER_RETENTION_DAYS, is passed over.
     let ann = stack.token("ann");
     let soon = Utc::now() + TimeDelta::seconds(2);
+    let yesterday = Utc::now() - TimeDelta::days(1);
     let extreme = stack
         .create(
             &api,
             &ann,
             json!({"title": "end of time", "due_at": "9999-12-31T23:59:59Z",
-                   "reminders": [{"before": "P366D"}, {"at": "9999-12-31T23:59:59Z"}, {"at": "1970-01-01T00:00:00Z"}]}),
+                   "reminders": [{"before": "P366D"}, {"at": "9999-12-31T23:59:59Z"},
+                                 {"at": secs(yesterday)}, {"at": "1970-01-01T00:00:00Z"}]}),
         )
         .await;
     let normal = stack
@@ -602,7 +606,7 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
             "reminder.scheduled"
         ),
         3,
-        "every reminder the API accepted is scheduled"
+        "every reminder the API accepted is scheduled, but one from 1970"
     );
     let dlq = EventReader::new(
         stack.broker.bootstrap(),
