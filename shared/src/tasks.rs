@@ -255,25 +255,27 @@ where
     row.map(Task::try_from).transpose()
 }
 
-/// Every user's tasks with their owners, in id order (for audits and
-/// replays, not for requests).
-pub async fn all<'e, E>(exec: E) -> Result<Vec<(String, Task)>, StoreError>
-where
-    E: sqlx::Executor<'e, Database = Postgres>,
-{
+/// Every user's tasks with their owners, in id order, as a stream (for
+/// audits and replays, not for requests): one row in memory at a time.
+pub fn every(
+    pool: &sqlx::PgPool,
+) -> futures::stream::BoxStream<'_, Result<(String, Task), StoreError>> {
+    use futures::StreamExt;
     #[derive(sqlx::FromRow)]
     struct Owned {
         user_id: String,
         #[sqlx(flatten)]
         row: TaskRow,
     }
-    let rows: Vec<Owned> =
-        sqlx::query_as(&format!("SELECT user_id, {COLUMNS} FROM tasks ORDER BY id"))
-            .fetch_all(exec)
-            .await?;
-    rows.into_iter()
-        .map(|o| Ok((o.user_id, Task::try_from(o.row)?)))
-        .collect()
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT user_id, {COLUMNS} FROM tasks ORDER BY id"));
+    sqlx::query_as::<_, Owned>(SQL.as_str())
+        .fetch(pool)
+        .map(|row| {
+            let o = row?;
+            Ok((o.user_id, Task::try_from(o.row)?))
+        })
+        .boxed()
 }
 
 /// Like [`find`], locking the row until the transaction ends.

@@ -204,16 +204,37 @@ async fn replay_reports_a_table_that_drifted_from_the_log_and_the_log_is_append_
         .execute(&stack.db.pool)
         .await
         .expect("delete");
+    // And rows the log never heard of, on either side of the others in id
+    // order (the replay merges the two in that order).
+    for id in [
+        "00000000-0000-0000-0000-000000000001",
+        "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    ] {
+        sqlx::query(
+            "INSERT INTO tasks (id, user_id, title, priority, created_at, updated_at)
+             VALUES ($1::uuid, 'ann', 'smuggled', 'low', now(), now())",
+        )
+        .bind(id)
+        .execute(&stack.db.pool)
+        .await
+        .expect("smuggle");
+    }
     let drifted = replay(&stack);
     let out = String::from_utf8_lossy(&drifted.stdout);
     assert_eq!(drifted.status.code(), Some(1), "{out}");
+    assert_eq!(
+        out.matches("in the table but the log has no event of it")
+            .count(),
+        2,
+        "{out}"
+    );
     assert!(
         out.contains(&format!("task {}", kept["id"].as_str().unwrap_or_default()))
             && out.contains("differs from the table in title"),
         "{out}"
     );
     assert!(out.contains("in the log but not in the table"), "{out}");
-    assert!(out.contains("2 difference(s)"), "{out}");
+    assert!(out.contains("4 difference(s)"), "{out}");
 
     // The log itself cannot be rewritten.
     for statement in [
