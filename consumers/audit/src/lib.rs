@@ -5,6 +5,7 @@
 pub mod app;
 pub mod replay;
 pub mod routes;
+pub mod snapshot;
 pub mod stats;
 pub mod store;
 

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use todo_audit::{app, replay, DEFAULT_PORT, NAME};
+use todo_audit::{app, replay, snapshot, DEFAULT_PORT, NAME};
 use todo_shared::config::{exit_on_config_error, DatabaseSettings, JwtSettings, Settings};
 use todo_shared::{db, shutdown, telemetry};
 
@@ -21,7 +21,14 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Start from the latest snapshot (`todo-audit snapshot`) and fold
+        /// only the events after it.
+        #[arg(long)]
+        from_snapshot: bool,
     },
+    /// Store the task state the log leads to, so that a replay can start
+    /// there; builds on the previous snapshot and replaces it.
+    Snapshot,
 }
 
 #[tokio::main]
@@ -37,11 +44,15 @@ async fn main() {
             let _telemetry = telemetry::init(NAME);
             serve(&settings, &jwt, options).await
         }
-        Command::Replay { json } => match run_replay(&settings, json).await {
+        Command::Replay {
+            json,
+            from_snapshot,
+        } => match run_replay(&settings, json, from_snapshot).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
             Err(e) => Err(e),
         },
+        Command::Snapshot => run_snapshot(&settings).await,
     };
     shutdown::exit_on_failure(NAME, result);
 }
@@ -55,23 +66,40 @@ async fn serve(
     audit.run(shutdown::on_signal()).await
 }
 
-/// Prints the report; true when the log and the table agree.
-async fn run_replay(settings: &Settings, json: bool) -> anyhow::Result<bool> {
-    // A replay reads the whole log: no statement timeout.
+/// A whole-log job's pool: no statement timeout.
+async fn batch_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     let database = DatabaseSettings {
         statement_timeout: std::time::Duration::ZERO,
         ..settings.database.clone()
     };
-    let pool = db::service_pool(&database).await?;
-    let report = replay::replay(&pool).await?;
+    db::service_pool(&database).await
+}
+
+/// Prints the report; true when the log and the table agree.
+async fn run_replay(settings: &Settings, json: bool, from_snapshot: bool) -> anyhow::Result<bool> {
+    let pool = batch_pool(settings).await?;
+    let from = if from_snapshot {
+        Some(
+            snapshot::latest(&pool)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no snapshot yet: run `todo-audit snapshot`"))?,
+        )
+    } else {
+        None
+    };
+    let report = replay::replay(&pool, from).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for d in &report.differences {
             println!("{d}");
         }
+        let start = match report.snapshot {
+            Some(id) => format!(" after snapshot {id}"),
+            None => String::new(),
+        };
         println!(
-            "replayed {} events of {} tasks against {} rows of tasks: {} difference(s)",
+            "replayed {} events{start} of {} tasks against {} rows of tasks: {} difference(s)",
             report.events,
             report.tasks_in_log,
             report.tasks_in_table,
@@ -79,4 +107,24 @@ async fn run_replay(settings: &Settings, json: bool) -> anyhow::Result<bool> {
         );
     }
     Ok(report.is_clean())
+}
+
+async fn run_snapshot(settings: &Settings) -> anyhow::Result<()> {
+    let pool = batch_pool(settings).await?;
+    let taken = snapshot::take(&pool).await?;
+    for d in &taken.differences {
+        println!("{d}");
+    }
+    println!(
+        "snapshot {}: {} tasks of {} users, {} events folded on top of {}",
+        taken.snapshot_id,
+        taken.tasks,
+        taken.users,
+        taken.events,
+        taken
+            .previous
+            .map(|p| format!("snapshot {p}"))
+            .unwrap_or_else(|| "nothing".into())
+    );
+    Ok(())
 }

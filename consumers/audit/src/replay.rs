@@ -8,7 +8,9 @@
 //! A missing or reordered event shows up as a broken chain.
 //!
 //! Both sides are streamed in task id order and merged, so memory holds one
-//! task's chain and one table row at a time, however long the log is.
+//! task's chain and one table row at a time, however long the log is. From
+//! a snapshot ([`crate::snapshot`]), each chain starts at the task's state
+//! there and folds only the events after what the snapshot covers.
 
 use futures::stream::{BoxStream, Peekable, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -16,6 +18,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use todo_shared::domain::Task;
 use todo_shared::envelope::{EventType, TaskEventData};
 use todo_shared::tasks::{self, StoreError};
@@ -40,6 +43,9 @@ impl fmt::Display for Difference {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// The snapshot replayed from, if any.
+    pub snapshot: Option<i64>,
+    /// Events folded from the log (after the snapshot's).
     pub events: u64,
     /// Tasks the log knows, deleted ones included.
     pub tasks_in_log: u64,
@@ -62,7 +68,7 @@ impl Report {
 }
 
 #[derive(sqlx::FromRow)]
-struct LogRow {
+pub(crate) struct LogRow {
     task_id: Uuid,
     user_id: String,
     sequence: i64,
@@ -70,12 +76,21 @@ struct LogRow {
     data: Json<TaskEventData>,
 }
 
-/// A task as the log tells it, so far.
-struct Chain {
+/// A task as a snapshot holds it.
+#[derive(sqlx::FromRow)]
+struct SnapshotRow {
     task_id: Uuid,
     user_id: String,
-    state: Option<Task>,
+    state: Option<Json<Task>>,
     deleted: bool,
+}
+
+/// A task as the log tells it, so far.
+pub(crate) struct Chain {
+    pub(crate) task_id: Uuid,
+    pub(crate) user_id: String,
+    pub(crate) state: Option<Task>,
+    pub(crate) deleted: bool,
 }
 
 impl Chain {
@@ -215,31 +230,153 @@ impl<'a> Table<'a> {
     }
 }
 
-pub async fn replay(pool: &PgPool) -> anyhow::Result<Report> {
-    let mut report = Report::default();
-    let mut log = sqlx::query_as::<_, LogRow>(
-        "SELECT task_id, user_id, sequence, event_type, envelope->'data' AS data
-           FROM audit_events
-          WHERE event_type LIKE 'task.%' AND task_id IS NOT NULL
-          ORDER BY task_id, sequence",
-    )
-    .fetch(pool);
+/// Replays the whole log, or, `from` a snapshot, the events after it on
+/// top of its states.
+pub async fn replay(pool: &PgPool, from: Option<i64>) -> anyhow::Result<Report> {
+    let mut report = Report {
+        snapshot: from,
+        ..Report::default()
+    };
+    let mut chains = match from {
+        Some(snapshot) => Chains::after_snapshot(pool, snapshot),
+        None => Chains::whole_log(pool),
+    };
     let mut table = Table::new(pool);
-    let mut chain: Option<Chain> = None;
-    while let Some(row) = log.try_next().await? {
-        report.events += 1;
-        if let Some(done) = chain.take_if(|c| c.task_id != row.task_id) {
-            compare(done, &mut table, &mut report).await?;
-        }
-        chain
-            .get_or_insert_with(|| Chain::new(&row))
-            .apply(row, &mut report);
-    }
-    if let Some(done) = chain {
-        compare(done, &mut table, &mut report).await?;
+    while let Some(chain) = chains.next(&mut report).await? {
+        compare(chain, &mut table, &mut report).await?;
     }
     table.rest(&mut report).await?;
     Ok(report)
+}
+
+type Rows<'a, T> = Pin<Box<Peekable<BoxStream<'a, Result<T, sqlx::Error>>>>>;
+
+fn rows<'a, T: Send + 'a>(stream: BoxStream<'a, Result<T, sqlx::Error>>) -> Rows<'a, T> {
+    Box::pin(stream.peekable())
+}
+
+const TASK_EVENTS: &str = "e.event_type LIKE 'task.%' AND e.task_id IS NOT NULL";
+
+/// Every task's chain in task id order: its state in a snapshot (if any)
+/// with the log's events after that folded in.
+pub(crate) struct Chains<'a> {
+    base: Rows<'a, SnapshotRow>,
+    log: Rows<'a, LogRow>,
+}
+
+impl<'a> Chains<'a> {
+    /// Every task event, from nothing.
+    pub(crate) fn whole_log(pool: &'a PgPool) -> Self {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT e.task_id, e.user_id, e.sequence, e.event_type, e.envelope->'data' AS data
+                   FROM audit_events e WHERE {TASK_EVENTS}
+                  ORDER BY e.task_id, e.sequence"
+            )
+        });
+        Chains {
+            base: rows(futures::stream::empty().boxed()),
+            log: rows(sqlx::query_as(SQL.as_str()).fetch(pool)),
+        }
+    }
+
+    /// `snapshot`'s states and the events it does not cover.
+    pub(crate) fn after_snapshot(pool: &'a PgPool, snapshot: i64) -> Self {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT e.task_id, e.user_id, e.sequence, e.event_type, e.envelope->'data' AS data
+                   FROM audit_events e
+                   LEFT JOIN audit_snapshot_users u
+                          ON u.snapshot_id = $1 AND u.user_id = e.user_id
+                  WHERE {TASK_EVENTS} AND e.sequence > coalesce(u.sequence, 0)
+                  ORDER BY e.task_id, e.sequence"
+            )
+        });
+        Chains {
+            base: Self::states(pool, snapshot),
+            log: rows(sqlx::query_as(SQL.as_str()).bind(snapshot).fetch(pool)),
+        }
+    }
+
+    /// `from`'s states (nothing, without one) and the events after its
+    /// coverage up to `to`'s: what snapshot `to` is made of.
+    pub(crate) fn between(pool: &'a PgPool, from: Option<i64>, to: i64) -> Self {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT e.task_id, e.user_id, e.sequence, e.event_type, e.envelope->'data' AS data
+                   FROM audit_events e
+                   JOIN audit_snapshot_users t ON t.snapshot_id = $2 AND t.user_id = e.user_id
+                   LEFT JOIN audit_snapshot_users f
+                          ON f.snapshot_id = $1 AND f.user_id = e.user_id
+                  WHERE {TASK_EVENTS}
+                    AND e.sequence > coalesce(f.sequence, 0) AND e.sequence <= t.sequence
+                  ORDER BY e.task_id, e.sequence"
+            )
+        });
+        Chains {
+            base: match from {
+                Some(from) => Self::states(pool, from),
+                None => rows(futures::stream::empty().boxed()),
+            },
+            log: rows(sqlx::query_as(SQL.as_str()).bind(from).bind(to).fetch(pool)),
+        }
+    }
+
+    fn states(pool: &'a PgPool, snapshot: i64) -> Rows<'a, SnapshotRow> {
+        rows(
+            sqlx::query_as(
+                "SELECT task_id, user_id, state, deleted FROM audit_snapshot_tasks
+                  WHERE snapshot_id = $1 ORDER BY task_id",
+            )
+            .bind(snapshot)
+            .fetch(pool),
+        )
+    }
+
+    /// The next task's chain, in task id order; none after the last.
+    pub(crate) async fn next(&mut self, report: &mut Report) -> anyhow::Result<Option<Chain>> {
+        let base = peek_id(&mut self.base, |r| r.task_id).await?;
+        let log = peek_id(&mut self.log, |r| r.task_id).await?;
+        let mut chain = match (base, log) {
+            (None, None) => return Ok(None),
+            (Some(b), l) if l.is_none_or(|l| b <= l) => match self.base.try_next().await? {
+                Some(row) => Chain {
+                    task_id: row.task_id,
+                    user_id: row.user_id,
+                    state: row.state.map(|j| j.0),
+                    deleted: row.deleted,
+                },
+                None => return Ok(None),
+            },
+            _ => match self.log.as_mut().peek().await {
+                Some(Ok(row)) => Chain::new(row),
+                _ => return Ok(None),
+            },
+        };
+        while peek_id(&mut self.log, |r| r.task_id).await? == Some(chain.task_id) {
+            let Some(row) = self.log.try_next().await? else {
+                break;
+            };
+            report.events += 1;
+            chain.apply(row, report);
+        }
+        Ok(Some(chain))
+    }
+}
+
+/// The task id of the next row, or the error the stream ends with.
+async fn peek_id<T>(
+    rows: &mut Rows<'_, T>,
+    id: impl Fn(&T) -> Uuid,
+) -> anyhow::Result<Option<Uuid>> {
+    match rows.as_mut().peek().await {
+        Some(Ok(row)) => Ok(Some(id(row))),
+        Some(Err(_)) => match rows.try_next().await {
+            Err(e) => Err(e.into()),
+            Ok(_) => Err(anyhow::anyhow!("a stream failed and then did not")),
+        },
+        None => Ok(None),
+    }
 }
 
 /// A task whose chain is complete against its row in the table.

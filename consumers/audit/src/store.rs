@@ -48,11 +48,22 @@ impl Handler for AuditStore {
             insert(conn, &events).await?;
         }
         for e in erasures {
+            let user = &e.envelope.userid;
             let deleted = sqlx::query("DELETE FROM audit_events WHERE user_id = $1")
-                .bind(&e.envelope.userid)
+                .bind(user)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
+            // And the user's tasks in the replay snapshot.
+            for statement in [
+                "DELETE FROM audit_snapshot_tasks WHERE user_id = $1",
+                "DELETE FROM audit_snapshot_users WHERE user_id = $1",
+            ] {
+                sqlx::query(statement)
+                    .bind(user)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             e.span
                 .in_scope(|| tracing::info!(deleted, "erased the user's audit log"));
         }

@@ -2,7 +2,8 @@
 //! own: after `DELETE /me` (and `todo-api erase-user`) nothing the user
 //! wrote is left in any table of the database, their open page is told and
 //! closed, later writes are refused, an event of theirs that arrives late is
-//! skipped by every consumer, and another user keeps everything.
+//! skipped by every consumer, and another user keeps everything. A replay
+//! snapshot taken before the erasure loses the user's tasks too.
 
 use crate::processes::{
     binary, eventually, metric_lines, scratch_dir, serve, Stack, API, AUDIT, NOTIFIER, REALTIME,
@@ -99,6 +100,14 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
         }
     }
     assert!(instances_of(&db.pool, alice_series).await > 0);
+    // A replay snapshot holds her tasks too.
+    let snapshot = Command::new(binary(AUDIT))
+        .arg("snapshot")
+        .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("todo-audit snapshot");
+    assert!(snapshot.status.success(), "{snapshot:?}");
+    assert!(rows_holding(&db.pool, "audit_snapshot_tasks", &alice.marker).await > 0);
     let late_task_event = stored_envelope(&db.pool, &alice.id, "task.created").await;
     let late_reminder_event = stored_envelope(&db.pool, &alice.id, "reminder.sent").await;
 

@@ -156,7 +156,7 @@ async fn a_random_workload_is_stored_once_served_in_order_and_replays_clean() {
         assert_eq!(page["next_since"], since);
     }
 
-    let report = todo_audit::replay::replay(&stack.db.pool)
+    let report = todo_audit::replay::replay(&stack.db.pool, None)
         .await
         .expect("replay");
     assert!(report.is_clean(), "{:#?}", report.differences);
@@ -532,6 +532,142 @@ async fn a_recurring_tasks_history_shows_its_series_events() {
         .await
         .expect("task")
         .expect("todo-recurring ran cleanly");
+    audit.stop().await;
+    api.stop().await;
+}
+
+/// `todo-audit snapshot` stores the state the log leads to; `replay
+/// --from-snapshot` folds only the events after it and agrees with the
+/// whole-log replay, drift included. A second snapshot builds on the first
+/// and replaces it; a gap in a user's sequences ends what a snapshot covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_a_snapshot_folds_only_what_came_after_it() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_todo-audit"))
+            .args(args)
+            .env("DATABASE_URL", &stack.db.url)
+            .env("JWT_SECRET", todo_shared::testing::JWT_SECRET)
+            .output()
+            .expect("todo-audit runs");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    random_changes(&stack, &api, "ann", 40, 7).await;
+    random_changes(&stack, &api, "bob", 20, 8).await;
+    let before = published(&stack).await.len() as i64;
+    wait_stored(&stack, before).await;
+
+    let (code, out) = run(&["snapshot"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("{before} events folded on top of nothing")),
+        "{out}"
+    );
+
+    // After it: a change of a task in the snapshot, a deletion, a new task.
+    let ann = stack.token("ann");
+    let (_, page) = stack.call(&api, Method::GET, "/tasks", &ann, None).await;
+    let ids: Vec<String> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(ids.len() >= 2, "{page}");
+    let changed = stack
+        .call(
+            &api,
+            Method::PATCH,
+            &format!("/tasks/{}", ids[0]),
+            &ann,
+            Some(json!({"title": "after"})),
+        )
+        .await;
+    assert_eq!(changed.0, StatusCode::OK);
+    let deleted = stack
+        .call(
+            &api,
+            Method::DELETE,
+            &format!("/tasks/{}", ids[1]),
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.0, StatusCode::NO_CONTENT);
+    stack.create(&api, &ann, json!({"title": "new"})).await;
+    wait_stored(&stack, before + 3).await;
+
+    let (code, out) = run(&["replay", "--from-snapshot"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("replayed 3 events after snapshot 1"), "{out}");
+    assert!(out.contains("0 difference(s)"), "{out}");
+    let (code, whole) = run(&["replay"]);
+    assert_eq!(code, Some(0), "{whole}");
+    assert!(
+        whole.contains(&format!("replayed {} events", before + 3)),
+        "{whole}"
+    );
+
+    // Drift shows from a snapshot as from the whole log.
+    sqlx::query("UPDATE tasks SET title = 'tampered' WHERE id = $1::uuid")
+        .bind(&ids[0])
+        .execute(&stack.db.pool)
+        .await
+        .expect("tamper");
+    let (code, out) = run(&["replay", "--from-snapshot"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("differs from the table in title"), "{out}");
+
+    // The next snapshot folds the three and replaces the first.
+    let (code, out) = run(&["snapshot"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("3 events folded on top of snapshot 1"),
+        "{out}"
+    );
+    let snapshots: Vec<i64> = sqlx::query_scalar("SELECT snapshot_id FROM audit_snapshots")
+        .fetch_all(&stack.db.pool)
+        .await
+        .expect("snapshots");
+    assert_eq!(snapshots, [2]);
+    let (code, out) = run(&["replay", "--from-snapshot"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("replayed 0 events after snapshot 2"), "{out}");
+    assert!(out.contains("1 difference(s)"), "{out}");
+
+    // An event still missing (here: one that never comes) ends ann's run.
+    let last: i64 =
+        sqlx::query_scalar("SELECT max(sequence) FROM audit_events WHERE user_id = 'ann'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("ann's last");
+    sqlx::query(
+        "INSERT INTO audit_events (event_id, user_id, sequence, event_type, time, envelope, topic,
+                                   partition, kafka_offset)
+         VALUES (gen_random_uuid(), 'ann', $1, 'x.later', now(), '{}', 'reminders', 0, 0)",
+    )
+    .bind(last + 2)
+    .execute(&stack.db.pool)
+    .await
+    .expect("an event after a gap");
+    let (code, out) = run(&["snapshot"]);
+    assert_eq!(code, Some(0), "{out}");
+    let covered: i64 = sqlx::query_scalar(
+        "SELECT sequence FROM audit_snapshot_users WHERE snapshot_id = 3 AND user_id = 'ann'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .expect("ann's coverage");
+    assert_eq!(covered, last);
     audit.stop().await;
     api.stop().await;
 }
