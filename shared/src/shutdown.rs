@@ -35,6 +35,22 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// Runs `job` now and then every `period`, until shutdown (a run in
+    /// progress finishes first): the retention jobs' loop.
+    pub async fn every<F, Fut>(mut self, period: std::time::Duration, mut job: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        loop {
+            job().await;
+            tokio::select! {
+                _ = self.recv() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
     /// Resolves once shutdown has been triggered (at once if it already was).
     pub async fn recv(&mut self) {
         self.token.cancelled().await

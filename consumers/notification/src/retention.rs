@@ -99,30 +99,28 @@ pub async fn prune_forever(
     pool: PgPool,
     retention: Retention,
     pruned: IntCounterVec,
-    mut shutdown: todo_shared::shutdown::Shutdown,
+    shutdown: todo_shared::shutdown::Shutdown,
 ) {
-    loop {
-        match prune(&pool, retention.keep, BATCH).await {
-            Ok(n) => {
-                pruned.with_label_values(&["reminders"]).inc_by(n.reminders);
-                pruned
-                    .with_label_values(&["reminder_deliveries"])
-                    .inc_by(n.deliveries);
-                if n != Pruned::default() {
+    let hourly = Duration::from_secs(3600);
+    shutdown
+        .every(hourly, || async {
+            match prune(&pool, retention.keep, BATCH).await {
+                Ok(n) if n == Pruned::default() => {}
+                Ok(n) => {
+                    pruned.with_label_values(&["reminders"]).inc_by(n.reminders);
+                    pruned
+                        .with_label_values(&["reminder_deliveries"])
+                        .inc_by(n.deliveries);
                     tracing::info!(
                         reminders = n.reminders,
                         deliveries = n.deliveries,
                         "deleted done reminders past their retention"
                     );
                 }
+                Err(e) => tracing::warn!(error = %e, "pruning done reminders failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "pruning done reminders failed"),
-        }
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -55,26 +55,20 @@ pub fn pruned_metric(registry: &Registry) -> prometheus::Result<IntCounter> {
 }
 
 /// Prunes at start and then hourly, until `shutdown`.
-pub async fn prune_forever(
-    pool: PgPool,
-    keep: Duration,
-    pruned: IntCounter,
-    mut shutdown: Shutdown,
-) {
-    loop {
-        match prune(&pool, keep, BATCH).await {
-            Ok(0) => {}
-            Ok(n) => {
-                pruned.inc_by(n);
-                tracing::info!(instances = n, "deleted instance records of ended series");
+pub async fn prune_forever(pool: PgPool, keep: Duration, pruned: IntCounter, shutdown: Shutdown) {
+    let hourly = Duration::from_secs(3600);
+    shutdown
+        .every(hourly, || async {
+            match prune(&pool, keep, BATCH).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    pruned.inc_by(n);
+                    tracing::info!(instances = n, "deleted instance records of ended series");
+                }
+                Err(e) => tracing::warn!(error = %e, "pruning instance records failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "pruning instance records failed"),
-        }
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -24,6 +24,19 @@ use todo_shared::testing::{self, Broker, TestDatabase};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+/// The tables a seeded person has rows in (besides recurring_instances,
+/// whose rows hold no text of theirs).
+const SEEDED: [&str; 8] = [
+    "tasks",
+    "audit_events",
+    "reminders",
+    "reminder_deliveries",
+    "recurring_series",
+    "notifier_channels",
+    "notification_preferences",
+    "idempotency_keys",
+];
+
 /// Webhook deliveries received, by the path's last segment.
 type Hooks = Arc<Mutex<HashMap<String, usize>>>;
 
@@ -81,16 +94,7 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
         .await;
     }
     // Everything the test will look for is there before the erasure.
-    for table in [
-        "tasks",
-        "audit_events",
-        "reminders",
-        "reminder_deliveries",
-        "recurring_series",
-        "notifier_channels",
-        "notification_preferences",
-        "idempotency_keys",
-    ] {
+    for table in SEEDED {
         for who in [&alice, &bob] {
             assert!(
                 rows_holding(&db.pool, table, &who.marker).await > 0,
@@ -137,23 +141,7 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
     );
     assert_eq!(close, Some(4004), "and closed as erased");
 
-    for service in [RECURRING, NOTIFIER, AUDIT] {
-        let port = stack.port(service);
-        eventually(&format!("{service} handled user.erased"), || async {
-            metric_value(&http, port, "todo_events_consumed_total", "user.erased").await >= 1
-        })
-        .await;
-    }
-    eventually("the outbox published user.erased", || async {
-        count(
-            &db.pool,
-            "SELECT count(*) FROM outbox WHERE key = $1",
-            &alice.id,
-        )
-        .await
-            == 0
-    })
-    .await;
+    erasure_handled(&http, &stack, &db.pool, &alice, 1).await;
     assert_forgotten(&db.pool, &alice).await;
     assert_eq!(instances_of(&db.pool, alice_series).await, 0);
 
@@ -225,16 +213,7 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
 
     // Bob keeps everything.
     assert_eq!(bob.tasks(&http).await.len(), 3);
-    for table in [
-        "tasks",
-        "audit_events",
-        "reminders",
-        "reminder_deliveries",
-        "recurring_series",
-        "notifier_channels",
-        "notification_preferences",
-        "idempotency_keys",
-    ] {
+    for table in SEEDED {
         assert!(
             rows_holding(&db.pool, table, &bob.marker).await > 0,
             "{table} still holds bob's rows"
@@ -264,23 +243,7 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for service in [RECURRING, NOTIFIER, AUDIT] {
-        let port = stack.port(service);
-        eventually(&format!("{service} handled carol's erasure"), || async {
-            metric_value(&http, port, "todo_events_consumed_total", "user.erased").await >= 2
-        })
-        .await;
-    }
-    eventually("the outbox published carol's user.erased", || async {
-        count(
-            &db.pool,
-            "SELECT count(*) FROM outbox WHERE key = $1",
-            &carol.id,
-        )
-        .await
-            == 0
-    })
-    .await;
+    erasure_handled(&http, &stack, &db.pool, &carol, 2).await;
     assert_forgotten(&db.pool, &carol).await;
 }
 
@@ -392,6 +355,33 @@ impl Person {
             .expect("page");
         page["items"].as_array().cloned().unwrap_or_default()
     }
+}
+
+/// Waits until the services that keep data have handled the `erasures`th
+/// user.erased and the relay has published `who`'s.
+async fn erasure_handled(
+    http: &reqwest::Client,
+    stack: &Stack,
+    pool: &PgPool,
+    who: &Person,
+    erasures: u64,
+) {
+    for service in [RECURRING, NOTIFIER, AUDIT] {
+        let port = stack.port(service);
+        eventually(
+            &format!("{service} handled {}'s erasure", who.id),
+            || async {
+                metric_value(http, port, "todo_events_consumed_total", "user.erased").await
+                    >= erasures
+            },
+        )
+        .await;
+    }
+    eventually(
+        &format!("the relay published {}'s user.erased", who.id),
+        || async { count(pool, "SELECT count(*) FROM outbox WHERE key = $1", &who.id).await == 0 },
+    )
+    .await;
 }
 
 /// Every table of the database, every row as text (bytea as hex): none may
