@@ -47,12 +47,37 @@ pub async fn lock_sequence(conn: &mut PgConnection, user: &str) -> Result<(), sq
     Ok(())
 }
 
+/// How many parameters the outbox statement itself takes ([`Pending::bind`]
+/// binds them); a change's own are numbered after them ([`Placeholders`]).
+const OWN_PARAMS: usize = 7;
+
+/// The parameter that holds the event's user id, which a change may use too
+/// (a task's owner is its event's user).
+pub(crate) const USER_PARAM: &str = "$1";
+
+/// Hands out a change's placeholders in the order its values are bound,
+/// after the outbox statement's own: whoever binds them in the same order
+/// never counts parameters.
+pub(crate) struct Placeholders(usize);
+
+impl Placeholders {
+    pub(crate) fn after_outbox() -> Self {
+        Placeholders(OWN_PARAMS)
+    }
+
+    /// The next placeholder (`$8` first).
+    pub(crate) fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("${}", self.0)
+    }
+}
+
 /// The one statement that takes the user's next sequence and inserts the
 /// outbox row, after `change` (a data-modifying CTE such as `task AS (INSERT
-/// INTO tasks ...)`, its parameters numbered from `$8`): a change and its
-/// event cost one round trip and are atomic even outside a transaction.
+/// INTO tasks ...)`, its placeholders from [`Placeholders`]): a change and
+/// its event cost one round trip and are atomic even outside a transaction.
 /// It returns the event's sequence. Bind [`Pending::bind`] first, then the
-/// change's parameters.
+/// change's values in the order their placeholders were taken.
 ///
 /// The upsert locks the user's `event_sequences` row until the transaction
 /// ends, before the outbox row takes its id: one user's events commit in
@@ -109,7 +134,8 @@ impl<D: Serialize> Pending<D> {
         })
     }
 
-    /// Binds `$1` to `$7` of [`statement_after`].
+    /// Binds the outbox statement's own parameters ([`OWN_PARAMS`]), `$1`
+    /// ([`USER_PARAM`]) first.
     pub(crate) fn bind<'q, O>(
         &'q self,
         query: QueryScalar<'q, Postgres, O, PgArguments>,

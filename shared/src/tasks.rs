@@ -145,29 +145,124 @@ fn draft(
     }
 }
 
-/// Binds `$8` to `$22` of a statement that writes `task` with its event
-/// ([`outbox::statement_after`]): the id, then every column a change can
-/// write, in table order.
-fn bind_columns<'q>(
-    query: QueryScalar<'q, Postgres, i64, PgArguments>,
-    task: &'q Task,
-) -> QueryScalar<'q, Postgres, i64, PgArguments> {
-    query
-        .bind(task.id)
-        .bind(&task.title)
-        .bind(&task.description)
-        .bind(task.priority.as_str())
-        .bind(&task.tags)
-        .bind(task.completed)
-        .bind(task.completed_at)
-        .bind(task.due_at)
-        .bind(task.recurrence.as_ref().map(Json))
-        .bind(Json(&task.reminders))
-        .bind(task.series_id)
-        .bind(task.series_start)
-        .bind(task.next_occurrence)
-        .bind(task.version)
-        .bind(task.updated_at)
+/// The columns a change of a task writes besides its id, each with the
+/// value it binds: one list for the statements' text and their binds, so
+/// the two cannot drift apart.
+#[derive(Debug, Clone, Copy)]
+enum Written {
+    Title,
+    Description,
+    Priority,
+    Tags,
+    Completed,
+    CompletedAt,
+    DueAt,
+    Recurrence,
+    Reminders,
+    SeriesId,
+    SeriesStart,
+    NextOccurrence,
+    Version,
+    UpdatedAt,
+}
+
+impl Written {
+    const ALL: [Written; 14] = [
+        Written::Title,
+        Written::Description,
+        Written::Priority,
+        Written::Tags,
+        Written::Completed,
+        Written::CompletedAt,
+        Written::DueAt,
+        Written::Recurrence,
+        Written::Reminders,
+        Written::SeriesId,
+        Written::SeriesStart,
+        Written::NextOccurrence,
+        Written::Version,
+        Written::UpdatedAt,
+    ];
+
+    fn column(self) -> &'static str {
+        match self {
+            Written::Title => "title",
+            Written::Description => "description",
+            Written::Priority => "priority",
+            Written::Tags => "tags",
+            Written::Completed => "completed",
+            Written::CompletedAt => "completed_at",
+            Written::DueAt => "due_at",
+            Written::Recurrence => "recurrence",
+            Written::Reminders => "reminders",
+            Written::SeriesId => "series_id",
+            Written::SeriesStart => "series_start",
+            Written::NextOccurrence => "next_occurrence",
+            Written::Version => "version",
+            Written::UpdatedAt => "updated_at",
+        }
+    }
+
+    fn bind<'q>(self, query: TaskWrite<'q>, task: &'q Task) -> TaskWrite<'q> {
+        match self {
+            Written::Title => query.bind(&task.title),
+            Written::Description => query.bind(&task.description),
+            Written::Priority => query.bind(task.priority.as_str()),
+            Written::Tags => query.bind(&task.tags),
+            Written::Completed => query.bind(task.completed),
+            Written::CompletedAt => query.bind(task.completed_at),
+            Written::DueAt => query.bind(task.due_at),
+            Written::Recurrence => query.bind(task.recurrence.as_ref().map(Json)),
+            Written::Reminders => query.bind(Json(&task.reminders)),
+            Written::SeriesId => query.bind(task.series_id),
+            Written::SeriesStart => query.bind(task.series_start),
+            Written::NextOccurrence => query.bind(task.next_occurrence),
+            Written::Version => query.bind(task.version),
+            Written::UpdatedAt => query.bind(task.updated_at),
+        }
+    }
+}
+
+type TaskWrite<'q> = QueryScalar<'q, Postgres, i64, PgArguments>;
+
+/// `INSERT` of a new task (its id, owner, [`Written`] columns, creation
+/// time) as the change of [`outbox::statement_after`]; bind with
+/// [`bind_written`], then `created_at`.
+fn insert_change() -> String {
+    let mut p = outbox::Placeholders::after_outbox();
+    let id = p.next();
+    let columns: Vec<&str> = Written::ALL.iter().map(|w| w.column()).collect();
+    let values: Vec<String> = Written::ALL.iter().map(|_| p.next()).collect();
+    let created_at = p.next();
+    format!(
+        "task AS (INSERT INTO tasks (id, user_id, {}, created_at) VALUES ({id}, {}, {}, {created_at}))",
+        columns.join(", "),
+        outbox::USER_PARAM,
+        values.join(", "),
+    )
+}
+
+/// `UPDATE` of every [`Written`] column of one task; bind with
+/// [`bind_written`].
+fn update_change() -> String {
+    let mut p = outbox::Placeholders::after_outbox();
+    let id = p.next();
+    let sets: Vec<String> = Written::ALL
+        .iter()
+        .map(|w| format!("{} = {}", w.column(), p.next()))
+        .collect();
+    format!(
+        "task AS (UPDATE tasks SET {} WHERE id = {id})",
+        sets.join(", ")
+    )
+}
+
+/// Binds what [`insert_change`] and [`update_change`] take: the id, then
+/// the [`Written`] columns in their order.
+fn bind_written<'q>(query: TaskWrite<'q>, task: &'q Task) -> TaskWrite<'q> {
+    Written::ALL
+        .iter()
+        .fold(query.bind(task.id), |q, w| w.bind(q, task))
 }
 
 /// The series an instance belongs to, as todo-recurring knows it.
@@ -212,17 +307,8 @@ pub async fn create(
         task.series_start = task.due_at;
     }
     task.next_occurrence = recurrence::next_occurrence(&task);
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        outbox::statement_after(Some(
-            "task AS (
-                 INSERT INTO tasks (id, user_id, title, description, priority, tags, completed,
-                                    completed_at, due_at, recurrence, reminders, series_id,
-                                    series_start, next_occurrence, version, updated_at,
-                                    created_at)
-                 VALUES ($8, $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                         $21, $22, $23))",
-        ))
-    });
+    static STATEMENT: LazyLock<String> =
+        LazyLock::new(|| outbox::statement_after(Some(&insert_change())));
     let pending = outbox::Pending::new(draft(
         actor,
         EventType::TaskCreated,
@@ -232,7 +318,7 @@ pub async fn create(
             changed: None,
         },
     ))?;
-    let sequence = bind_columns(pending.bind(sqlx::query_scalar(STATEMENT.as_str())), &task)
+    let sequence = bind_written(pending.bind(sqlx::query_scalar(STATEMENT.as_str())), &task)
         .bind(task.created_at)
         .fetch_one(&mut *conn)
         .await?;
@@ -314,16 +400,8 @@ async fn save_change(
     if rule_inputs(&after) != rule_inputs(&before) {
         after.next_occurrence = recurrence::next_occurrence(&after);
     }
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        outbox::statement_after(Some(
-            "task AS (
-                 UPDATE tasks SET title = $9, description = $10, priority = $11, tags = $12,
-                        completed = $13, completed_at = $14, due_at = $15, recurrence = $16,
-                        reminders = $17, series_id = $18, series_start = $19,
-                        next_occurrence = $20, version = $21, updated_at = $22
-                  WHERE id = $8)",
-        ))
-    });
+    static STATEMENT: LazyLock<String> =
+        LazyLock::new(|| outbox::statement_after(Some(&update_change())));
     let pending = outbox::Pending::new(draft(
         actor,
         event_type,
@@ -333,7 +411,7 @@ async fn save_change(
             changed: Some(changed.into_iter().map(str::to_owned).collect()),
         },
     ))?;
-    let sequence = bind_columns(pending.bind(sqlx::query_scalar(STATEMENT.as_str())), &after)
+    let sequence = bind_written(pending.bind(sqlx::query_scalar(STATEMENT.as_str())), &after)
         .fetch_one(&mut *conn)
         .await?;
     let event = pending.into_envelope(sequence);
@@ -414,7 +492,10 @@ pub async fn delete(
     task: Task,
 ) -> Result<TaskEvent, StoreError> {
     static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        outbox::statement_after(Some("task AS (DELETE FROM tasks WHERE id = $8)"))
+        let id = outbox::Placeholders::after_outbox().next();
+        outbox::statement_after(Some(&format!(
+            "task AS (DELETE FROM tasks WHERE id = {id})"
+        )))
     });
     let id = task.id;
     let pending = outbox::Pending::new(draft(
@@ -603,10 +684,42 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::contains_pattern;
+    use super::{contains_pattern, insert_change, update_change, Written, COLUMNS};
 
     #[test]
     fn like_patterns_match_wildcards_literally() {
         assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn the_write_statements_number_their_values_after_the_outbox_and_in_bind_order() {
+        let columns: Vec<&str> = Written::ALL.iter().map(|w| w.column()).collect();
+        let mut unique = columns.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), columns.len(), "a column written twice");
+        for c in &columns {
+            assert!(COLUMNS.contains(c), "{c} is not read back");
+        }
+        assert_eq!(
+            insert_change(),
+            format!(
+                "task AS (INSERT INTO tasks (id, user_id, {}, created_at) VALUES ($8, $1, {}, $23))",
+                columns.join(", "),
+                (9..=22).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+            )
+        );
+        let sets: Vec<String> = columns
+            .iter()
+            .zip(9..)
+            .map(|(c, n)| format!("{c} = ${n}"))
+            .collect();
+        assert_eq!(
+            update_change(),
+            format!(
+                "task AS (UPDATE tasks SET {} WHERE id = $8)",
+                sets.join(", ")
+            )
+        );
     }
 }
