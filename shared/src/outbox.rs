@@ -72,6 +72,17 @@ impl Placeholders {
     }
 }
 
+/// [`lock_sequence`] for work that belongs to a user who may have been
+/// erased meanwhile (a clock's, a channel worker's): false, instead of an
+/// error, when their row is a tombstone. The transaction is spoiled then.
+pub async fn lock_unless_erased(conn: &mut PgConnection, user: &str) -> Result<bool, sqlx::Error> {
+    match lock_sequence(conn, user).await {
+        Ok(()) => Ok(true),
+        Err(e) if crate::db::is_user_erased(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The one statement that takes the user's next sequence and inserts the
 /// outbox row, after `change` (a data-modifying CTE such as `task AS (INSERT
 /// INTO tasks ...)`, its placeholders from [`Placeholders`]): a change and

@@ -30,13 +30,9 @@ pub async fn forget(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Err
 /// spoiled, and what is kept of them is forgotten on another connection,
 /// so that this work (and the rest of a round) goes no further.
 pub async fn lock_user(tx: &mut PgConnection, pool: &PgPool, user: &str) -> anyhow::Result<bool> {
-    match outbox::lock_sequence(tx, user).await {
-        Ok(()) => Ok(true),
-        Err(e) if todo_shared::db::is_user_erased(&e) => {
-            let mut conn = pool.acquire().await?;
-            forget(&mut conn, user).await?;
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
+    if outbox::lock_unless_erased(tx, user).await? {
+        return Ok(true);
     }
+    forget(&mut *pool.acquire().await?, user).await?;
+    Ok(false)
 }

@@ -99,19 +99,15 @@ impl Scheduler {
     /// occurrence, in one transaction; how many instances it created.
     async fn advance(&self, series_id: Uuid, user: &str) -> anyhow::Result<usize> {
         let mut tx = todo_shared::db::begin(&self.pool).await?;
-        match outbox::lock_sequence(&mut tx, user).await {
-            Err(e) if todo_shared::db::is_user_erased(&e) => {
-                // Erased before the handler got to user.erased: forget the
-                // series now (as that handler will) instead of meeting it in
-                // every round.
-                drop(tx);
-                let mut conn = self.pool.acquire().await?;
-                crate::series::erase(&mut conn, user)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                return Ok(0);
-            }
-            other => other?,
+        if !outbox::lock_unless_erased(&mut tx, user).await? {
+            // Erased before the handler got to user.erased: forget the
+            // series now (as that handler will) instead of meeting it in
+            // every round.
+            drop(tx);
+            crate::series::erase(&mut *self.pool.acquire().await?, user)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            return Ok(0);
         }
         let row: Option<SeriesRowAt> = sqlx::query_as(
             "SELECT series_id, user_id, recurrence, dtstart, template, active, now() AS now,

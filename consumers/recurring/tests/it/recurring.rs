@@ -1178,3 +1178,66 @@ async fn ended_series_lose_their_instance_records_after_the_retention_in_batches
         .expect("count");
     assert_eq!(rows, 3, "the series rows stay");
 }
+
+/// The window between an erasure's commit and todo-recurring reading its
+/// `user.erased`: the scheduler makes no instance for the erased user, drops
+/// their series, and goes on with everyone else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_makes_nothing_for_an_erased_user_and_holds_up_no_one() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let now = Utc::now();
+    let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Ann's next occurrence comes first, bob's 3 s later.
+    let anns_at = (now + TimeDelta::seconds(4)).with_nanosecond_zero();
+    let bobs_at = anns_at + TimeDelta::seconds(3);
+    let mut series = Vec::new();
+    for (token, at) in [(&ann, anns_at), (&bob, bobs_at)] {
+        let task = stack
+            .create(
+                &api,
+                token,
+                json!({"title": "daily", "due_at": secs(at - TimeDelta::days(1)),
+                       "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "schedule"}}),
+            )
+            .await;
+        series.push(task["id"].as_str().expect("id").to_owned());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let started: i64 = sqlx::query_scalar("SELECT count(*) FROM recurring_series")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("series");
+        if started == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "series never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // As todo-api's erasure leaves it, without the event.
+    sqlx::query("UPDATE event_sequences SET erased_at = now() WHERE user_id = 'ann'")
+        .execute(&stack.db.pool)
+        .await
+        .expect("tombstone");
+
+    let bobs = wait_instances(&stack, &series[1], 1).await;
+    assert_eq!(bobs[0].1, bobs_at);
+    assert!(
+        instances(&stack, &series[0]).await.is_empty(),
+        "an instance for ann"
+    );
+    let anns_series: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM recurring_series WHERE user_id = 'ann'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(anns_series, 0, "ann's series is forgotten");
+    recurring.stop().await;
+    api.stop().await;
+}
