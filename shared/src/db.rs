@@ -221,23 +221,36 @@ pub fn is_transient_conflict(e: &sqlx::Error) -> bool {
 
 /// Runs a retention `statement` until it deletes fewer than `batch` rows:
 /// `$1` is the age in seconds past which rows go (`make_interval(secs =>
-/// $1)`), `$2` the most rows one run deletes. Many short statements instead
-/// of one long DELETE: each locks little and leaves little for one vacuum.
-/// Returns how many rows went.
+/// $1)`), `$2` the most rows one run deletes. Returns how many rows went.
 pub async fn delete_in_batches(
     pool: &PgPool,
     statement: &str,
     older_than: Duration,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
+    delete_in_batches_with(pool, batch, |limit| {
+        sqlx::query(statement)
+            .bind(older_than.as_secs_f64())
+            .bind(limit)
+    })
+    .await
+}
+
+/// The loop of [`delete_in_batches`], for a statement with parameters of
+/// its own: `query(batch)` deletes at most `batch` rows; it runs until it
+/// deletes fewer. Many short statements instead of one long DELETE: each
+/// locks little and leaves little for one vacuum.
+pub async fn delete_in_batches_with<'q, F>(
+    pool: &PgPool,
+    batch: i64,
+    mut query: F,
+) -> Result<u64, sqlx::Error>
+where
+    F: FnMut(i64) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+{
     let mut total = 0;
     loop {
-        let done = sqlx::query(statement)
-            .bind(older_than.as_secs_f64())
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let done = query(batch).execute(pool).await?.rows_affected();
         total += done;
         if done < u64::try_from(batch).unwrap_or(u64::MAX) {
             return Ok(total);

@@ -67,9 +67,8 @@ pub async fn prune(
     retention: Duration,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
-    loop {
-        let done = sqlx::query(
+    crate::db::delete_in_batches_with(pool, batch, |limit| {
+        sqlx::query(
             "DELETE FROM processed_events
               WHERE consumer = $1 AND event_id IN (
                     SELECT event_id FROM processed_events
@@ -78,13 +77,7 @@ pub async fn prune(
         )
         .bind(consumer)
         .bind(retention.as_secs_f64())
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += done;
-        if done < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(total);
-        }
-    }
+        .bind(limit)
+    })
+    .await
 }

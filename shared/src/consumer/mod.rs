@@ -271,6 +271,7 @@ impl<H: Handler> Runtime<H> {
             self.config.name.clone(),
             self.config.dedup_retention,
             self.metrics.clone(),
+            shutdown.clone(),
         ));
         self.consume(&consumer, &dead_letters, &mut shutdown).await;
         self.health.set_consuming(false);
@@ -789,17 +790,20 @@ async fn prune_forever(
     consumer: String,
     retention: Duration,
     metrics: ConsumerMetrics,
+    shutdown: Shutdown,
 ) {
     let pruned = metrics.pruned.with_label_values(&[consumer.as_str()]);
-    loop {
-        match dedup::prune(&pool, &consumer, retention, dedup::PRUNE_BATCH).await {
-            Ok(0) => {}
-            Ok(n) => {
-                pruned.inc_by(n);
-                tracing::info!(consumer, pruned = n, "forgot old processed-event ids");
+    let hourly = Duration::from_secs(3600);
+    shutdown
+        .every(hourly, || async {
+            match dedup::prune(&pool, &consumer, retention, dedup::PRUNE_BATCH).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    pruned.inc_by(n);
+                    tracing::info!(consumer, pruned = n, "forgot old processed-event ids");
+                }
+                Err(e) => tracing::warn!(consumer, error = %e, "pruning processed events failed"),
             }
-            Err(e) => tracing::warn!(consumer, error = %e, "pruning processed events failed"),
-        }
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
+        })
+        .await
 }
