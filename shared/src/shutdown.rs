@@ -51,6 +51,19 @@ impl Shutdown {
         }
     }
 
+    /// A shutdown for work beside a service that must end when the service
+    /// does, even when the service ends on its own (an error) rather than
+    /// by this shutdown: it resolves on this one or on its own trigger.
+    pub fn child(&self) -> (ShutdownTrigger, Shutdown) {
+        let token = self.token.child_token();
+        (
+            ShutdownTrigger {
+                token: token.clone(),
+            },
+            Shutdown { token },
+        )
+    }
+
     /// Resolves once shutdown has been triggered (at once if it already was).
     pub async fn recv(&mut self) {
         self.token.cancelled().await

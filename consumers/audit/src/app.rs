@@ -1,6 +1,7 @@
 //! Assembles todo-audit (consumer + read API) the same way for `main` and
 //! the tests.
 
+use crate::partitions::{PartitionMetrics, Partitions, Retention};
 use crate::routes::{self, AuditState};
 use crate::store::AuditStore;
 use prometheus::Registry;
@@ -12,17 +13,26 @@ use todo_shared::consumer::ConsumerConfig;
 use todo_shared::db;
 use todo_shared::envelope::Topic;
 use todo_shared::service::ConsumerService;
+use todo_shared::shutdown::Shutdown;
+use tokio_util::task::TaskTracker;
 
-pub type Audit = ConsumerService<AuditStore>;
+/// todo-audit: the consumer and its read API, and the job that keeps the
+/// log's months.
+pub struct Audit {
+    service: ConsumerService<AuditStore>,
+    partitions: Arc<Partitions>,
+}
 
 /// todo-audit's settings: its consumer (group `todo-audit`, both topics,
-/// `CONSUMER_*`) and `AUDIT_GAP_WAIT_MS`.
+/// `CONSUMER_*`), `AUDIT_GAP_WAIT_MS` and `AUDIT_RETENTION_MONTHS`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub consumer: ConsumerConfig,
     /// How long `/events` waits for a missing sequence before passing over
     /// it.
     pub gap_wait: Duration,
+    /// How many months of the log are kept.
+    pub retention: Retention,
 }
 
 impl Options {
@@ -39,6 +49,7 @@ impl Options {
             consumer: ConsumerConfig::new(crate::NAME, &[Topic::TaskEvents, Topic::Reminders])
                 .with_env(&env)?,
             gap_wait,
+            retention: Retention::from_env(&env)?,
         })
     }
 }
@@ -49,19 +60,54 @@ pub async fn build(
     options: Options,
 ) -> anyhow::Result<Audit> {
     let pool = db::service_pool(&settings.database).await?;
+    let registry = Registry::new();
+    let partitions = Arc::new(Partitions::new(
+        pool.clone(),
+        options.retention,
+        PartitionMetrics::register(&registry)?,
+    ));
     let state = AuditState {
         pool: pool.clone(),
         jwt: Arc::new(JwtKeys::new(jwt)),
         gap_wait: options.gap_wait,
     };
-    ConsumerService::build(
+    let service = ConsumerService::build(
         settings,
         options.consumer,
         pool,
-        Registry::new(),
-        Arc::new(AuditStore),
+        registry,
+        Arc::new(AuditStore {
+            partitions: partitions.clone(),
+        }),
         routes::router(state),
         routes::DOCS,
     )
-    .await
+    .await?;
+    Ok(Audit {
+        service,
+        partitions,
+    })
+}
+
+impl Audit {
+    pub fn port(&self) -> u16 {
+        self.service.port()
+    }
+
+    pub fn progress(&self) -> Arc<todo_shared::consumer::Progress> {
+        self.service.progress()
+    }
+
+    /// Consumes and serves until `shutdown`; the months are kept meanwhile.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let partitions = self.partitions;
+        let (stop_keeping, keeping) = shutdown.child();
+        tasks.spawn(async move { partitions.maintain_forever(keeping).await });
+        let result = self.service.run(shutdown).await;
+        stop_keeping.trigger();
+        tasks.close();
+        tasks.wait().await;
+        result
+    }
 }

@@ -3,6 +3,7 @@
 //! sync; activity stats; rebuilds task state from the log and compares it with `tasks`.
 
 pub mod app;
+pub mod partitions;
 pub mod replay;
 pub mod routes;
 pub mod snapshot;

@@ -1,11 +1,15 @@
 //! The handler: every event into `audit_events`, in bulk, once.
 
+use crate::partitions::Partitions;
 use sqlx::PgConnection;
+use std::sync::Arc;
 use todo_shared::consumer::{Event, Handler, HandlerError};
 use todo_shared::envelope::{EventKind, EventType, Topic};
 use uuid::Uuid;
 
-pub struct AuditStore;
+pub struct AuditStore {
+    pub partitions: Arc<Partitions>,
+}
 
 /// The task an event is about: the subject of a task event, the `task_id`
 /// of a reminder event. Known by the topic it came from, so that events of
@@ -44,7 +48,22 @@ impl Handler for AuditStore {
             .iter()
             .copied()
             .partition(|e| e.envelope.event_type == EventType::UserErased);
+        // An event older than the retention would bring back a month that
+        // was dropped: it is passed over, as that month's events were.
+        let horizon = self.partitions.horizon();
+        let (events, expired): (Vec<&Event>, Vec<&Event>) = events
+            .into_iter()
+            .partition(|e| horizon.is_none_or(|h| e.envelope.time >= h));
+        for e in &expired {
+            e.span.in_scope(|| {
+                tracing::info!(time = %e.envelope.time, "event older than AUDIT_RETENTION_MONTHS; not stored")
+            });
+        }
+        self.partitions.expired(expired.len());
         if !events.is_empty() {
+            self.partitions
+                .ensure(events.iter().map(|e| e.envelope.time))
+                .await?;
             insert(conn, &events).await?;
         }
         for e in erasures {
@@ -113,7 +132,7 @@ async fn insert(conn: &mut PgConnection, events: &[&Event]) -> Result<(), Handle
                FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::uuid[],
                            $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::bigint[])
                     AS x(id, u, s, t, task, tm, env, tp, p, o)
-             ON CONFLICT (event_id) DO NOTHING",
+             ON CONFLICT (event_id, time) DO NOTHING",
     )
     .bind(&ids)
     .bind(&users)

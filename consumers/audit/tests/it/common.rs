@@ -31,6 +31,7 @@ pub fn options() -> app::Options {
     app::Options {
         consumer: config(),
         gap_wait: Duration::from_secs(2),
+        retention: todo_audit::partitions::Retention::KEEP,
     }
 }
 
@@ -48,11 +49,20 @@ impl Audit {
 
     /// Starts it with its own way to the database (e.g. through a proxy).
     pub async fn spawn_with(stack: &Stack, database: DatabaseSettings) -> Audit {
+        Self::start(stack, database, options()).await
+    }
+
+    /// Starts it with settings of its own.
+    pub async fn spawn_with_options(stack: &Stack, options: app::Options) -> Audit {
+        Self::start(stack, stack.db.settings(), options).await
+    }
+
+    async fn start(stack: &Stack, database: DatabaseSettings, options: app::Options) -> Audit {
         let settings = Settings {
             database,
             ..stack.settings()
         };
-        let audit = app::build(&settings, &stack.jwt_settings(), options())
+        let audit = app::build(&settings, &stack.jwt_settings(), options)
             .await
             .expect("todo-audit starts");
         let base = format!("http://127.0.0.1:{}", audit.port());

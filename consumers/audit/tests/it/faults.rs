@@ -181,10 +181,7 @@ async fn poison_and_persistently_failing_events_are_dead_lettered_and_the_rest_g
         errors[1].contains("not a CloudEvents envelope"),
         "{errors:?}"
     );
-    assert!(
-        errors[2].contains("audit_events_user_sequence_idx"),
-        "{errors:?}"
-    );
+    assert!(errors[2].contains("_user_sequence_idx"), "{errors:?}");
     assert_eq!(by_offset[2].header(header::ATTEMPTS), Some("3"));
 
     let dead = audit

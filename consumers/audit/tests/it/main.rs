@@ -5,4 +5,5 @@ mod audit;
 mod common;
 mod contract;
 mod faults;
+mod partitions;
 mod stats;
