@@ -268,6 +268,38 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// A retention given in `unit`s (hours, days): a whole number, or a
+    /// fraction for tests and soaks (`0.05` hours is 3 minutes); from one
+    /// minute to `max`.
+    pub fn retention_or(
+        &self,
+        var: &'static str,
+        unit: Duration,
+        default: Duration,
+        max: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        let units = unit.as_secs_f64();
+        let invalid = || ConfigError::Invalid {
+            var,
+            reason: format!(
+                "must be a number between {} (a minute) and {}",
+                60.0 / units,
+                max.as_secs_f64() / units
+            ),
+        };
+        let value: f64 = raw.trim().parse().map_err(|_| invalid())?;
+        let secs = value * units;
+        // NaN is in no range.
+        if !(60.0..=max.as_secs_f64()).contains(&secs) {
+            return Err(invalid());
+        }
+        // Whole milliseconds: 0.05 hours is 180 s, not 180 s and a few ns.
+        Ok(Duration::from_millis((secs * 1000.0).round() as u64))
+    }
+
     /// A duration given in milliseconds.
     pub fn millis_or(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         let ms: u64 = self.parse_or(var, default.as_millis() as u64)?;
@@ -382,6 +414,24 @@ mod tests {
     use std::collections::HashMap;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_retention_is_whole_units_or_a_fraction_down_to_a_minute() {
+        let hour = Duration::from_secs(3600);
+        let year = hour * 24 * 365;
+        let keep =
+            |v: &str| env(&[("KEEP_HOURS", v)]).retention_or("KEEP_HOURS", hour, hour * 336, year);
+        assert_eq!(
+            env(&[]).retention_or("KEEP_HOURS", hour, hour * 336, year),
+            Ok(hour * 336)
+        );
+        assert_eq!(keep("24"), Ok(hour * 24));
+        assert_eq!(keep("0.05"), Ok(Duration::from_secs(180)));
+        for bad in ["0", "0.01", "-2", "8761", "NaN", "inf", "two"] {
+            let e = keep(bad).expect_err(bad);
+            assert!(e.to_string().contains("KEEP_HOURS"), "{bad}: {e}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
         let map: HashMap<String, String> = pairs

@@ -219,6 +219,13 @@ pub fn is_transient_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// How often a retention job runs for a retention of `keep`: hourly, or a
+/// tenth of it when that is shorter (a retention of minutes, in a soak),
+/// but not more often than every 10 s.
+pub fn prune_every(keep: Duration) -> Duration {
+    (keep / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600))
+}
+
 /// Runs a retention `statement` until it deletes fewer than `batch` rows:
 /// `$1` is the age in seconds past which rows go (`make_interval(secs =>
 /// $1)`), `$2` the most rows one run deletes. Returns how many rows went.

@@ -245,20 +245,18 @@ impl Options {
                 reason: "must be between 1 and 3600".into(),
             });
         }
-        let days: u64 = env.parse_or("REMINDER_RETENTION_DAYS", retention::DEFAULT_DAYS)?;
-        if !(1..=3650).contains(&days) {
-            return Err(ConfigError::Invalid {
-                var: "REMINDER_RETENTION_DAYS",
-                reason: "must be between 1 and 3650".into(),
-            });
-        }
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let keep = env.retention_or(
+            "REMINDER_RETENTION_DAYS",
+            DAY,
+            DAY * retention::DEFAULT_DAYS as u32,
+            DAY * 3650,
+        )?;
         Ok(Options {
             consumer: ConsumerConfig::new(crate::NAME, &[Topic::TaskEvents]).with_env(&env)?,
             max_attempts,
             delivery_lease: Duration::from_secs(lease),
-            retention: Retention {
-                keep: Duration::from_secs(days * 24 * 3600),
-            },
+            retention: Retention { keep },
             channels: ChannelOptions::from_lookup(&env, max_attempts)?,
         })
     }

@@ -101,9 +101,8 @@ pub async fn prune_forever(
     pruned: IntCounterVec,
     shutdown: todo_shared::shutdown::Shutdown,
 ) {
-    let hourly = Duration::from_secs(3600);
     shutdown
-        .every(hourly, || async {
+        .every(todo_shared::db::prune_every(retention.keep), || async {
             match prune(&pool, retention.keep, BATCH).await {
                 Ok(n) if n == Pruned::default() => {}
                 Ok(n) => {

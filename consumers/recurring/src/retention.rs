@@ -17,16 +17,15 @@ pub const BATCH: i64 = 5_000;
 /// `RECURRING_RETENTION_DAYS`' default.
 pub const DEFAULT_DAYS: u64 = 30;
 
-/// `RECURRING_RETENTION_DAYS` (1 to 3650).
+/// `RECURRING_RETENTION_DAYS` (a minute to 3650 days).
 pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Duration, ConfigError> {
-    let days: u64 = env.parse_or("RECURRING_RETENTION_DAYS", DEFAULT_DAYS)?;
-    if !(1..=3650).contains(&days) {
-        return Err(ConfigError::Invalid {
-            var: "RECURRING_RETENTION_DAYS",
-            reason: "must be between 1 and 3650".into(),
-        });
-    }
-    Ok(Duration::from_secs(days * 24 * 3600))
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    env.retention_or(
+        "RECURRING_RETENTION_DAYS",
+        DAY,
+        DAY * DEFAULT_DAYS as u32,
+        DAY * 3650,
+    )
 }
 
 /// Deletes the instance records of series that ended more than `keep` ago.
@@ -56,9 +55,8 @@ pub fn pruned_metric(registry: &Registry) -> prometheus::Result<IntCounter> {
 
 /// Prunes at start and then hourly, until `shutdown`.
 pub async fn prune_forever(pool: PgPool, keep: Duration, pruned: IntCounter, shutdown: Shutdown) {
-    let hourly = Duration::from_secs(3600);
     shutdown
-        .every(hourly, || async {
+        .every(todo_shared::db::prune_every(keep), || async {
             match prune(&pool, keep, BATCH).await {
                 Ok(0) => {}
                 Ok(n) => {
@@ -86,7 +84,12 @@ mod tests {
             from_env(&env(Some("1"))).expect("a day"),
             Duration::from_secs(86_400)
         );
-        for bad in ["0", "3651", "a month"] {
+        // A fraction, for a soak of minutes.
+        assert_eq!(
+            from_env(&env(Some("0.002"))).expect("about three minutes"),
+            Duration::from_millis(172_800)
+        );
+        for bad in ["0", "0.0001", "3651", "-1", "NaN", "inf", "a month"] {
             let e = from_env(&env(Some(bad))).expect_err(bad);
             assert!(e.to_string().contains("RECURRING_RETENTION_DAYS"), "{e}");
         }

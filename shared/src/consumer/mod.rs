@@ -196,11 +196,12 @@ impl ConsumerConfig {
                 reason: "must be at least 1".into(),
             });
         }
-        let hours: u64 = env.parse_or(
+        self.dedup_retention = env.retention_or(
             "CONSUMER_DEDUP_RETENTION_HOURS",
-            self.dedup_retention.as_secs() / 3600,
+            Duration::from_secs(3600),
+            self.dedup_retention,
+            Duration::from_secs(10 * 365 * 24 * 3600),
         )?;
-        self.dedup_retention = Duration::from_secs(hours * 3600);
         self.session_timeout =
             env.millis_or("CONSUMER_SESSION_TIMEOUT_MS", self.session_timeout)?;
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.session_timeout) {
@@ -793,9 +794,8 @@ async fn prune_forever(
     shutdown: Shutdown,
 ) {
     let pruned = metrics.pruned.with_label_values(&[consumer.as_str()]);
-    let hourly = Duration::from_secs(3600);
     shutdown
-        .every(hourly, || async {
+        .every(crate::db::prune_every(retention), || async {
             match dedup::prune(&pool, &consumer, retention, dedup::PRUNE_BATCH).await {
                 Ok(0) => {}
                 Ok(n) => {
