@@ -82,6 +82,11 @@ struct Args {
     /// this many seconds + uniform(0, --reminders-window), due an hour later.
     #[arg(long, value_name = "SECONDS")]
     reminders_in: Option<f64>,
+    /// Instead of one window for all: give each created task one reminder
+    /// this many seconds + uniform(0, --reminders-window) after its own
+    /// creation (a steady stream of reminders, for a soak).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "reminders_in")]
+    reminders_after: Option<f64>,
     /// The window the reminders fall in, in seconds.
     #[arg(long, default_value_t = 60.0)]
     reminders_window: f64,
@@ -132,15 +137,20 @@ enum Op {
     Delete,
     #[serde(rename = "mcp_create")]
     McpCreate,
+    /// `GET /tasks?status=open`: the user's open tasks, which then replace
+    /// what the generator knows of them (so the instances todo-recurring
+    /// creates are updated, completed and deleted too).
+    List,
 }
 
 impl Op {
-    const ALL: [Op; 5] = [
+    const ALL: [Op; 6] = [
         Op::Create,
         Op::Update,
         Op::Complete,
         Op::Delete,
         Op::McpCreate,
+        Op::List,
     ];
 
     fn name(self) -> &'static str {
@@ -150,6 +160,7 @@ impl Op {
             Op::Update => "update",
             Op::Complete => "complete",
             Op::Delete => "delete",
+            Op::List => "list",
         }
     }
 }
@@ -172,7 +183,9 @@ impl FromStr for Mix {
                 .into_iter()
                 .find(|op| op.name() == name.trim())
                 .ok_or_else(|| {
-                    format!("{name:?}: expected create, update, complete, delete or mcp_create")
+                    format!(
+                        "{name:?}: expected create, update, complete, delete, mcp_create or list"
+                    )
                 })?;
             let weight: u32 = weight
                 .trim()
@@ -237,6 +250,9 @@ struct User {
     token: String,
     auth: String,
     open: Mutex<Vec<String>>,
+    /// Tasks this user completed: a delete takes one of these first, so
+    /// that completed tasks do not pile up.
+    done: Mutex<Vec<String>>,
     /// A WebSocket client listens for this user's events.
     watched: bool,
 }
@@ -247,9 +263,20 @@ struct Target {
     users: Vec<User>,
     mix: Mix,
     recurring: bool,
-    /// Reminders fall in [start, start + window).
-    reminders: Option<(chrono::DateTime<chrono::Utc>, f64)>,
+    reminders: Option<ReminderDue>,
     tracker: Option<Arc<Tracker>>,
+}
+
+/// When the reminder of a created task is due.
+#[derive(Clone, Copy)]
+enum ReminderDue {
+    /// In [start, start + window), for every task.
+    Window {
+        start: chrono::DateTime<chrono::Utc>,
+        window: f64,
+    },
+    /// `after` s + uniform(0, window) after the task is created.
+    After { after: f64, window: f64 },
 }
 
 struct Sample {
@@ -273,7 +300,19 @@ impl Target {
         let existing = match op {
             Op::Create => None,
             Op::McpCreate => return (op, self.create_over_mcp(user).await),
-            Op::Delete | Op::Complete => {
+            Op::List => return (op, self.list(user).await),
+            Op::Delete => {
+                let mut done = user.done.lock().unwrap_or_else(|e| e.into_inner());
+                let mut open = user.open.lock().unwrap_or_else(|e| e.into_inner());
+                let list = if done.is_empty() {
+                    &mut *open
+                } else {
+                    &mut *done
+                };
+                let n = list.len();
+                (n > 0).then(|| list.swap_remove(rand::rng().random_range(0..n)))
+            }
+            Op::Complete => {
                 let mut open = user.open.lock().unwrap_or_else(|e| e.into_inner());
                 let n = open.len();
                 (n > 0).then(|| open.swap_remove(rand::rng().random_range(0..n)))
@@ -298,7 +337,31 @@ impl Target {
             _ => self.client.delete(&url),
         };
         let result = self.send(user, request).await;
+        if op == Op::Complete && result.is_ok() {
+            user.done.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        }
         (op, result.map(|_| ()))
+    }
+
+    /// The user's open tasks (the first 100), now what the generator knows.
+    async fn list(&self, user: &User) -> Result<(), String> {
+        let request = self
+            .client
+            .get(format!("{}/tasks?status=open&limit=100", self.base));
+        let page: serde_json::Value = self
+            .send(user, request)
+            .await?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids: Vec<String> = page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["id"].as_str().map(str::to_owned))
+            .collect();
+        *user.open.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+        Ok(())
     }
 
     /// Sends with the user's token and a fresh correlation id, which the
@@ -383,7 +446,14 @@ impl Target {
                 "rule": "FREQ=DAILY", "timezone": "Europe/Berlin", "mode": "on_completion"
             });
         }
-        if let Some((start, window)) = self.reminders {
+        if let Some(reminders) = self.reminders {
+            let (start, window) = match reminders {
+                ReminderDue::Window { start, window } => (start, window),
+                ReminderDue::After { after, window } => (
+                    chrono::Utc::now() + chrono::TimeDelta::milliseconds((after * 1000.0) as i64),
+                    window,
+                ),
+            };
             let offset = rand::rng().random_range(0.0..window.max(0.001));
             let at = start + chrono::TimeDelta::microseconds((offset * 1e6) as i64);
             body["reminders"] = serde_json::json!([{ "at": rfc3339(at) }]);
@@ -528,6 +598,7 @@ async fn main() -> anyhow::Result<()> {
                 auth: format!("Bearer {token}"),
                 token,
                 open: Mutex::new(Vec::new()),
+                done: Mutex::new(Vec::new()),
                 watched: i < watched,
             })
         })
@@ -606,7 +677,17 @@ async fn main() -> anyhow::Result<()> {
         users,
         mix: args.mix.clone(),
         recurring: args.recurring,
-        reminders: reminders_start.map(|t| (t, args.reminders_window)),
+        reminders: match (reminders_start, args.reminders_after) {
+            (Some(start), _) => Some(ReminderDue::Window {
+                start,
+                window: args.reminders_window,
+            }),
+            (None, Some(after)) => Some(ReminderDue::After {
+                after,
+                window: args.reminders_window,
+            }),
+            (None, None) => None,
+        },
         tracker: tracker.clone(),
     });
 
