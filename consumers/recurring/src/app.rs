@@ -24,9 +24,9 @@ pub struct App {
     scheduler: Scheduler,
     signal: OutboxSignal,
     pool: sqlx::PgPool,
-    /// How long ended series keep their instance records.
+    /// How long ended series are kept.
     retention: Duration,
-    pruned: prometheus::IntCounter,
+    pruned: crate::retention::PrunedMetrics,
     /// A standby relay: the outbox rows this service writes are published
     /// even while no todo-api runs.
     relay: Option<Relay>,
@@ -48,7 +48,7 @@ impl App {
         let registry = Registry::new();
         let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
         let rounds = crate::scheduler::rounds_metric(&registry)?;
-        let pruned = crate::retention::pruned_metric(&registry)?;
+        let pruned = crate::retention::PrunedMetrics::register(&registry)?;
         let service = ConsumerService::build(
             settings,
             config,
@@ -78,7 +78,7 @@ impl App {
         })
     }
 
-    /// Keeps ended series' instance records this long (from
+    /// Keeps ended series this long (from
     /// `RECURRING_RETENTION_DAYS` in `main`).
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = retention;

@@ -88,9 +88,13 @@ impl Handler for Recurring {
             Some(EventType::TaskCompleted) if recurrence.mode == RecurrenceMode::OnCompletion => {
                 let series = match series::find(conn, series_id).await? {
                     Some(s) => s,
+                    // An instance of an unknown series: only todo-recurring
+                    // makes instances, after recording their series, so the
+                    // series ended and was forgotten (retention).
+                    None if task.id != series_id => return Ok(()),
                     None => {
                         // Its start was never seen (e.g. it predates this
-                        // service): this instance starts it.
+                        // service): its first task starts it.
                         series::start(conn, &cause, series_id, task, recurrence, due_at).await?;
                         series::find(conn, series_id)
                             .await?

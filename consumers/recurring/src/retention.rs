@@ -1,9 +1,10 @@
-//! How long todo-recurring keeps the instance records of a series that has
-//! ended: `RECURRING_RETENTION_DAYS` after its end, then they go, a batch
-//! per statement. An ended series creates no instance, so nothing needs its
-//! claims on occurrences any more; the series row itself stays (a few
-//! hundred bytes), so that a late completion of one of its tasks still finds
-//! the series over instead of starting it again.
+//! How long todo-recurring keeps a series that has ended:
+//! `RECURRING_RETENTION_DAYS` after its end, its instance records go, then
+//! its row, a batch per statement. An ended series creates no instance, so
+//! nothing needs its claims on occurrences any more. A later completion of
+//! one of its instances finds no series and starts none (the handler starts
+//! an unknown series only from its first task), so forgetting it does not
+//! bring it back.
 
 use prometheus::{IntCounter, Registry};
 use sqlx::PgPool;
@@ -28,9 +29,17 @@ pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Duration,
     )
 }
 
-/// Deletes the instance records of series that ended more than `keep` ago.
-pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<u64, sqlx::Error> {
-    todo_shared::db::delete_in_batches(
+/// What one run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub instances: u64,
+    pub series: u64,
+}
+
+/// Deletes series that ended more than `keep` ago: their instance records
+/// first, then each row left without any.
+pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, sqlx::Error> {
+    let instances = todo_shared::db::delete_in_batches(
         pool,
         "DELETE FROM recurring_instances WHERE (series_id, occurrence_at) IN (
              SELECT i.series_id, i.occurrence_at
@@ -40,30 +49,73 @@ pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<u64, sql
         keep,
         batch,
     )
-    .await
+    .await?;
+    // A series whose instances a concurrent completion is still claiming is
+    // locked by it (series::find takes the row FOR UPDATE): skipped, and
+    // taken by the next run.
+    let series = todo_shared::db::delete_in_batches(
+        pool,
+        "DELETE FROM recurring_series WHERE series_id IN (
+             SELECT s.series_id FROM recurring_series s
+              WHERE NOT s.active AND s.updated_at < now() - make_interval(secs => $1)
+                AND NOT EXISTS (SELECT 1 FROM recurring_instances i WHERE i.series_id = s.series_id)
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED)",
+        keep,
+        batch,
+    )
+    .await?;
+    Ok(Pruned { instances, series })
 }
 
-/// `todo_recurring_instances_pruned_total`.
-pub fn pruned_metric(registry: &Registry) -> prometheus::Result<IntCounter> {
-    let pruned = IntCounter::new(
-        "todo_recurring_instances_pruned_total",
-        "Instance records of ended series deleted after RECURRING_RETENTION_DAYS",
-    )?;
-    registry.register(Box::new(pruned.clone()))?;
-    Ok(pruned)
+/// `todo_recurring_instances_pruned_total` and
+/// `todo_recurring_series_pruned_total`.
+#[derive(Clone)]
+pub struct PrunedMetrics {
+    instances: IntCounter,
+    series: IntCounter,
 }
 
-/// Prunes at start and then hourly, until `shutdown`.
-pub async fn prune_forever(pool: PgPool, keep: Duration, pruned: IntCounter, shutdown: Shutdown) {
+impl PrunedMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let instances = IntCounter::new(
+            "todo_recurring_instances_pruned_total",
+            "Instance records of ended series deleted after RECURRING_RETENTION_DAYS",
+        )?;
+        let series = IntCounter::new(
+            "todo_recurring_series_pruned_total",
+            "Ended series deleted after RECURRING_RETENTION_DAYS",
+        )?;
+        registry.register(Box::new(instances.clone()))?;
+        registry.register(Box::new(series.clone()))?;
+        Ok(Self { instances, series })
+    }
+}
+
+/// Prunes at start and then every `db::prune_every(keep)`, until `shutdown`.
+pub async fn prune_forever(
+    pool: PgPool,
+    keep: Duration,
+    metrics: PrunedMetrics,
+    shutdown: Shutdown,
+) {
     shutdown
         .every(todo_shared::db::prune_every(keep), || async {
             match prune(&pool, keep, BATCH).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    pruned.inc_by(n);
-                    tracing::info!(instances = n, "deleted instance records of ended series");
+                Ok(Pruned {
+                    instances: 0,
+                    series: 0,
+                }) => {}
+                Ok(p) => {
+                    metrics.instances.inc_by(p.instances);
+                    metrics.series.inc_by(p.series);
+                    tracing::info!(
+                        instances = p.instances,
+                        series = p.series,
+                        "deleted ended series"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, "pruning instance records failed"),
+                Err(e) => tracing::warn!(error = %e, "pruning ended series failed"),
             }
         })
         .await

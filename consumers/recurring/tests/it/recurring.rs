@@ -662,6 +662,85 @@ async fn only_the_latest_instance_advances_its_series() {
     api.stop().await;
 }
 
+/// A series that ended longer ago than the retention is forgotten, its row
+/// too; a later completion of one of its older instances (reopened and
+/// completed again) must not start it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_series_forgotten_after_its_retention_is_not_started_again_by_an_old_instance() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let recurring = Recurring::spawn(&stack, "todo-recurring").await;
+    let ann = stack.token("ann");
+    let task = stack
+        .create(
+            &api,
+            &ann,
+            json!({"title": "water plants", "due_at": "2030-03-01T07:00:00Z",
+                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "on_completion"}}),
+        )
+        .await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    complete(&stack, &api, &ann, &id).await;
+    let second = wait_instances(&stack, &id, 1).await[0].0.to_string();
+    complete(&stack, &api, &ann, &second).await;
+    let third = wait_instances(&stack, &id, 2).await[1].0.to_string();
+    // Deleting the latest instance ends the series.
+    let (status, body) = stack
+        .call(&api, Method::DELETE, &format!("/tasks/{third}"), &ann, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let deleted = event_of(&stack, "task.deleted", &third).await;
+    processed(&stack, "todo-recurring", deleted.id()).await;
+    assert_eq!(series_active(&stack, &id).await, Some(false));
+    // ... two hours ago; the retention is an hour.
+    sqlx::query("UPDATE recurring_series SET updated_at = now() - interval '2 hours'")
+        .execute(&stack.db.pool)
+        .await
+        .expect("age the series");
+    let pruned = todo_recurring::retention::prune(&stack.db.pool, Duration::from_secs(3600), 100)
+        .await
+        .expect("prune");
+    assert_eq!((pruned.instances, pruned.series), (3, 1));
+    assert_eq!(
+        series_active(&stack, &id).await,
+        None,
+        "the series row went too"
+    );
+
+    // The second instance reopened and completed again.
+    let (status, body) = stack
+        .call(
+            &api,
+            Method::POST,
+            &format!("/tasks/{second}/reopen"),
+            &ann,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    complete(&stack, &api, &ann, &second).await;
+    let marker = stack.create(&api, &ann, json!({"title": "marker"})).await;
+    let marker = event_of(
+        &stack,
+        "task.created",
+        marker["id"].as_str().unwrap_or_default(),
+    )
+    .await;
+    processed(&stack, "todo-recurring", marker.id()).await;
+    assert_eq!(
+        instances(&stack, &id).await.len(),
+        1,
+        "the deleted third is not replaced"
+    );
+    assert_eq!(
+        series_active(&stack, &id).await,
+        None,
+        "nor the series restarted"
+    );
+    recurring.stop().await;
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_series_locked_elsewhere_does_not_make_the_scheduler_spin() {
     let stack = Stack::new().await;
@@ -1122,8 +1201,8 @@ async fn each_change_of_a_series_is_one_recurring_event_in_its_users_order() {
     api.stop().await;
 }
 
-/// Instance records go once their series has been over for longer than
-/// the retention; running series and the series rows themselves stay.
+/// Instance records, then the series rows, go once their series has been
+/// over for longer than the retention; running series and recent ends stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_series_lose_their_instance_records_after_the_retention_in_batches() {
     let db = todo_shared::testing::TestDatabase::create().await;
@@ -1162,7 +1241,7 @@ async fn ended_series_lose_their_instance_records_after_the_retention_in_batches
     let pruned = todo_recurring::retention::prune(&db.pool, Duration::from_secs(3600), 2)
         .await
         .expect("prune");
-    assert_eq!(pruned, 3);
+    assert_eq!((pruned.instances, pruned.series), (3, 1));
     for (id, (_, _, instances, gone)) in ids.iter().zip(series) {
         let left: i64 =
             sqlx::query_scalar("SELECT count(*) FROM recurring_instances WHERE series_id = $1")
@@ -1172,11 +1251,12 @@ async fn ended_series_lose_their_instance_records_after_the_retention_in_batches
                 .expect("count");
         assert_eq!(left, if gone { 0 } else { instances });
     }
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM recurring_series")
-        .fetch_one(&db.pool)
+    let rows: Vec<Uuid> = sqlx::query_scalar("SELECT series_id FROM recurring_series")
+        .fetch_all(&db.pool)
         .await
-        .expect("count");
-    assert_eq!(rows, 3, "the series rows stay");
+        .expect("series left");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(!rows.contains(&ids[0]), "the ended series went: {rows:?}");
 }
 
 /// The window between an erasure's commit and todo-recurring reading its
