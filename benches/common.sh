@@ -54,3 +54,23 @@ fresh_db() {
   # Services no longer migrate on start: todo-api migrate is the one migrator.
   "$bin/todo-api" migrate >/dev/null
 }
+# Where reminders go, for the scripts that deliver them: aiosmtpd (its port
+# in smtp_port; it prints one line per message into $out/smtp.log) and
+# todo-sink on 18099 for webhooks and Web Push, answering after
+# HOOK_DELAY_MS (default 0); and a VAPID key pair in vapid_private and
+# vapid_public.
+start_receivers() {
+  local smtp_python="${TEST_SMTP_PYTHON:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/smtp-venv/bin/python}"
+  [ -x "$smtp_python" ] || { echo "no aiosmtpd at $smtp_python (scripts/test.sh prepares it)" >&2; exit 1; }
+  mkfifo "$out/smtp.fifo" 2>/dev/null || true
+  sleep 100000 >"$out/smtp.fifo" &
+  running[smtp-stdin]=$!
+  "$smtp_python" consumers/notification/tests/support/smtp_receiver.py <"$out/smtp.fifo" >"$out/smtp.log" 2>&1 &
+  running[smtp]=$!
+  for _ in $(seq 1 100); do grep -q '^PORT ' "$out/smtp.log" 2>/dev/null && break; sleep 0.1; done
+  smtp_port=$(sed -n 's/^PORT //p' "$out/smtp.log")
+  "$bin/todo-sink" --port 18099 --delay-ms "${HOOK_DELAY_MS:-0}" >"$out/sink.log" 2>&1 &
+  running[todo-sink]=$!
+  wait_http http://127.0.0.1:18099/stats
+  read -r vapid_private vapid_public < <("$bin/todo-notifier" vapid-keys | sed 's/^[A-Z_]*=//' | paste -sd' ')
+}

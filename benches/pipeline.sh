@@ -298,20 +298,7 @@ if want 10; then
   stop todo-audit
   stop todo-recurring
   stop todo-api
-  smtp_python="${TEST_SMTP_PYTHON:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/smtp-venv/bin/python}"
-  [ -x "$smtp_python" ] || { echo "no aiosmtpd at $smtp_python (scripts/test.sh prepares it)" >&2; exit 1; }
-  # The SMTP server prints its port, then one line per message (kept in a file).
-  mkfifo "$out/smtp.fifo" 2>/dev/null || true
-  sleep 100000 >"$out/smtp.fifo" &
-  running[smtp-stdin]=$!
-  "$smtp_python" consumers/notification/tests/support/smtp_receiver.py <"$out/smtp.fifo" >"$out/smtp.log" 2>&1 &
-  running[smtp]=$!
-  for _ in $(seq 1 100); do grep -q '^PORT ' "$out/smtp.log" 2>/dev/null && break; sleep 0.1; done
-  smtp_port=$(sed -n 's/^PORT //p' "$out/smtp.log")
-  "$bin/todo-sink" --port 18099 --delay-ms "${HOOK_DELAY_MS:-200}" &
-  running[todo-sink]=$!
-  wait_http http://127.0.0.1:18099/stats
-  read -r vapid_private vapid_public < <("$bin/todo-notifier" vapid-keys | sed 's/^[A-Z_]*=//' | paste -sd' ')
+  HOOK_DELAY_MS="${HOOK_DELAY_MS:-200}" start_receivers
   export WEBHOOK_SECRET_KEY=bench-webhook-key-bench-webhook-key-0001
   start todo-api 18080 VAPID_PUBLIC_KEY="$vapid_public"
   env PORT=18082 SMTP_URL="smtp://127.0.0.1:$smtp_port" VAPID_PRIVATE_KEY="$vapid_private" \

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The soak: every service running (todo-api with its relay, todo-audit,
+# todo-recurring, todo-notifier, todo-realtime), todo-load at RATE changes/s
+# for SECONDS, with every retention set to minutes, and every table's row
+# count and size sampled every SAMPLE_SECS. Answers: does anything grow
+# that should not?
+#
+# Usage: [SAMPLE_SECS=30] [RETENTION_MINUTES=3] benches/soak.sh [rate] [seconds]
+# Needs the broker (scripts/install-broker.sh) and aiosmtpd's virtualenv
+# (scripts/test.sh prepares it; TEST_SMTP_PYTHON points elsewhere).
+# Writes target/bench/soak/: tables.csv (elapsed s, table, rows, bytes),
+# load.json + load.svg (todo-load's report and latency plot, p99 per
+# second), tables.svg (rows and size over time, from benches/soak_plot.py)
+# and the services' logs.
+#
+# The load: creates, renames, completions, deletes (a delete takes a
+# completed task first) and lists (which hand the instances todo-recurring
+# creates to the generator), every task recurring daily on completion and
+# with a reminder due 30-90 s after it is created, delivered by e-mail,
+# webhook and Web Push; 200 users, 50 of them watching on a WebSocket.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate="${1:-300}"
+seconds="${2:-3600}"
+sample="${SAMPLE_SECS:-30}"
+minutes="${RETENTION_MINUTES:-3}"
+out=target/bench/soak
+mkdir -p "$out"
+cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring \
+  --bin todo-notifier --bin todo-realtime --bin todo-load --bin todo-sink
+db=todo_soak broker_port=19093
+# shellcheck source=benches/common.sh
+source benches/common.sh
+fresh_db
+: >"$out/nisshi.log"
+start_nisshi "$out/nisshi.log"
+
+# Where reminders go: e-mail to aiosmtpd, webhooks and Web Push to todo-sink.
+start_receivers
+export WEBHOOK_SECRET_KEY=soak-webhook-key-soak-webhook-key-00001
+
+# Retention in minutes: the settings take fractions of their unit.
+hours=$(python3 -c "print($minutes / 60)")
+days=$(python3 -c "print($minutes / 1440)")
+export CONSUMER_DEDUP_RETENTION_HOURS="$hours"
+start todo-api 18080 VAPID_PUBLIC_KEY="$vapid_public" >"$out/todo-api.log" 2>&1
+start todo-audit 18083 AUDIT_RETENTION_MONTHS=1 >"$out/todo-audit.log" 2>&1
+start todo-recurring 18081 RECURRING_RETENTION_DAYS="$days" >"$out/todo-recurring.log" 2>&1
+start todo-notifier 18082 REMINDER_RETENTION_DAYS="$days" SMTP_URL="smtp://127.0.0.1:$smtp_port" \
+  VAPID_PRIVATE_KEY="$vapid_private" WEBHOOK_ALLOW_PRIVATE_NETWORKS=true >"$out/todo-notifier.log" 2>&1
+start todo-realtime 18084 >"$out/todo-realtime.log" 2>&1
+
+# Every table (a partitioned one as the sum of its partitions), exactly.
+sample_tables() {
+  local elapsed=$1
+  psql -qtA -F, "$DATABASE_URL" <<SQL | sed "s/^/$elapsed,/" >>"$out/tables.csv"
+SELECT c.relname,
+       (xpath('/row/n/text()',
+              query_to_xml(format('SELECT count(*) AS n FROM %I', c.relname), false, true, '')))[1]::text::bigint,
+       CASE c.relkind WHEN 'p' THEN (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(c.oid))
+                      ELSE pg_total_relation_size(c.oid) END
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+   AND c.relname <> '_sqlx_migrations'
+ ORDER BY c.relname;
+SQL
+}
+echo "elapsed_s,table,rows,bytes" >"$out/tables.csv"
+sample_tables 0
+(
+  start_s=$(date +%s)
+  while sleep "$sample"; do
+    sample_tables $(( $(date +%s) - start_s ))
+  done
+) &
+running[sampler]=$!
+
+echo "== soak: $rate changes/s for $seconds s, retention $minutes min (dedup, reminders, series)"
+"$bin/todo-load" --url http://127.0.0.1:18080 --rate "$rate" --seconds "$seconds" \
+  --warmup 0 --users 200 --recurring --reminders-after 30 --reminders-window 60 \
+  --mix create=2,update=3,complete=2,delete=4,list=1 \
+  --channels http://127.0.0.1:18099 --ws-clients 50 --ws-url ws://127.0.0.1:18084/ws \
+  --report "$out/load.json" --plot "$out/load.svg"
+stop sampler
+sample_tables "$seconds"
+python3 benches/soak_plot.py "$out/tables.csv" "$out/load.json" "$out/tables.svg"
