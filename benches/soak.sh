@@ -10,8 +10,9 @@
 # (scripts/test.sh prepares it; TEST_SMTP_PYTHON points elsewhere).
 # Writes target/bench/soak/: tables.csv (elapsed s, table, rows, bytes),
 # load.json + load.svg (todo-load's report and latency plot, p99 per
-# second), tables.svg (rows and size over time, from benches/soak_plot.py)
-# and the services' logs.
+# second), tables.svg (rows and size over time, from benches/soak_plot.py),
+# vacuum.csv (dead rows and vacuums per table), consumers.csv (each
+# consumer's lag and event ages) and the services' logs.
 #
 # The load: creates, renames, completions, deletes (a delete takes a
 # completed task first) and lists (which hand the instances todo-recurring
@@ -32,6 +33,18 @@ db=todo_soak broker_port=19093
 # shellcheck source=benches/common.sh
 source benches/common.sh
 fresh_db
+
+# A production server runs autovacuum (PostgreSQL's default; the compose
+# image's and Render's too); without it no table but the outbox (which the
+# relay vacuums) reuses the space of deleted rows, and every churned table
+# grows on disk at level row counts. This machine's server has it off
+# (conf.d/90-ci.conf), so the soak turns it on for its run, as ALTER SYSTEM
+# (that is, the whole server), and resets it as it ends.
+if [ "$(psql -qtA "$pg/postgres" -c 'SHOW autovacuum')" = off ]; then
+  echo "== autovacuum is off on this server: on for the soak, reset after it"
+  psql -qtA "$pg/postgres" -c "ALTER SYSTEM SET autovacuum = on" -c "SELECT pg_reload_conf()" >/dev/null
+  trap 'cleanup; psql -qtA "$pg/postgres" -c "ALTER SYSTEM RESET autovacuum" -c "SELECT pg_reload_conf()" >/dev/null' EXIT
+fi
 : >"$out/nisshi.log"
 start_nisshi "$out/nisshi.log"
 
@@ -65,12 +78,40 @@ SELECT c.relname,
  ORDER BY c.relname;
 SQL
 }
+# Why a table's size moves: its dead rows and how often it was vacuumed.
+sample_vacuum() {
+  psql -qtA -F, "$DATABASE_URL" -c "SELECT relname, n_live_tup, n_dead_tup,
+      autovacuum_count + vacuum_count FROM pg_stat_user_tables ORDER BY relname" \
+    | sed "s/^/$1,/" >>"$out/vacuum.csv"
+}
+# Whether each consumer keeps up: its lag (messages behind, summed over
+# partitions; none for todo-realtime, which commits nothing) and the sum
+# and count of its commit-to-effect ages (their deltas give the mean age of
+# each interval's events).
+sample_consumers() {
+  local name port
+  for name in todo-recurring:18081 todo-notifier:18082 todo-audit:18083 todo-realtime:18084; do
+    port=${name#*:}
+    curl -fs "http://127.0.0.1:$port/metrics" | awk -v t="$1" -v svc="${name%:*}" '
+      /^todo_consumer_lag\{/ { lag += $NF }
+      /^todo_event_end_to_end_seconds_sum\{/ { sum = $NF }
+      /^todo_event_end_to_end_seconds_count\{/ { count = $NF }
+      END { printf "%s,%s,%d,%s,%s\n", t, svc, lag, sum + 0, count + 0 }' >>"$out/consumers.csv" || true
+  done
+}
+sample() {
+  sample_tables "$1"
+  sample_vacuum "$1"
+  sample_consumers "$1"
+}
 echo "elapsed_s,table,rows,bytes" >"$out/tables.csv"
-sample_tables 0
+echo "elapsed_s,table,live,dead,vacuums" >"$out/vacuum.csv"
+echo "elapsed_s,service,lag,age_sum_s,age_count" >"$out/consumers.csv"
+sample 0
 (
   start_s=$(date +%s)
   while sleep "$sample"; do
-    sample_tables $(( $(date +%s) - start_s ))
+    sample $(( $(date +%s) - start_s ))
   done
 ) &
 running[sampler]=$!
@@ -82,5 +123,5 @@ echo "== soak: $rate changes/s for $seconds s, retention $minutes min (dedup, re
   --channels http://127.0.0.1:18099 --ws-clients 50 --ws-url ws://127.0.0.1:18084/ws \
   --report "$out/load.json" --plot "$out/load.svg"
 stop sampler
-sample_tables "$seconds"
+sample "$seconds"
 python3 benches/soak_plot.py "$out/tables.csv" "$out/load.json" "$out/tables.svg"

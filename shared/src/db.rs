@@ -177,7 +177,27 @@ pub const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
 pub async fn service_pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let pool = self::pool(settings)?;
     wait_for_schema(&pool, STARTUP_PATIENCE).await?;
+    warn_if_autovacuum_off(&pool).await;
     Ok(pool)
+}
+
+/// Every table here but the outbox (which the relay vacuums itself) relies
+/// on autovacuum to reuse the space of deleted and updated rows: the
+/// retention jobs keep the row counts level, yet without it the files grow
+/// by every row ever deleted (seen in a soak on a server with autovacuum
+/// off: `processed_events` at a level 90 k rows went from 8 to 161 MiB in
+/// 40 minutes). Said once at start, where an operator looks.
+async fn warn_if_autovacuum_off(pool: &PgPool) {
+    let setting: Result<String, _> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await;
+    if let Ok("off") = setting.as_deref() {
+        tracing::warn!(
+            "autovacuum is off on this PostgreSQL server: the space of deleted rows is never \
+             reused and every table but the outbox grows on disk however short the retention; \
+             turn it on (autovacuum = on)"
+        );
+    }
 }
 
 /// Whether the database answers, within `timeout`.
