@@ -8,6 +8,8 @@
 //! here had its time more than the retention ago, so the schedule does not
 //! take up a reminder whose time is that far in the past
 //! ([`Retention::too_old`]); such a reminder would be a month late anyway.
+//! The one exception is a reminder of a deleted task, which goes the
+//! retention after the deletion: that task is never saved again.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -51,15 +53,26 @@ pub struct Pruned {
 }
 
 /// Deletes what has been done for longer than `keep`, `batch` rows per
-/// statement. A cancelled reminder whose time is still ahead stays: the
-/// task may be reopened.
+/// statement. A cancelled reminder whose time is still ahead stays, as the
+/// task may be reopened, unless the task was deleted: a deleted task never
+/// comes back, and its earlier events are deduplicated.
 pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, sqlx::Error> {
-    let reminders = delete_in_batches(
+    let done = delete_in_batches(
         pool,
         "DELETE FROM reminders WHERE reminder_id IN (
              SELECT reminder_id FROM reminders
               WHERE state IN ('sent', 'failed', 'cancelled')
                 AND GREATEST(updated_at, remind_at) < now() - make_interval(secs => $1)
+              LIMIT $2)",
+        keep,
+        batch,
+    )
+    .await?;
+    let of_deleted_tasks = delete_in_batches(
+        pool,
+        "DELETE FROM reminders WHERE reminder_id IN (
+             SELECT reminder_id FROM reminders
+              WHERE task_deleted AND updated_at < now() - make_interval(secs => $1)
               LIMIT $2)",
         keep,
         batch,
@@ -76,7 +89,7 @@ pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, 
     )
     .await?;
     Ok(Pruned {
-        reminders,
+        reminders: done + of_deleted_tasks,
         deliveries,
     })
 }

@@ -141,6 +141,18 @@ impl Handler for Schedule {
             for s in stored.values().filter(|s| s.state == "scheduled") {
                 cancel(conn, &cause, &task, s, reason).await?;
             }
+            if env.event_type == EventType::TaskDeleted {
+                // Those cancelled before (the task was completed) too:
+                // the task never comes back, so none of them is kept
+                // waiting for its time (see retention).
+                sqlx::query(
+                    "UPDATE reminders SET task_deleted = true, updated_at = now()
+                      WHERE task_id = $1 AND state = 'cancelled'",
+                )
+                .bind(task.id)
+                .execute(&mut *conn)
+                .await?;
+            }
             return Ok(());
         }
 

@@ -1204,6 +1204,79 @@ async fn a_pruned_reminder_does_not_come_back_when_its_task_is_saved_again() {
     api.stop().await;
 }
 
+/// A deleted task's reminders are never wanted again (the task cannot come
+/// back, and its earlier events are deduplicated): they go the retention
+/// after the deletion, however far ahead their time was. A completed task's
+/// reminder whose time is still ahead stays: the task may be reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tasks_reminders_go_after_the_retention_though_their_time_is_ahead() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let keep = Duration::from_secs(2);
+    let notifier = Notifier::spawn_with_options(
+        stack.settings(),
+        Options {
+            retention: Retention { keep },
+            ..options()
+        },
+        Arc::new(LogDelivery),
+    )
+    .await;
+    let ann = stack.token("ann");
+    let tomorrow = Utc::now() + TimeDelta::days(1);
+    let mut ids = Vec::new();
+    for title in ["deleted", "completed", "completed, then deleted"] {
+        let task = stack
+            .create(
+                &api,
+                &ann,
+                json!({"title": title, "due_at": secs(tomorrow + TimeDelta::hours(1)),
+                       "reminders": [{"at": secs(tomorrow)}]}),
+            )
+            .await;
+        ids.push(task["id"].as_str().expect("id").to_owned());
+    }
+    let reader = reminders(&stack).await;
+    read_until(&reader, |got| count(got, "reminder.scheduled") == 3).await;
+    for (method, path) in [
+        (Method::DELETE, format!("/tasks/{}", ids[0])),
+        (Method::POST, format!("/tasks/{}/complete", ids[1])),
+        (Method::POST, format!("/tasks/{}/complete", ids[2])),
+        (Method::DELETE, format!("/tasks/{}", ids[2])),
+    ] {
+        let (status, body) = stack.call(&api, method, &path, &ann, None).await;
+        assert!(status.is_success(), "{path}: {status} {body}");
+    }
+    read_until(&reader, |got| count(got, "reminder.cancelled") == 3).await;
+
+    let titles = || async {
+        let t: Vec<String> = sqlx::query_scalar("SELECT title FROM reminders ORDER BY title")
+            .fetch_all(&stack.db.pool)
+            .await
+            .expect("reminders");
+        t
+    };
+    // The deletion is consumed asynchronously: prune until both went.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut pruned = 0;
+    while pruned < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted tasks' reminders were never pruned: {:?}",
+            titles().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pruned += retention::prune(&stack.db.pool, keep, 10)
+            .await
+            .expect("prune")
+            .reminders;
+    }
+    assert_eq!(pruned, 2);
+    assert_eq!(titles().await, ["completed"]);
+    notifier.stop().await;
+    api.stop().await;
+}
+
 /// What the pruning deletes, and what it leaves, over real rows, a few
 /// rows per statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
