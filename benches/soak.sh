@@ -98,6 +98,13 @@ sample_consumers() {
       /^todo_event_end_to_end_seconds_count\{/ { count = $NF }
       END { printf "%s,%s,%d,%s,%s\n", t, svc, lag, sum + 0, count + 0 }' >>"$out/consumers.csv" || true
   done
+  # The relay (whichever of the three leads): its backlog as the lag, and
+  # commit-to-acknowledgement as the age.
+  for port in 18080 18081 18082; do curl -fs "http://127.0.0.1:$port/metrics" || true; done | awk -v t="$1" '
+    /^todo_outbox_backlog / { lag += $NF }
+    /^todo_outbox_publish_latency_seconds_sum / { sum += $NF }
+    /^todo_outbox_publish_latency_seconds_count / { count += $NF }
+    END { printf "%s,relay,%d,%s,%s\n", t, lag, sum + 0, count + 0 }' >>"$out/consumers.csv"
 }
 sample() {
   sample_tables "$1"
@@ -119,9 +126,10 @@ running[sampler]=$!
 echo "== soak: $rate changes/s for $seconds s, retention $minutes min (dedup, reminders, series)"
 "$bin/todo-load" --url http://127.0.0.1:18080 --rate "$rate" --seconds "$seconds" \
   --warmup 0 --users 200 --recurring --reminders-after 30 --reminders-window 60 \
-  --mix create=2,update=3,complete=2,delete=4,list=1 \
+  --mix create=2,update=3,complete=2,delete=5,list=1 \
   --channels http://127.0.0.1:18099 --ws-clients 50 --ws-url ws://127.0.0.1:18084/ws \
   --report "$out/load.json" --plot "$out/load.svg"
 stop sampler
 sample "$seconds"
 python3 benches/soak_plot.py "$out/tables.csv" "$out/load.json" "$out/tables.svg"
+python3 benches/soak_consumers.py "$out/consumers.csv" 300
