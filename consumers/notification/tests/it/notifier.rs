@@ -70,6 +70,15 @@ impl Notifier {
         }
     }
 
+    /// A notifier that keeps done reminders only `keep` (logged deliveries).
+    async fn spawn_keeping(stack: &Stack, keep: Duration) -> Notifier {
+        let options = Options {
+            retention: Retention { keep },
+            ..options()
+        };
+        Self::spawn_with_options(stack.settings(), options, Arc::new(LogDelivery)).await
+    }
+
     /// The sum of a metric's samples in this notifier's /metrics.
     async fn metric(&self, stack: &Stack, name: &str) -> f64 {
         stack.metric_sum(&self.base, name).await
@@ -1131,15 +1140,7 @@ async fn a_pruned_reminder_does_not_come_back_when_its_task_is_saved_again() {
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
     let keep = Duration::from_secs(2);
-    let notifier = Notifier::spawn_with_options(
-        stack.settings(),
-        Options {
-            retention: Retention { keep },
-            ..options()
-        },
-        Arc::new(LogDelivery),
-    )
-    .await;
+    let notifier = Notifier::spawn_keeping(&stack, keep).await;
     let ann = stack.token("ann");
     let now = Utc::now();
     let task = stack
@@ -1213,15 +1214,7 @@ async fn a_deleted_tasks_reminders_go_after_the_retention_though_their_time_is_a
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
     let keep = Duration::from_secs(2);
-    let notifier = Notifier::spawn_with_options(
-        stack.settings(),
-        Options {
-            retention: Retention { keep },
-            ..options()
-        },
-        Arc::new(LogDelivery),
-    )
-    .await;
+    let notifier = Notifier::spawn_keeping(&stack, keep).await;
     let ann = stack.token("ann");
     let tomorrow = Utc::now() + TimeDelta::days(1);
     let mut ids = Vec::new();
