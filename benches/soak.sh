@@ -85,7 +85,8 @@ sample_vacuum() {
     | sed "s/^/$1,/" >>"$out/vacuum.csv"
 }
 # Whether each consumer keeps up: its lag (messages behind, summed over
-# partitions; none for todo-realtime, which commits nothing) and the sum
+# partitions; empty for todo-realtime, which commits nothing, so librdkafka
+# reports none) and the sum
 # and count of its commit-to-effect ages (their deltas give the mean age of
 # each interval's events).
 sample_consumers() {
@@ -93,10 +94,10 @@ sample_consumers() {
   for name in todo-recurring:18081 todo-notifier:18082 todo-audit:18083 todo-realtime:18084; do
     port=${name#*:}
     curl -fs "http://127.0.0.1:$port/metrics" | awk -v t="$1" -v svc="${name%:*}" '
-      /^todo_consumer_lag\{/ { lag += $NF }
+      /^todo_consumer_lag\{/ { lag += $NF; seen = 1 }
       /^todo_event_end_to_end_seconds_sum\{/ { sum = $NF }
       /^todo_event_end_to_end_seconds_count\{/ { count = $NF }
-      END { printf "%s,%s,%d,%s,%s\n", t, svc, lag, sum + 0, count + 0 }' >>"$out/consumers.csv" || true
+      END { printf "%s,%s,%s,%s,%s\n", t, svc, (seen ? lag : ""), sum + 0, count + 0 }' >>"$out/consumers.csv" || true
   done
   # The relay (whichever of the three leads): its backlog as the lag, and
   # commit-to-acknowledgement as the age.
