@@ -1,6 +1,7 @@
 //! The librdkafka consumer context: rebalances (commit what is done before
 //! partitions leave), commit results, and lag from librdkafka's statistics.
 
+use super::horizon::ReadHorizon;
 use super::metrics::ConsumerMetrics;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -20,6 +21,8 @@ pub struct RuntimeContext {
     pub(crate) name: String,
     pub(crate) metrics: ConsumerMetrics,
     pub(crate) progress: Arc<Progress>,
+    /// A tail's: told each partition's end as the broker reports it.
+    pub(crate) horizon: Option<Arc<ReadHorizon>>,
 }
 
 impl RuntimeContext {
@@ -137,6 +140,11 @@ impl ClientContext for RuntimeContext {
                     continue;
                 }
                 assigned += 1;
+                if let Some(horizon) = &self.horizon {
+                    if p.hi_offset >= 0 {
+                        horizon.reported_end(topic, *partition, p.hi_offset);
+                    }
+                }
                 // A lag of -1 means not known yet; known only to be nothing
                 // when the partition is empty.
                 if p.consumer_lag > 0 || (p.consumer_lag < 0 && p.hi_offset > 0) {

@@ -21,6 +21,7 @@ pub mod dead_letters;
 pub mod dedup;
 mod error;
 mod health;
+mod horizon;
 mod metrics;
 mod tail;
 
@@ -28,6 +29,7 @@ pub use context::Progress;
 pub use dead_letters::dlq_topic;
 pub use error::HandlerError;
 pub use health::Health;
+pub use horizon::{Mark, ReadHorizon};
 pub use metrics::ConsumerMetrics;
 pub use tail::{Tail, TailConfig};
 
@@ -259,6 +261,7 @@ impl<H: Handler> Runtime<H> {
             name: self.config.name.clone(),
             metrics: self.metrics.clone(),
             progress: self.progress.clone(),
+            horizon: None,
         }
         .consumer(cfg, self.config.fetch_wait_max)?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();

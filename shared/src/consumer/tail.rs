@@ -10,7 +10,7 @@
 //! dead-lettering it N times would only add noise.
 
 use super::context::RuntimeContext;
-use super::{parse, ConsumerMetrics, Event, Progress};
+use super::{parse, ConsumerMetrics, Event, Progress, ReadHorizon};
 use crate::config::KafkaSettings;
 use crate::envelope::{Topic, TopicNames};
 use crate::shutdown::Shutdown;
@@ -38,6 +38,8 @@ pub struct Tail {
     /// Marked once every partition has been read up to where it ended
     /// when it was assigned.
     pub progress: Arc<Progress>,
+    /// How far each partition has been read, against where it ends.
+    pub horizon: Arc<ReadHorizon>,
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +62,7 @@ impl Tail {
             name: self.config.name.clone(),
             metrics: self.metrics.clone(),
             progress: self.progress.clone(),
+            horizon: Some(self.horizon.clone()),
         }
         .consumer(
             crate::kafka::consumer_config(&self.kafka, &group),
@@ -156,6 +159,10 @@ impl Tail {
                         offset = msg.offset(), error = %reason, "unparsable message skipped");
                 }
             }
+            // Only now, with the event in the service's hands: whoever waits
+            // on the horizon for it must find it there.
+            self.horizon
+                .read(msg.topic(), msg.partition(), msg.offset());
         }
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         Ok(())
@@ -222,7 +229,7 @@ impl Tail {
                 }
             };
         }
-        let consumer2 = consumer.clone();
+        let (consumer2, horizon) = (consumer.clone(), self.horizon.clone());
         let starts = tpl.clone();
         let to_reach = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut to_reach = HashMap::new();
@@ -234,6 +241,7 @@ impl Tail {
                     Offset::End => high,
                     _ => low,
                 };
+                horizon.opened(p.topic(), p.partition(), from, high);
                 if from < high {
                     to_reach.insert((p.topic().to_owned(), p.partition()), high - 1);
                 }
