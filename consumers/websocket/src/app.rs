@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use todo_shared::auth::JwtKeys;
 use todo_shared::config::{ConfigError, Env, JwtSettings, KafkaSettings, Settings};
-use todo_shared::consumer::{ConsumerMetrics, Event, Progress, Tail, TailConfig};
+use todo_shared::consumer::{ConsumerMetrics, Event, Progress, ReadHorizon, Tail, TailConfig};
 use todo_shared::envelope::{EventType, Topic};
 use todo_shared::kafka;
 use todo_shared::ops::{self, Readiness, ReadyCheck};
@@ -143,7 +143,9 @@ impl App {
         let registry = Registry::new();
         let consumer_metrics = ConsumerMetrics::register(&registry)?;
         let metrics = Metrics::register(&registry)?;
-        let hub = Arc::new(Hub::new(options.hub.clone()));
+        // The reader says how far it has read; the hub waits on it.
+        let horizon = Arc::new(ReadHorizon::default());
+        let hub = Arc::new(Hub::new(options.hub.clone(), horizon.clone()));
         let keys = Arc::new(JwtKeys::new(jwt));
         let progress = Arc::new(Progress::default());
         let (stop_sessions, sessions_stop) = shutdown::channel();
@@ -177,6 +179,7 @@ impl App {
             kafka: settings.kafka.clone(),
             metrics: consumer_metrics,
             progress,
+            horizon,
         };
         Ok(App {
             listener,

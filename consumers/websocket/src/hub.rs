@@ -4,8 +4,12 @@
 //! across both topics (`task-events`, `reminders`). The hub hands them to the
 //! user's connections strictly in that order: an event that arrives before
 //! its predecessor (the two topics are read side by side) is held until the
-//! predecessor comes, or until `reorder_wait` says it never will; then the
-//! connections are told to `resync`, since they missed something.
+//! predecessor comes. It is given up on only when both hold: it is late
+//! (`reorder_wait` since the early event came), and it is not merely unread
+//! (everything the log held at that moment has been read, by the
+//! [`ReadHorizon`]): one topic read minutes behind the other delays events
+//! but loses none. Then the connections are told to `resync`, since they
+//! missed something.
 //!
 //! Each user's delivered events stay in a window (at most `max_events`, none
 //! older than `window`), so a client that reconnects with the last sequence
@@ -25,8 +29,9 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use todo_shared::consumer::{Mark, ReadHorizon};
 use tokio::sync::mpsc;
 
 const SHARDS: usize = 32;
@@ -37,7 +42,9 @@ pub struct HubConfig {
     pub window: Duration,
     /// At most this many events per user stay available for a resume.
     pub max_events: usize,
-    /// How long an event that came before its predecessor is held.
+    /// How long an event that came before its predecessor waits for the
+    /// predecessor to reach the log (waiting for it to be read takes as
+    /// long as the reading does).
     pub reorder_wait: Duration,
     /// How long the cursor of a user with no events and no connection is
     /// kept (so that a quiet user's reconnect needs no resync).
@@ -108,6 +115,10 @@ struct Feed {
     history: VecDeque<Pushed>,
     /// Events that arrived before their predecessor, with their arrival.
     held: BTreeMap<u64, (Instant, Pushed)>,
+    /// Where the log ended once the first held event had waited
+    /// `reorder_wait` (and which event that was): the missing ones are
+    /// given up once the log has been read that far without them.
+    late_since: Option<(u64, Arc<Mark>)>,
     subscribers: Vec<Subscriber>,
     last_activity: Instant,
 }
@@ -119,6 +130,7 @@ impl Feed {
             start: 0,
             history: VecDeque::new(),
             held: BTreeMap::new(),
+            late_since: None,
             subscribers: Vec::new(),
             last_activity: now,
         }
@@ -199,6 +211,9 @@ impl Feed {
             let (_, event) = entry.remove();
             self.deliver(event, ledger, counts);
         }
+        if self.held.is_empty() {
+            self.late_since = None;
+        }
     }
 
     fn trim(&mut self, oldest: DateTime<Utc>, bytes: &AtomicUsize) {
@@ -217,6 +232,9 @@ struct Ledger<'a> {
 
 pub struct Hub {
     config: HubConfig,
+    /// How far the log has been read: what tells a missing event from an
+    /// unread one.
+    horizon: Arc<ReadHorizon>,
     shards: Vec<Mutex<HashMap<String, Feed>>>,
     next_id: AtomicU64,
     bytes: AtomicUsize,
@@ -226,8 +244,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(config: HubConfig) -> Hub {
+    pub fn new(config: HubConfig, horizon: Arc<ReadHorizon>) -> Hub {
         Hub {
+            horizon,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             next_id: AtomicU64::new(1),
             bytes: AtomicUsize::new(0),
@@ -329,23 +348,44 @@ impl Hub {
     }
 
     /// Gives up on events that never came: for every user whose oldest held
-    /// event has waited `reorder_wait`, skips the missing ones, tells the
-    /// live connections to resync, and delivers what was held.
+    /// event is late and whose missing events are not merely unread (see the
+    /// module's notes), or who has more held than a window may keep, skips
+    /// the missing ones, tells the live connections to resync, and delivers
+    /// what was held.
     pub fn expire_held(&self, now: Instant) -> Delivered {
         let mut counts = Delivered::default();
+        // One mark serves every feed that turns late in this pass.
+        let mut mark_now: Option<Arc<Mark>> = None;
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (user, feed) in shard.iter_mut() {
                 let Some((&first, (since, _))) = feed.held.first_key_value() else {
                     continue;
                 };
-                if now.duration_since(*since) < self.config.reorder_wait {
-                    continue;
+                let overfull = feed.held.len() > self.config.max_events;
+                if !overfull {
+                    if now.duration_since(*since) < self.config.reorder_wait {
+                        continue;
+                    }
+                    let mark = match &feed.late_since {
+                        Some((event, mark)) if *event == first => mark.clone(),
+                        _ => {
+                            let mark = mark_now
+                                .get_or_insert_with(|| Arc::new(self.horizon.mark()))
+                                .clone();
+                            feed.late_since = Some((first, mark.clone()));
+                            mark
+                        }
+                    };
+                    if !self.horizon.reached(&mark) {
+                        continue;
+                    }
                 }
                 tracing::warn!(
                     user,
                     missing_from = feed.next,
                     missing_to = first - 1,
+                    overfull,
                     "events never arrived; connections told to resync"
                 );
                 feed.subscribers
@@ -468,14 +508,19 @@ fn feed_of<'a>(shard: &'a mut HashMap<String, Feed>, user: &str, now: Instant) -
 mod tests {
     use super::*;
 
-    fn hub(max_events: usize) -> Hub {
-        Hub::new(HubConfig {
+    fn config(max_events: usize) -> HubConfig {
+        HubConfig {
             window: Duration::from_secs(3600),
             max_events,
             reorder_wait: Duration::from_secs(1),
             idle_cursor: Duration::from_secs(60),
             max_bytes: 1 << 20,
-        })
+        }
+    }
+
+    /// A hub whose log reader has nothing left to read.
+    fn hub(max_events: usize) -> Hub {
+        Hub::new(config(max_events), Arc::default())
     }
 
     fn event(sequence: u64) -> Pushed {
@@ -700,10 +745,13 @@ mod tests {
 
     #[test]
     fn past_the_byte_budget_the_oldest_events_go_first() {
-        let hub = Hub::new(HubConfig {
-            max_bytes: 1000,
-            ..hub(1000).config.clone()
-        });
+        let hub = Hub::new(
+            HubConfig {
+                max_bytes: 1000,
+                ..config(1000)
+            },
+            Arc::default(),
+        );
         let now = Instant::now();
         // 100 events of 100 bytes, one a second, the last one now.
         for s in 1..=100u64 {
@@ -723,5 +771,76 @@ mod tests {
         );
         let recent = backlog(&hub.subscribe("alice", Some(97), tx, now));
         assert_eq!(recent.len(), 3, "the newest stay");
+    }
+
+    /// Two topics, each one partition, read from offset 0 to `ends`.
+    fn two_topics(ends: (i64, i64)) -> Arc<ReadHorizon> {
+        let horizon = Arc::new(ReadHorizon::default());
+        horizon.opened("task-events", 0, 0, ends.0);
+        horizon.opened("reminders", 0, 0, ends.1);
+        horizon
+    }
+
+    #[test]
+    fn a_predecessor_on_a_topic_read_behind_the_other_is_waited_for_past_the_reorder_wait() {
+        let horizon = two_topics((100, 1));
+        let (hub, now) = (Hub::new(config(100), horizon.clone()), Instant::now());
+        let (tx, mut rx) = mpsc::channel(10);
+        hub.subscribe("alice", None, tx, now);
+        // 1 is the first of 100 task events; 3 the only reminder; 2 the
+        // last task event.
+        hub.publish("alice", event(1), now);
+        horizon.read("task-events", 0, 0);
+        hub.publish("alice", event(3), now);
+        horizon.read("reminders", 0, 0);
+        hub.expire_held(now + Duration::from_secs(10));
+        for offset in 1..99 {
+            horizon.read("task-events", 0, offset);
+        }
+        hub.expire_held(now + Duration::from_secs(60));
+        assert_eq!(received(&mut rx), ["1"], "3 waits: 2 may be unread");
+        hub.publish("alice", event(2), now + Duration::from_secs(61));
+        horizon.read("task-events", 0, 99);
+        assert_eq!(received(&mut rx), ["2", "3"], "in order, no resync");
+        let (tx, _rx) = mpsc::channel(10);
+        assert_eq!(
+            backlog(&hub.subscribe("alice", Some(0), tx, now)),
+            ["1", "2", "3"]
+        );
+    }
+
+    #[test]
+    fn once_the_log_is_read_past_where_it_ended_when_the_wait_ran_out_the_gap_is_skipped() {
+        let horizon = two_topics((2, 1));
+        let (hub, now) = (Hub::new(config(100), horizon.clone()), Instant::now());
+        let (tx, mut rx) = mpsc::channel(10);
+        hub.subscribe("alice", None, tx, now);
+        hub.publish("alice", event(1), now);
+        horizon.read("task-events", 0, 0);
+        hub.publish("alice", event(3), now);
+        horizon.read("reminders", 0, 0);
+        // The wait runs out with one task event unread: the log's end then
+        // is what has to be read.
+        hub.expire_held(now + Duration::from_secs(2));
+        // More arrives meanwhile; it does not hold the gap open.
+        horizon.reported_end("task-events", 0, 50);
+        horizon.read("task-events", 0, 1); // someone else's event
+        assert_eq!(received(&mut rx), ["1"]);
+        hub.expire_held(now + Duration::from_secs(3));
+        assert_eq!(received(&mut rx), ["resync", "3"], "2 was never in the log");
+    }
+
+    #[test]
+    fn more_held_than_a_window_keeps_is_given_up_without_waiting() {
+        let horizon = two_topics((1000, 1000));
+        let (hub, now) = (Hub::new(config(3), horizon), Instant::now());
+        let (tx, mut rx) = mpsc::channel(10);
+        hub.subscribe("alice", None, tx, now);
+        hub.publish("alice", event(1), now);
+        for s in 3..=6 {
+            hub.publish("alice", event(s), now);
+        }
+        hub.expire_held(now);
+        assert_eq!(received(&mut rx), ["1", "resync", "3", "4", "5", "6"]);
     }
 }
