@@ -14,6 +14,7 @@
 //! Each user's delivered events stay in a window (at most `max_events`, none
 //! older than `window`), so a client that reconnects with the last sequence
 //! it saw gets exactly what came after it. All users' windows together stay
+//! (and the events held for a predecessor) stay
 //! under `max_bytes`: past it, the window is shortened for everyone (and
 //! lengthened again, up to `window`, once there is room). When that point is older than the
 //! window, or the hub cannot prove it holds everything after it (a user it
@@ -209,6 +210,8 @@ impl Feed {
                 break;
             }
             let (_, event) = entry.remove();
+            // Counted again as history.
+            ledger.bytes.fetch_sub(event.text.len(), Ordering::Relaxed);
             self.deliver(event, ledger, counts);
         }
         if self.held.is_empty() {
@@ -310,7 +313,12 @@ impl Hub {
             feed.deliver(event, &ledger, &mut counts);
             feed.drain_held(&ledger, &mut counts);
         } else {
-            feed.held.entry(event.sequence).or_insert((now, event));
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                feed.held.entry(event.sequence)
+            {
+                self.bytes.fetch_add(event.text.len(), Ordering::Relaxed);
+                slot.insert((now, event));
+            }
         }
         feed.trim(self.oldest_kept(), &self.bytes);
         drop(shard);
@@ -362,6 +370,8 @@ impl Hub {
                 let Some((&first, (since, _))) = feed.held.first_key_value() else {
                     continue;
                 };
+                // Held events are bounded like a window (and by the byte
+                // budget, through the window's shortening), not only by time.
                 let overfull = feed.held.len() > self.config.max_events;
                 if !overfull {
                     if now.duration_since(*since) < self.config.reorder_wait {
@@ -473,7 +483,8 @@ impl Hub {
         let Some(feed) = self.shard(user).remove(user) else {
             return counts;
         };
-        let kept: usize = feed.history.iter().map(|e| e.text.len()).sum();
+        let kept: usize = feed.history.iter().map(|e| e.text.len()).sum::<usize>()
+            + feed.held.values().map(|(_, e)| e.text.len()).sum::<usize>();
         self.bytes.fetch_sub(kept, Ordering::Relaxed);
         for s in feed.subscribers {
             // A full buffer drops the connection all the same.
@@ -828,6 +839,22 @@ mod tests {
         assert_eq!(received(&mut rx), ["1"]);
         hub.expire_held(now + Duration::from_secs(3));
         assert_eq!(received(&mut rx), ["resync", "3"], "2 was never in the log");
+    }
+
+    #[test]
+    fn held_events_count_in_the_byte_budget_and_an_erasure_frees_them() {
+        let horizon = two_topics((1000, 1000));
+        let (hub, now) = (Hub::new(config(100), horizon), Instant::now());
+        hub.publish("alice", event(1), now);
+        let one = hub.buffered_bytes();
+        hub.publish("alice", event(3), now);
+        hub.publish("alice", event(3), now); // again: counted once
+        assert_eq!(hub.buffered_bytes(), one * 2);
+        hub.publish("alice", event(2), now);
+        assert_eq!(hub.buffered_bytes(), one * 3, "all three as history");
+        hub.publish("alice", event(5), now);
+        hub.erase("alice", Utf8Bytes::from_static("erased"));
+        assert_eq!(hub.buffered_bytes(), 0);
     }
 
     #[test]
