@@ -48,6 +48,12 @@ struct Args {
     /// Keep the topic afterwards (it is deleted by default).
     #[arg(long)]
     keep_topic: bool,
+    /// Append to this topic (created if missing, then kept) instead of a
+    /// fresh one: the live reader starts at its end, and the reader from
+    /// the start reads all of it, earlier runs' messages included. Shows
+    /// whether the broker slows as one partition grows.
+    #[arg(long)]
+    topic: Option<String>,
     /// Give up waiting for the consumers after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     timeout: f64,
@@ -84,12 +90,21 @@ async fn main() -> anyhow::Result<()> {
         .context("consumer settings")?;
     let timeout = Duration::from_secs_f64(args.timeout);
 
-    let topic = format!(
-        "{}bench-baseline-{}",
-        kafka.topic_prefix,
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    create_topic(&kafka, &topic).await?;
+    let topic = match &args.topic {
+        Some(name) => format!("{}{name}", kafka.topic_prefix),
+        None => format!(
+            "{}bench-baseline-{}",
+            kafka.topic_prefix,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+    };
+    let (before, ends) = if args.topic.is_some() {
+        let (held, ends) = create_topic_if_missing(&kafka, &topic).await?;
+        (held, Some(ends))
+    } else {
+        create_topic(&kafka, &topic).await?;
+        (0, None)
+    };
 
     // The messages: realistic envelopes, cycled (the broker does not look).
     let payloads: Vec<(String, Vec<u8>)> = (0..1000)
@@ -103,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         payloads.iter().map(|(_, p)| p.len()).sum::<usize>() as f64 / payloads.len() as f64;
 
     // A consumer with its partitions before the first send.
-    let live = Reader::start(&kafka, &runtime, &topic, "live")?;
+    let live = Reader::start(&kafka, &runtime, &topic, "live", ends.as_ref())?;
     live.wait_assigned(timeout).await?;
 
     let producer: FutureProducer = todo_shared::kafka::producer_config(&kafka)
@@ -155,8 +170,9 @@ async fn main() -> anyhow::Result<()> {
 
     // A new group reads everything from the start.
     let from_start = Instant::now();
-    let again = Reader::start(&kafka, &runtime, &topic, "from-start")?;
-    let again_done = again.wait_for(args.messages, timeout).await?;
+    let again = Reader::start(&kafka, &runtime, &topic, "from-start", None)?;
+    let total = before + args.messages;
+    let again_done = again.wait_for(total, timeout).await?;
     let first = again.first().unwrap_or(from_start);
     let consume_total = again_done.duration_since(from_start);
     let consume_first_to_last = again_done.duration_since(first);
@@ -176,8 +192,9 @@ async fn main() -> anyhow::Result<()> {
         produce_to_consume_seconds: to_consume.as_secs_f64(),
         produce_to_consume_per_s: n / to_consume.as_secs_f64(),
         consume_from_start_seconds: consume_total.as_secs_f64(),
-        consume_from_start_per_s: n / consume_total.as_secs_f64(),
-        consume_first_to_last_per_s: n / consume_first_to_last.as_secs_f64().max(1e-9),
+        consume_from_start_per_s: total as f64 / consume_total.as_secs_f64(),
+        consume_first_to_last_per_s: total as f64
+            / consume_first_to_last.as_secs_f64().max(1e-9),
     };
     println!(
         "produce: {:.0} msgs/s ({:.1} MiB/s), {} messages in {:.2} s",
@@ -196,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("report: {}", path.display());
     }
-    if !args.keep_topic {
+    if !args.keep_topic && args.topic.is_none() {
         let admin = todo_shared::kafka::admin(&kafka)?;
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         if let Err(e) = admin.delete_topics(&[&topic], &opts).await {
@@ -233,6 +250,39 @@ async fn create_topic(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Each partition of a topic and the offset it ends at.
+type Ends = Vec<(i32, i64)>;
+
+/// Creates `topic` unless it exists; how many messages it already holds,
+/// and where each partition ends.
+async fn create_topic_if_missing(
+    kafka: &KafkaSettings,
+    topic: &str,
+) -> anyhow::Result<(u64, Ends)> {
+    let probe: StreamConsumer = todo_shared::kafka::consumer_config(kafka, "bench-probe")
+        .create()
+        .context("consumer")?;
+    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        create_topic(kafka, topic).await?;
+        let ends = (0..kafka.topic_partitions).map(|p| (p, 0)).collect();
+        return Ok((0, ends));
+    }
+    let (mut held, mut ends) = (0u64, Vec::new());
+    for p in partitions {
+        let (low, high) = probe.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        held += u64::try_from(high - low).unwrap_or(0);
+        ends.push((p, high));
+    }
+    Ok((held, ends))
+}
+
 /// A consumer in a group of its own that counts what it receives.
 struct Reader {
     consumer: Arc<StreamConsumer>,
@@ -248,8 +298,9 @@ impl Reader {
         runtime: &ConsumerConfig,
         topic: &str,
         name: &str,
+        from: Option<&Ends>,
     ) -> anyhow::Result<Reader> {
-        let group = format!("{topic}-{name}");
+        let group = format!("{topic}-{name}-{}", uuid::Uuid::new_v4().simple());
         let mut cfg = todo_shared::kafka::consumer_config(kafka, &group);
         let session_ms = runtime.session_timeout.as_millis();
         cfg.set("session.timeout.ms", session_ms.to_string())
@@ -262,7 +313,18 @@ impl Reader {
                 runtime.fetch_wait_max.as_millis().to_string(),
             );
         let consumer: Arc<StreamConsumer> = Arc::new(cfg.create().context("consumer")?);
-        consumer.subscribe(&[topic])?;
+        match from {
+            // Exactly from where the topic ended: nothing before, nothing
+            // of the new messages missed.
+            Some(ends) => {
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                for (partition, end) in ends {
+                    tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*end))?;
+                }
+                consumer.assign(&tpl)?;
+            }
+            None => consumer.subscribe(&[topic])?,
+        }
         let received = Arc::new(AtomicU64::new(0));
         let first = Arc::new(Mutex::new(None));
         let last = Arc::new(Mutex::new(None));
