@@ -5,7 +5,10 @@
 # count and size sampled every SAMPLE_SECS. Answers: does anything grow
 # that should not?
 #
-# Usage: [SAMPLE_SECS=30] [RETENTION_MINUTES=3] benches/soak.sh [rate] [seconds]
+# Usage: [SAMPLE_SECS=30] [RETENTION_MINUTES=3] [WS_GRACE=300] benches/soak.sh [rate] [seconds]
+# WS_GRACE: seconds the WebSocket clients wait after the load for events
+# still on their way (the consumers may be minutes behind by then), before
+# what has not come counts as missing.
 # Needs the broker (scripts/install-broker.sh) and aiosmtpd's virtualenv
 # (scripts/test.sh prepares it; TEST_SMTP_PYTHON points elsewhere).
 # Writes target/bench/soak/: tables.csv (elapsed s, table, rows, bytes),
@@ -129,6 +132,7 @@ echo "== soak: $rate changes/s for $seconds s, retention $minutes min (dedup, re
   --warmup 0 --users 200 --recurring --reminders-after 30 --reminders-window 60 \
   --mix create=2,update=3,complete=2,delete=5,list=1 \
   --channels http://127.0.0.1:18099 --ws-clients 50 --ws-url ws://127.0.0.1:18084/ws \
+  --ws-grace "${WS_GRACE:-300}" \
   --report "$out/load.json" --plot "$out/load.svg"
 stop sampler
 sample "$seconds"
