@@ -193,8 +193,7 @@ async fn main() -> anyhow::Result<()> {
         produce_to_consume_per_s: n / to_consume.as_secs_f64(),
         consume_from_start_seconds: consume_total.as_secs_f64(),
         consume_from_start_per_s: total as f64 / consume_total.as_secs_f64(),
-        consume_first_to_last_per_s: total as f64
-            / consume_first_to_last.as_secs_f64().max(1e-9),
+        consume_first_to_last_per_s: total as f64 / consume_first_to_last.as_secs_f64().max(1e-9),
     };
     println!(
         "produce: {:.0} msgs/s ({:.1} MiB/s), {} messages in {:.2} s",
