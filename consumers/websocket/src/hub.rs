@@ -792,18 +792,27 @@ mod tests {
         horizon
     }
 
-    #[test]
-    fn a_predecessor_on_a_topic_read_behind_the_other_is_waited_for_past_the_reorder_wait() {
-        let horizon = two_topics((100, 1));
-        let (hub, now) = (Hub::new(config(100), horizon.clone()), Instant::now());
-        let (tx, mut rx) = mpsc::channel(10);
+    /// A hub over `two_topics(ends)` with a live connection of alice's,
+    /// after alice's 1 (the first task event) and 3 (the first reminder)
+    /// were read: 3 is held for 2.
+    fn three_held_for_two(ends: (i64, i64), now: Instant) -> (Hub, mpsc::Receiver<Live>) {
+        let horizon = two_topics(ends);
+        let hub = Hub::new(config(100), horizon.clone());
+        let (tx, rx) = mpsc::channel(10);
         hub.subscribe("alice", None, tx, now);
-        // 1 is the first of 100 task events; 3 the only reminder; 2 the
-        // last task event.
         hub.publish("alice", event(1), now);
         horizon.read("task-events", 0, 0);
         hub.publish("alice", event(3), now);
         horizon.read("reminders", 0, 0);
+        (hub, rx)
+    }
+
+    #[test]
+    fn a_predecessor_on_a_topic_read_behind_the_other_is_waited_for_past_the_reorder_wait() {
+        let now = Instant::now();
+        // 2 is the last of 100 task events.
+        let (hub, mut rx) = three_held_for_two((100, 1), now);
+        let horizon = hub.horizon.clone();
         hub.expire_held(now + Duration::from_secs(10));
         for offset in 1..99 {
             horizon.read("task-events", 0, offset);
@@ -822,14 +831,9 @@ mod tests {
 
     #[test]
     fn once_the_log_is_read_past_where_it_ended_when_the_wait_ran_out_the_gap_is_skipped() {
-        let horizon = two_topics((2, 1));
-        let (hub, now) = (Hub::new(config(100), horizon.clone()), Instant::now());
-        let (tx, mut rx) = mpsc::channel(10);
-        hub.subscribe("alice", None, tx, now);
-        hub.publish("alice", event(1), now);
-        horizon.read("task-events", 0, 0);
-        hub.publish("alice", event(3), now);
-        horizon.read("reminders", 0, 0);
+        let now = Instant::now();
+        let (hub, mut rx) = three_held_for_two((2, 1), now);
+        let horizon = hub.horizon.clone();
         // The wait runs out with one task event unread: the log's end then
         // is what has to be read.
         hub.expire_held(now + Duration::from_secs(2));
