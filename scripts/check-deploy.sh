@@ -6,7 +6,7 @@
 # and no cluster; installs its tools if missing (Debian's docker-compose,
 # PyPI's kubernetes-validate and check-jsonschema). The environment
 # variables each manifest sets are checked against the sources by
-# `cargo test -p todo-shared --all-features --test it deploy_env::`.
+# `cargo test -p todo-platform --test it deploy_env::`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1

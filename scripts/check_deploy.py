@@ -16,7 +16,7 @@
                                                 renderer, when no kustomize)
 
 Which environment variables each service reads is checked by the Rust test
-shared/tests/it/deploy_env.rs (it scans the sources); this file checks structure
+shared/platform/tests/it/deploy_env.rs (it scans the sources); this file checks structure
 and cross-references. Each check prints one line per problem and exits 1 if
 there is any.
 """

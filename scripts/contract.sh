@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The contract as documents, checked by the tools of the field: the
-# AsyncAPI parser (npm @asyncapi/parser) over shared/asyncapi.json, then the
+# AsyncAPI parser (npm @asyncapi/parser) over shared/contract/asyncapi.json, then the
 # ignored Rust test that starts todo-api and todo-audit on a fresh database
 # and broker and runs scripts/contract.py (openapi-spec-validator and
 # schemathesis, in a virtualenv). Each install and run is bounded; about
@@ -18,7 +18,7 @@ if [ ! -d "$parser_dir/node_modules/@asyncapi/parser" ]; then
   mkdir -p "$parser_dir"
   (cd "$parser_dir" && timeout 300 npm install --silent --no-audit --no-fund "@asyncapi/parser@$PARSER_VERSION")
 fi
-NODE_PATH="$parser_dir/node_modules" timeout 120 node scripts/validate-asyncapi.mjs shared/asyncapi.json
+NODE_PATH="$parser_dir/node_modules" timeout 120 node scripts/validate-asyncapi.mjs shared/contract/asyncapi.json
 
 venv="$cache/contract-venv-$SCHEMATHESIS_VERSION"
 scripts/venv.sh "$venv" "schemathesis, openapi_spec_validator" \

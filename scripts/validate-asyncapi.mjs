@@ -1,5 +1,5 @@
-// Validates shared/asyncapi.json with the AsyncAPI parser (its $refs to
-// shared/schemas/events/ resolved from the file), printing each problem;
+// Validates shared/contract/asyncapi.json with the AsyncAPI parser (its $refs to
+// shared/contract/schemas/events/ resolved from the file), printing each problem;
 // exits 1 on any error. Run by scripts/contract.sh with NODE_PATH set to
 // where @asyncapi/parser is installed.
 import { resolve } from 'node:path';
@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 const require = createRequire(resolve(process.env.NODE_PATH || '.', 'x.js'));
 const { Parser, fromFile } = require('@asyncapi/parser');
 
-const path = resolve(process.argv[2] || 'shared/asyncapi.json');
+const path = resolve(process.argv[2] || 'shared/contract/asyncapi.json');
 const parser = new Parser();
 const { document, diagnostics } = await fromFile(parser, path).parse();
 const errors = diagnostics.filter((d) => d.severity === 0);

@@ -9,12 +9,12 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use serde::Deserialize;
 use std::hint::black_box;
 use todo_bench::sample;
-use todo_shared::envelope::{Envelope, TaskEventData};
+use todo_contract::envelope::{Envelope, TaskEventData};
 use uuid::Uuid;
 
 fn serialize(c: &mut Criterion) {
     let mut g = c.benchmark_group("outbox");
-    let now = todo_shared::domain::now();
+    let now = todo_contract::domain::now();
     let created = sample::created("load-user-17", 42);
     let updated = sample::updated("load-user-17", 43);
     for (name, env) in [("task.created", &created), ("task.updated", &updated)] {

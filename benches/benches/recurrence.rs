@@ -1,4 +1,4 @@
-//! Next-occurrence computation (`todo_shared::recurrence::Series`): on every
+//! Next-occurrence computation (`todo_contract::recurrence::Series`): on every
 //! completion of an `on_completion` task todo-recurring's handler builds the
 //! series from its rule and DTSTART and asks for the first occurrence after
 //! the completion; its scheduler does the same for `schedule` series, and
@@ -11,8 +11,8 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use todo_shared::domain::{RecurrenceRule, TimeZone};
-use todo_shared::recurrence::Series;
+use todo_contract::domain::{RecurrenceRule, TimeZone};
+use todo_contract::recurrence::Series;
 
 const RULES: &[(&str, &str, &str)] = &[
     ("daily", "FREQ=DAILY", "Europe/Berlin"),

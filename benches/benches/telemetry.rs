@@ -12,8 +12,8 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use todo_bench::sample;
-use todo_shared::consumer::{event_span, Origin};
-use todo_shared::telemetry::{self, TraceParent};
+use todo_consumer::{event_span, Origin};
+use todo_platform::telemetry::{self, TraceParent};
 
 fn spans(c: &mut Criterion) {
     let _telemetry = telemetry::init("todo-bench");
@@ -24,7 +24,7 @@ fn spans(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group(format!("telemetry ({mode})"));
     let env = sample::created("load-user-17", 42);
-    let envelope: todo_shared::envelope::Envelope =
+    let envelope: todo_contract::envelope::Envelope =
         serde_json::from_slice(&serde_json::to_vec(&env).expect("serializes")).expect("parses");
     let origin = Origin {
         topic: "task-events".into(),

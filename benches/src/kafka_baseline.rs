@@ -29,9 +29,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use todo_shared::config::{Env, KafkaSettings, Settings};
-use todo_shared::consumer::ConsumerConfig;
-use todo_shared::envelope::{Topic, CONTENT_TYPE};
+use todo_consumer::ConsumerConfig;
+use todo_contract::envelope::{Topic, CONTENT_TYPE};
+use todo_platform::config::{Env, KafkaSettings, Settings};
 
 #[derive(Parser, Debug)]
 #[command(name = "todo-kafka-baseline", version)]
@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let live = Reader::start(&kafka, &runtime, &topic, "live", ends.as_ref())?;
     live.wait_assigned(timeout).await?;
 
-    let producer: FutureProducer = todo_shared::kafka::producer_config(&kafka)
+    let producer: FutureProducer = todo_platform::kafka::producer_config(&kafka)
         .create()
         .context("producer")?;
     println!(
@@ -213,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
         println!("report: {}", path.display());
     }
     if !args.keep_topic && args.topic.is_none() {
-        let admin = todo_shared::kafka::admin(&kafka)?;
+        let admin = todo_platform::kafka::admin(&kafka)?;
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         if let Err(e) = admin.delete_topics(&[&topic], &opts).await {
             eprintln!("could not delete {topic}: {e}");
@@ -230,7 +230,7 @@ fn kafka_settings() -> anyhow::Result<KafkaSettings> {
 }
 
 async fn create_topic(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<()> {
-    let admin = todo_shared::kafka::admin(kafka)?;
+    let admin = todo_platform::kafka::admin(kafka)?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let new = NewTopic::new(
         topic,
@@ -258,7 +258,7 @@ async fn create_topic_if_missing(
     kafka: &KafkaSettings,
     topic: &str,
 ) -> anyhow::Result<(u64, Ends)> {
-    let probe: StreamConsumer = todo_shared::kafka::consumer_config(kafka, "bench-probe")
+    let probe: StreamConsumer = todo_platform::kafka::consumer_config(kafka, "bench-probe")
         .create()
         .context("consumer")?;
     let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -300,7 +300,7 @@ impl Reader {
         from: Option<&Ends>,
     ) -> anyhow::Result<Reader> {
         let group = format!("{topic}-{name}-{}", uuid::Uuid::new_v4().simple());
-        let mut cfg = todo_shared::kafka::consumer_config(kafka, &group);
+        let mut cfg = todo_platform::kafka::consumer_config(kafka, &group);
         let session_ms = runtime.session_timeout.as_millis();
         cfg.set("session.timeout.ms", session_ms.to_string())
             .set(

@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use todo_bench::plot;
 use todo_bench::ws::{self, Tracker};
-use todo_shared::auth::JwtKeys;
-use todo_shared::config::JwtSettings;
-use todo_shared::domain::UserId;
+use todo_contract::domain::UserId;
+use todo_platform::auth::JwtKeys;
+use todo_platform::config::JwtSettings;
 use tokio::sync::{mpsc, Semaphore};
 
 #[derive(Parser, Debug, Clone)]

@@ -3,8 +3,8 @@
 //! does, serialized with `serde_json::to_vec`.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use todo_shared::domain::Task;
-use todo_shared::envelope::{Envelope, EventDraft, EventType, TaskEventData};
+use todo_contract::domain::Task;
+use todo_contract::envelope::{Envelope, EventDraft, EventType, TaskEventData};
 use uuid::Uuid;
 
 /// A task with a description, tags, a weekly recurrence and two reminders:
@@ -62,7 +62,7 @@ pub fn draft(
 
 /// A `task.created` envelope of `user`'s, as the outbox writes it.
 pub fn created(user: &str, sequence: i64) -> Envelope<TaskEventData> {
-    let now = todo_shared::domain::now();
+    let now = todo_contract::domain::now();
     draft(
         EventType::TaskCreated,
         user,
@@ -75,11 +75,11 @@ pub fn created(user: &str, sequence: i64) -> Envelope<TaskEventData> {
 /// A `task.updated` envelope (title and priority changed): it carries the
 /// task twice, before and after.
 pub fn updated(user: &str, sequence: i64) -> Envelope<TaskEventData> {
-    let now = todo_shared::domain::now();
+    let now = todo_contract::domain::now();
     let before = task(Uuid::now_v7(), now - TimeDelta::hours(1));
     let mut after = before.clone();
     after.title = "Prepare the quarterly report for the board (final)".into();
-    after.priority = todo_shared::domain::Priority::Urgent;
+    after.priority = todo_contract::domain::Priority::Urgent;
     after.version += 1;
     after.updated_at = now;
     draft(EventType::TaskUpdated, user, after, Some(before)).into_envelope(

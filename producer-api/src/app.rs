@@ -18,16 +18,16 @@ use prometheus::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use todo_shared::auth::JwtKeys;
-use todo_shared::config::{ConfigError, Env, JwtSettings, Settings};
-use todo_shared::openapi;
-use todo_shared::ops::{self, Readiness};
-use todo_shared::outbox::OutboxSignal;
-use todo_shared::preferences::WebhookKey;
-use todo_shared::relay::{Relay, RelayConfig, RelayMetrics};
-use todo_shared::server::HttpLimits;
-use todo_shared::shutdown::Shutdown;
-use todo_shared::{db, kafka, telemetry};
+use todo_platform::auth::JwtKeys;
+use todo_platform::config::{ConfigError, Env, JwtSettings, Settings};
+use todo_platform::openapi;
+use todo_platform::ops::{self, Readiness};
+use todo_platform::preferences::WebhookKey;
+use todo_platform::server::HttpLimits;
+use todo_platform::shutdown::Shutdown;
+use todo_platform::{db, kafka, telemetry};
+use todo_relay::{Relay, RelayConfig, RelayMetrics};
+use todo_store::outbox::OutboxSignal;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
@@ -86,7 +86,7 @@ impl ApiOptions {
         Ok(Self {
             relay: RelayConfig::from_lookup(&env)?,
             writes: WriteQuota::from_lookup(&env)?,
-            run_relay: todo_shared::relay::enabled_from(&env)?,
+            run_relay: todo_relay::enabled_from(&env)?,
             cors_origins,
             channels: ChannelSettings {
                 webhook_key: WebhookKey::from_lookup(&env)?,
@@ -172,7 +172,7 @@ impl Application {
             port = self.listener.local_addr()?.port(),
             "todo-api listening"
         );
-        todo_shared::server::serve(self.listener, self.router, self.limits, shutdown).await?;
+        todo_platform::server::serve(self.listener, self.router, self.limits, shutdown).await?;
         tasks.close();
         tasks.wait().await;
         self.state.pool.close().await;

@@ -17,9 +17,9 @@ use aide::{OperationInput, OperationOutput};
 use axum::Json;
 use indexmap::IndexMap;
 use schemars::JsonSchema;
-use todo_shared::domain::Task;
-use todo_shared::http::Problem;
-use todo_shared::openapi::{add_header, operations_mut, problem, problem_response, Docs};
+use todo_contract::domain::Task;
+use todo_platform::http::Problem;
+use todo_platform::openapi::{add_header, operations_mut, problem, problem_response, Docs};
 
 pub const DOCS: Docs = Docs {
     title: "todo-api",
@@ -234,7 +234,7 @@ pub fn write(op: TransformOperation<'_>) -> TransformOperation<'_> {
         op,
         "The caller was erased (DELETE /me): nothing more is written for them",
     );
-    op.response_with::<429, todo_shared::openapi::ProblemJson, _>(|r| {
+    op.response_with::<429, todo_platform::openapi::ProblemJson, _>(|r| {
         let mut r = r.description("Past this user's writes per second (API_WRITES_PER_SECOND)");
         add_header(
             r.inner(),

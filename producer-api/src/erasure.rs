@@ -20,10 +20,10 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use todo_shared::domain::UserId;
-use todo_shared::envelope::{EventDraft, EventType, Origin};
-use todo_shared::http::AuthUser;
-use todo_shared::outbox::{self, OutboxError};
+use todo_contract::domain::UserId;
+use todo_contract::envelope::{EventDraft, EventType, Origin};
+use todo_platform::http::AuthUser;
+use todo_store::outbox::{self, OutboxError};
 use uuid::Uuid;
 
 pub const SOURCE: &str = "todo-api";
@@ -91,7 +91,7 @@ impl From<EraseError> for ApiError {
 /// nothing). The relay publishes `user.erased` once this commits; a caller
 /// in the serving process signals it, the CLI leaves it to the relay's poll.
 pub async fn erase(pool: &PgPool, user: &UserId, correlation: &str) -> Result<Erasure, EraseError> {
-    let mut tx = todo_shared::db::begin(pool).await?;
+    let mut tx = todo_platform::db::begin(pool).await?;
     // The user's tasks first, then their sequence row: the order in which a
     // change of a task takes them, so an erasure and a PATCH wait for each
     // other instead of deadlocking.
@@ -120,7 +120,7 @@ pub async fn erase(pool: &PgPool, user: &UserId, correlation: &str) -> Result<Er
     .await;
     let event = match event {
         Ok(event) => event,
-        Err(OutboxError::Db(e)) if todo_shared::db::is_user_erased(&e) => {
+        Err(OutboxError::Db(e)) if todo_platform::db::is_user_erased(&e) => {
             return Ok(Erasure {
                 event_id: None,
                 tasks: 0,

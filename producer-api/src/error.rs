@@ -3,9 +3,9 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use todo_shared::domain::FieldError;
-use todo_shared::http::Problem;
-use todo_shared::tasks::StoreError;
+use todo_contract::domain::FieldError;
+use todo_platform::http::Problem;
+use todo_store::tasks::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -159,7 +159,7 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        use todo_shared::db;
+        use todo_platform::db;
         if db::is_user_erased(&e) {
             ApiError::UserErased
         } else if db::is_unique_violation(&e) {
@@ -179,7 +179,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Db(db) => db.into(),
-            StoreError::Outbox(todo_shared::outbox::OutboxError::Db(db)) => db.into(),
+            StoreError::Outbox(todo_store::outbox::OutboxError::Db(db)) => db.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }

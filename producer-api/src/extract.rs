@@ -185,8 +185,8 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[allow(dead_code)]
     struct Body {
-        title: todo_shared::domain::Title,
-        priority: Option<todo_shared::domain::Priority>,
+        title: todo_contract::domain::Title,
+        priority: Option<todo_contract::domain::Priority>,
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
-use todo_shared::domain::UserId;
+use todo_contract::domain::UserId;
 
 /// Keys are kept this long, then pruned.
 pub const RETENTION_HOURS: i32 = 24;
@@ -101,7 +101,7 @@ pub const PRUNE_BATCH: i64 = 5_000;
 /// Deletes keys older than the retention period, at most `batch` per
 /// statement; returns how many.
 pub async fn prune(pool: &sqlx::PgPool, batch: i64) -> Result<u64, sqlx::Error> {
-    todo_shared::db::delete_in_batches(
+    todo_platform::db::delete_in_batches(
         pool,
         "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
              SELECT user_id, key FROM idempotency_keys

@@ -7,11 +7,11 @@ use crate::error::ApiError;
 use schemars::JsonSchema;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
-use todo_shared::domain::{
+use todo_contract::domain::{
     self, Description, FieldError, Priority, Recurrence, Reminders, Tags, TaskSpec, Timestamp,
     Title,
 };
-use todo_shared::tasks::{ListQuery, SortField, StatusFilter};
+use todo_store::tasks::{ListQuery, SortField, StatusFilter};
 
 /// The writable fields of a task, for `POST /tasks`, `PUT /tasks/{id}` and
 /// `add_task`. Read-only fields (a task fetched, edited and sent back) are

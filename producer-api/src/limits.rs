@@ -8,8 +8,8 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, Env};
-use todo_shared::domain::UserId;
+use todo_contract::domain::UserId;
+use todo_platform::config::{ConfigError, Env};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteQuota {

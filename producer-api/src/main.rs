@@ -1,10 +1,10 @@
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 use todo_api::app::{ApiOptions, Application, DEFAULT_PORT};
-use todo_shared::auth::JwtKeys;
-use todo_shared::config::{exit_on_config_error, DatabaseSettings, JwtSettings, Settings};
-use todo_shared::domain::UserId;
-use todo_shared::{db, shutdown, telemetry};
+use todo_contract::domain::UserId;
+use todo_platform::auth::JwtKeys;
+use todo_platform::config::{exit_on_config_error, DatabaseSettings, JwtSettings, Settings};
+use todo_platform::{db, shutdown, telemetry};
 
 const BINARY: &str = "todo-api";
 
@@ -102,7 +102,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         "migrations applied"
     );
     // Data a migration could not compute in SQL.
-    let filled = todo_shared::tasks::fill_next_occurrences(&pool).await?;
+    let filled = todo_store::tasks::fill_next_occurrences(&pool).await?;
     if filled > 0 {
         tracing::info!(tasks = filled, "next occurrences computed");
     }
@@ -117,7 +117,7 @@ async fn erase_user(settings: &Settings, user: &UserId) -> anyhow::Result<()> {
     let erasure = todo_api::erasure::erase(&pool, user, &correlation).await?;
     // Wakes that relay at once instead of at its next poll.
     sqlx::query("SELECT pg_notify($1, '')")
-        .bind(todo_shared::outbox::CHANNEL)
+        .bind(todo_store::outbox::CHANNEL)
         .execute(&pool)
         .await?;
     match erasure.event_id {

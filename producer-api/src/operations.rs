@@ -13,10 +13,10 @@ use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
-use todo_shared::db;
-use todo_shared::domain::{Task, TaskSpec, UserId};
-use todo_shared::envelope::Origin;
-use todo_shared::tasks::{self, Actor, ListQuery};
+use todo_contract::domain::{Task, TaskSpec, UserId};
+use todo_contract::envelope::Origin;
+use todo_platform::db;
+use todo_store::tasks::{self, Actor, ListQuery};
 use uuid::Uuid;
 
 const SOURCE: &str = "todo-api";

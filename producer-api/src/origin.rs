@@ -12,8 +12,8 @@ use axum::http::{header, HeaderMap};
 use ipnet::IpNet;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use todo_shared::config::{ConfigError, Env};
-use todo_shared::envelope::Origin;
+use todo_contract::envelope::Origin;
+use todo_platform::config::{ConfigError, Env};
 
 /// Longest User-Agent recorded (longer ones are cut).
 pub const MAX_USER_AGENT: usize = 256;

@@ -14,10 +14,10 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::Serialize;
 use sqlx::types::Json as Jsonb;
-use todo_shared::domain::UserId;
-use todo_shared::envelope::{EventDraft, EventType};
-use todo_shared::http::AuthUser;
-use todo_shared::preferences::{Preferences, PreferencesInput, WebhookKey};
+use todo_contract::domain::UserId;
+use todo_contract::envelope::{EventDraft, EventType};
+use todo_platform::http::AuthUser;
+use todo_platform::preferences::{Preferences, PreferencesInput, WebhookKey};
 
 pub const SOURCE: &str = "todo-api";
 
@@ -67,7 +67,7 @@ pub fn router() -> ApiRouter<AppState> {
                     .description("What a page subscribes to Web Push with (PushManager.subscribe).")
                     .tag("notifications")
                     .response_with::<200, Json<VapidKey>, _>(|r| r.description("The key"));
-                todo_shared::openapi::problem::<404>(op, "Web Push is not set up on this server")
+                todo_platform::openapi::problem::<404>(op, "Web Push is not set up on this server")
             }),
         )
 }
@@ -112,7 +112,7 @@ async fn read(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut conn = todo_shared::db::read(&state.pool, || state.pool.acquire()).await?;
+    let mut conn = todo_platform::db::read(&state.pool, || state.pool.acquire()).await?;
     let preferences = stored(&mut conn, &user, false).await?;
     Ok(answer(preferences, None))
 }
@@ -138,9 +138,9 @@ async fn replace(
         }
         (_, key) => key.clone(),
     };
-    let mut tx = todo_shared::db::begin(&state.pool).await?;
+    let mut tx = todo_platform::db::begin(&state.pool).await?;
     // The user's sequence row first, as every writer of their events takes it.
-    todo_shared::outbox::lock_sequence(&mut tx, user.as_str()).await?;
+    todo_store::outbox::lock_sequence(&mut tx, user.as_str()).await?;
     let before = stored(&mut tx, &user, true).await?;
     let (preferences, fresh_secret) = input.resolve(&before);
     if preferences != before {
@@ -153,7 +153,7 @@ async fn replace(
         .bind(Jsonb(&preferences))
         .execute(&mut *tx)
         .await?;
-        todo_shared::outbox::append(
+        todo_store::outbox::append(
             &mut tx,
             EventDraft {
                 event_type: EventType::UserNotificationsUpdated,
@@ -168,7 +168,7 @@ async fn replace(
         )
         .await
         .map_err(|e| match e {
-            todo_shared::outbox::OutboxError::Db(db) => ApiError::from(db),
+            todo_store::outbox::OutboxError::Db(db) => ApiError::from(db),
             other => ApiError::Internal(other.to_string()),
         })?;
         tx.commit().await?;

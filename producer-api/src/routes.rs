@@ -23,9 +23,9 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::HashMap;
-use todo_shared::domain::Task;
-use todo_shared::http::AuthUser;
-use todo_shared::openapi::problem;
+use todo_contract::domain::Task;
+use todo_platform::http::AuthUser;
+use todo_platform::openapi::problem;
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()

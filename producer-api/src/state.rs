@@ -4,8 +4,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use std::sync::Arc;
-use todo_shared::auth::JwtKeys;
-use todo_shared::outbox::OutboxSignal;
+use todo_platform::auth::JwtKeys;
+use todo_store::outbox::OutboxSignal;
 
 #[derive(Clone)]
 pub struct AppState {

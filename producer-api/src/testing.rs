@@ -10,15 +10,15 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
-use todo_shared::auth::JwtKeys;
-use todo_shared::config::{JwtSettings, KafkaSettings, Settings};
-use todo_shared::domain::UserId;
-use todo_shared::envelope::{Topic, TopicNames};
-use todo_shared::relay::RelayConfig;
-use todo_shared::schema::EventSchemas;
-use todo_shared::server::HttpLimits;
-use todo_shared::shutdown::{self, ShutdownTrigger};
-use todo_shared::testing::{self, Broker, EventReader, Received, TestDatabase};
+use todo_contract::domain::UserId;
+use todo_contract::envelope::{Topic, TopicNames};
+use todo_platform::auth::JwtKeys;
+use todo_platform::config::{JwtSettings, KafkaSettings, Settings};
+use todo_platform::server::HttpLimits;
+use todo_platform::shutdown::{self, ShutdownTrigger};
+use todo_relay::RelayConfig;
+use todo_testing::schema::EventSchemas;
+use todo_testing::{self as testing, Broker, EventReader, Received, TestDatabase};
 use tokio::task::JoinHandle;
 
 pub struct Stack {
@@ -102,7 +102,7 @@ impl Stack {
                 ..RelayConfig::default()
             },
             channels: crate::preferences::ChannelSettings {
-                webhook_key: Some(todo_shared::preferences::WebhookKey::new(
+                webhook_key: Some(todo_platform::preferences::WebhookKey::new(
                     testing::WEBHOOK_SECRET_KEY,
                 )),
                 vapid_public_key: None,

@@ -7,13 +7,13 @@ use crate::store::AuditStore;
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::Duration;
-use todo_shared::auth::JwtKeys;
-use todo_shared::config::{ConfigError, Env, JwtSettings, Settings};
-use todo_shared::consumer::ConsumerConfig;
-use todo_shared::db;
-use todo_shared::envelope::Topic;
-use todo_shared::service::ConsumerService;
-use todo_shared::shutdown::Shutdown;
+use todo_consumer::service::ConsumerService;
+use todo_consumer::ConsumerConfig;
+use todo_contract::envelope::Topic;
+use todo_platform::auth::JwtKeys;
+use todo_platform::config::{ConfigError, Env, JwtSettings, Settings};
+use todo_platform::db;
+use todo_platform::shutdown::Shutdown;
 use tokio_util::task::TaskTracker;
 
 /// todo-audit: the consumer and its read API, and the job that keeps the
@@ -94,7 +94,7 @@ impl Audit {
         self.service.port()
     }
 
-    pub fn progress(&self) -> Arc<todo_shared::consumer::Progress> {
+    pub fn progress(&self) -> Arc<todo_consumer::Progress> {
         self.service.progress()
     }
 

@@ -1,7 +1,7 @@
 use clap::{Parser, Subcommand};
 use todo_audit::{app, replay, snapshot, DEFAULT_PORT, NAME};
-use todo_shared::config::{exit_on_config_error, DatabaseSettings, JwtSettings, Settings};
-use todo_shared::{db, shutdown, telemetry};
+use todo_platform::config::{exit_on_config_error, DatabaseSettings, JwtSettings, Settings};
+use todo_platform::{db, shutdown, telemetry};
 
 /// The event store of the todo platform.
 #[derive(Parser)]

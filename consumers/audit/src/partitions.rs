@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, Env};
-use todo_shared::shutdown::Shutdown;
+use todo_platform::config::{ConfigError, Env};
+use todo_platform::shutdown::Shutdown;
 
 /// How many whole months the log keeps (`AUDIT_RETENTION_MONTHS`; unset:
 /// every month, for ever).

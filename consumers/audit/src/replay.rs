@@ -19,9 +19,9 @@ use sqlx::PgPool;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::LazyLock;
-use todo_shared::domain::Task;
-use todo_shared::envelope::{EventType, TaskEventData};
-use todo_shared::tasks::{self, StoreError};
+use todo_contract::domain::Task;
+use todo_contract::envelope::{EventType, TaskEventData};
+use todo_store::tasks::{self, StoreError};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

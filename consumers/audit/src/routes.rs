@@ -14,10 +14,10 @@ use serde_json::value::RawValue;
 use sqlx::types::Json as DbJson;
 use sqlx::PgPool;
 use std::sync::Arc;
-use todo_shared::auth::JwtKeys;
-use todo_shared::domain::FieldError;
-use todo_shared::http::{AuthUser, Problem};
-use todo_shared::openapi::{problem, Docs};
+use todo_contract::domain::FieldError;
+use todo_platform::auth::JwtKeys;
+use todo_platform::http::{AuthUser, Problem};
+use todo_platform::openapi::{problem, Docs};
 use uuid::Uuid;
 
 /// Most events one page (`/events`, history) returns.
@@ -41,9 +41,10 @@ impl FromRef<AuditState> for Arc<JwtKeys> {
 
 pub const DOCS: Docs = Docs {
     title: "todo-audit",
-    description: "Every event of a user, kept in order: a task's history and the incremental \
+    description:
+        "Every event of a user, kept in order: a task's history and the incremental \
                   sync of everything since a sequence number. Each event is a CloudEvents \
-                  envelope as published on the topics (schemas in shared/schemas/events/).",
+                  envelope as published on the topics (schemas in shared/contract/schemas/events/).",
 };
 
 pub fn router(state: AuditState) -> ApiRouter {
@@ -121,7 +122,7 @@ impl aide::OperationOutput for AuditError {
 
 impl From<sqlx::Error> for AuditError {
     fn from(e: sqlx::Error) -> Self {
-        if todo_shared::db::is_unavailable(&e) || todo_shared::db::is_statement_timeout(&e) {
+        if todo_platform::db::is_unavailable(&e) || todo_platform::db::is_statement_timeout(&e) {
             AuditError::Unavailable(e)
         } else {
             AuditError::Internal(e)
@@ -223,7 +224,7 @@ async fn history(
     let task_id = Uuid::parse_str(&id).map_err(|_| AuditError::NotFound)?;
     let after = q.after.unwrap_or(0);
     let limit = page_limit(q.limit)?;
-    let rows: Vec<(i64, DbJson<Box<RawValue>>)> = todo_shared::db::read(&state.pool, || {
+    let rows: Vec<(i64, DbJson<Box<RawValue>>)> = todo_platform::db::read(&state.pool, || {
         sqlx::query_as(
             "SELECT sequence, envelope FROM audit_events
               WHERE task_id = $1 AND user_id = $2 AND sequence > $3
@@ -314,20 +315,21 @@ async fn events(
         )));
     }
     let limit = page_limit(q.limit)?;
-    let rows: Vec<(i64, DbJson<Box<RawValue>>, bool)> = todo_shared::db::read(&state.pool, || {
-        sqlx::query_as(
-            "SELECT sequence, envelope,
+    let rows: Vec<(i64, DbJson<Box<RawValue>>, bool)> =
+        todo_platform::db::read(&state.pool, || {
+            sqlx::query_as(
+                "SELECT sequence, envelope,
                     clock_timestamp() - recorded_at > make_interval(secs => $4) AS overdue
                FROM audit_events
               WHERE user_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
-        )
-        .bind(user.as_str())
-        .bind(since)
-        .bind(limit + 1)
-        .bind(state.gap_wait.as_secs_f64())
-        .fetch_all(&state.pool)
-    })
-    .await?;
+            )
+            .bind(user.as_str())
+            .bind(since)
+            .bind(limit + 1)
+            .bind(state.gap_wait.as_secs_f64())
+            .fetch_all(&state.pool)
+        })
+        .await?;
     let mut page = Log {
         events: Vec::with_capacity(rows.len()),
         gaps: Vec::new(),

@@ -10,8 +10,8 @@ use chrono::{Duration, NaiveDate, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use todo_shared::domain::{FieldError, TimeZone};
-use todo_shared::http::AuthUser;
+use todo_contract::domain::{FieldError, TimeZone};
+use todo_platform::http::AuthUser;
 
 /// Longest range one request may ask for.
 pub const MAX_DAYS: i64 = 366;
@@ -104,7 +104,7 @@ pub async fn stats(
     let tz_name = tz.name();
     // The day boundaries are the zone's local midnights, resolved by
     // PostgreSQL in the same zone it groups by.
-    let counts: Vec<(NaiveDate, i64, i64, i64)> = todo_shared::db::read(&state.pool, || {
+    let counts: Vec<(NaiveDate, i64, i64, i64)> = todo_platform::db::read(&state.pool, || {
         sqlx::query_as(
             "SELECT (time AT TIME ZONE $2)::date AS day,
                     count(*) FILTER (WHERE event_type = 'task.created'),
@@ -128,7 +128,7 @@ pub async fn stats(
     // Each task's newest task.* event is its state now (a deleted task's is
     // task.deleted). This reads all of the user's events (170-210 ms at 100,000:
     // benches/stats.sh); a per-task state table would make it one row each.
-    let (overdue, made, done): (i64, i64, i64) = todo_shared::db::read(&state.pool, || {
+    let (overdue, made, done): (i64, i64, i64) = todo_platform::db::read(&state.pool, || {
         sqlx::query_as(
             "WITH latest AS (
                 SELECT DISTINCT ON (task_id) event_type, envelope->'data'->'task' AS task

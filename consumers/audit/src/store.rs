@@ -3,8 +3,8 @@
 use crate::partitions::Partitions;
 use sqlx::PgConnection;
 use std::sync::Arc;
-use todo_shared::consumer::{Event, Handler, HandlerError};
-use todo_shared::envelope::{EventKind, EventType, Topic};
+use todo_consumer::{Event, Handler, HandlerError};
+use todo_contract::envelope::{EventKind, EventType, Topic};
 use uuid::Uuid;
 
 pub struct AuditStore {

@@ -35,13 +35,13 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use todo_shared::consumer::{HandlerError, Progress};
-use todo_shared::envelope::{EventType, ReminderEventData};
-use todo_shared::outbox::OutboxSignal;
-use todo_shared::preferences::Preferences;
-use todo_shared::retry::{backoff, run_rounds};
-use todo_shared::shutdown::Shutdown;
-use todo_shared::telemetry::{self, TraceParent};
+use todo_consumer::{HandlerError, Progress};
+use todo_contract::envelope::{EventType, ReminderEventData};
+use todo_platform::preferences::Preferences;
+use todo_platform::retry::{backoff, run_rounds};
+use todo_platform::shutdown::Shutdown;
+use todo_platform::telemetry::{self, TraceParent};
+use todo_store::outbox::OutboxSignal;
 use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -221,7 +221,7 @@ impl Clock {
     /// Fires `user`'s due reminders: `delivering`, with their
     /// `reminder.triggered`, in one transaction.
     async fn fire(&self, user: &str, partitions: &[i32]) -> anyhow::Result<()> {
-        let mut tx = todo_shared::db::begin(&self.pool).await?;
+        let mut tx = todo_platform::db::begin(&self.pool).await?;
         if !crate::erasure::lock_user(&mut tx, &self.pool, user).await? {
             return Ok(());
         }
@@ -342,7 +342,7 @@ impl Clock {
         attempts: i32,
         outcome: Result<(), String>,
     ) -> anyhow::Result<()> {
-        let mut tx = todo_shared::db::begin(&self.pool).await?;
+        let mut tx = todo_platform::db::begin(&self.pool).await?;
         if !crate::erasure::lock_user(&mut tx, &self.pool, &r.user_id).await? {
             return Ok(());
         }

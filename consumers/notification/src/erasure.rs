@@ -3,7 +3,7 @@
 //! when a clock or a channel worker meets the user before that event came.
 
 use sqlx::{PgConnection, PgPool};
-use todo_shared::outbox;
+use todo_store::outbox;
 
 /// Deletes every row this service keeps of `user`.
 pub async fn forget(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Error> {

@@ -1,8 +1,8 @@
 use todo_notifier::app::{App, Options};
 use todo_notifier::channels::webpush::Vapid;
 use todo_notifier::{DEFAULT_PORT, NAME};
-use todo_shared::config::{exit_on_config_error, Settings};
-use todo_shared::{shutdown, telemetry};
+use todo_platform::config::{exit_on_config_error, Settings};
+use todo_platform::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() {

@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use prometheus::{IntCounterVec, Opts, Registry};
 use sqlx::PgPool;
 use std::time::Duration;
-use todo_shared::db::delete_in_batches;
+use todo_platform::db::delete_in_batches;
 
 /// Most rows one statement deletes: short transactions, little to vacuum.
 pub const BATCH: i64 = 5_000;
@@ -112,10 +112,10 @@ pub async fn prune_forever(
     pool: PgPool,
     retention: Retention,
     pruned: IntCounterVec,
-    shutdown: todo_shared::shutdown::Shutdown,
+    shutdown: todo_platform::shutdown::Shutdown,
 ) {
     shutdown
-        .every(todo_shared::db::prune_every(retention.keep), || async {
+        .every(todo_platform::db::prune_every(retention.keep), || async {
             match prune(&pool, retention.keep, BATCH).await {
                 Ok(n) if n == Pruned::default() => {}
                 Ok(n) => {

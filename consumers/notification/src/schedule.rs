@@ -10,12 +10,12 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use std::sync::Arc;
-use todo_shared::consumer::{Event, Handler, HandlerError};
-use todo_shared::domain::{in_time_range, Reminder, Task};
-use todo_shared::envelope::{EventDraft, EventKind, EventType, ReminderEventData};
-use todo_shared::outbox::{self, OutboxSignal};
-use todo_shared::preferences::Preferences;
-use todo_shared::telemetry::TraceParent;
+use todo_consumer::{Event, Handler, HandlerError};
+use todo_contract::domain::{in_time_range, Reminder, Task};
+use todo_contract::envelope::{EventDraft, EventKind, EventType, ReminderEventData};
+use todo_platform::preferences::Preferences;
+use todo_platform::telemetry::TraceParent;
+use todo_store::outbox::{self, OutboxSignal};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -122,7 +122,7 @@ impl Handler for Schedule {
         };
         // The user's sequence row before their reminder rows, as the clock
         // takes them.
-        todo_shared::outbox::lock_sequence(conn, &env.userid).await?;
+        todo_store::outbox::lock_sequence(conn, &env.userid).await?;
         let stored: Vec<Stored> = sqlx::query_as(
             "SELECT reminder_id, remind_at, state FROM reminders WHERE task_id = $1 FOR UPDATE",
         )

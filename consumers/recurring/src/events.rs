@@ -5,9 +5,9 @@
 
 use crate::series::SOURCE;
 use sqlx::PgConnection;
-use todo_shared::consumer::HandlerError;
-use todo_shared::envelope::{EventDraft, EventType, RecurringEventData};
-use todo_shared::outbox;
+use todo_consumer::HandlerError;
+use todo_contract::envelope::{EventDraft, EventType, RecurringEventData};
+use todo_store::outbox;
 
 /// Whose series changed, and what the event continues: the event that
 /// caused it (a task change) or nothing (the schedule).

@@ -7,10 +7,10 @@ use crate::series;
 use chrono::Utc;
 use sqlx::PgConnection;
 use std::sync::Arc;
-use todo_shared::consumer::{Event, Handler, HandlerError};
-use todo_shared::domain::RecurrenceMode;
-use todo_shared::envelope::{EventKind, EventType, InstanceCause, SeriesEnd};
-use todo_shared::outbox::OutboxSignal;
+use todo_consumer::{Event, Handler, HandlerError};
+use todo_contract::domain::RecurrenceMode;
+use todo_contract::envelope::{EventKind, EventType, InstanceCause, SeriesEnd};
+use todo_store::outbox::OutboxSignal;
 use tokio::sync::Notify;
 
 pub struct Recurring {
@@ -43,7 +43,7 @@ impl Handler for Recurring {
         let data = event.task_data()?;
         // The user's sequence row before the series row, as the scheduler
         // takes them.
-        todo_shared::outbox::lock_sequence(conn, &event.envelope.userid).await?;
+        todo_store::outbox::lock_sequence(conn, &event.envelope.userid).await?;
         // What this event causes continues its correlation.
         let cause = Cause {
             user: &event.envelope.userid,

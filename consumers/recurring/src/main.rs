@@ -1,6 +1,6 @@
+use todo_platform::config::{exit_on_config_error, Env, Settings};
+use todo_platform::{shutdown, telemetry};
 use todo_recurring::{app, DEFAULT_PORT, NAME};
-use todo_shared::config::{exit_on_config_error, Env, Settings};
-use todo_shared::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() {

@@ -9,8 +9,8 @@
 use prometheus::{IntCounter, Registry};
 use sqlx::PgPool;
 use std::time::Duration;
-use todo_shared::config::{ConfigError, Env};
-use todo_shared::shutdown::Shutdown;
+use todo_platform::config::{ConfigError, Env};
+use todo_platform::shutdown::Shutdown;
 
 /// Most rows one statement deletes.
 pub const BATCH: i64 = 5_000;
@@ -39,7 +39,7 @@ pub struct Pruned {
 /// Deletes series that ended more than `keep` ago: their instance records
 /// first, then each row left without any.
 pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, sqlx::Error> {
-    let instances = todo_shared::db::delete_in_batches(
+    let instances = todo_platform::db::delete_in_batches(
         pool,
         "DELETE FROM recurring_instances WHERE (series_id, occurrence_at) IN (
              SELECT i.series_id, i.occurrence_at
@@ -53,7 +53,7 @@ pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, 
     // A series whose instances a concurrent completion is still claiming is
     // locked by it (series::find takes the row FOR UPDATE): skipped, and
     // taken by the next run.
-    let series = todo_shared::db::delete_in_batches(
+    let series = todo_platform::db::delete_in_batches(
         pool,
         "DELETE FROM recurring_series WHERE series_id IN (
              SELECT s.series_id FROM recurring_series s
@@ -100,7 +100,7 @@ pub async fn prune_forever(
     shutdown: Shutdown,
 ) {
     shutdown
-        .every(todo_shared::db::prune_every(keep), || async {
+        .every(todo_platform::db::prune_every(keep), || async {
             match prune(&pool, keep, BATCH).await {
                 Ok(Pruned {
                     instances: 0,

@@ -16,12 +16,12 @@ use prometheus::{IntCounter, Registry};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use todo_shared::consumer::HandlerError;
-use todo_shared::envelope::{InstanceCause, SeriesEnd};
-use todo_shared::outbox::{self, OutboxSignal};
-use todo_shared::retry::run_rounds;
-use todo_shared::shutdown::Shutdown;
-use todo_shared::telemetry::{self, TraceParent};
+use todo_consumer::HandlerError;
+use todo_contract::envelope::{InstanceCause, SeriesEnd};
+use todo_platform::retry::run_rounds;
+use todo_platform::shutdown::Shutdown;
+use todo_platform::telemetry::{self, TraceParent};
+use todo_store::outbox::{self, OutboxSignal};
 use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -98,7 +98,7 @@ impl Scheduler {
     /// Creates the due instance of one series and moves it to its next
     /// occurrence, in one transaction; how many instances it created.
     async fn advance(&self, series_id: Uuid, user: &str) -> anyhow::Result<usize> {
-        let mut tx = todo_shared::db::begin(&self.pool).await?;
+        let mut tx = todo_platform::db::begin(&self.pool).await?;
         if !outbox::lock_unless_erased(&mut tx, user).await? {
             // Erased before the handler got to user.erased: forget the
             // series now (as that handler will) instead of meeting it in

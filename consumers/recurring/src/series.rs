@@ -4,12 +4,12 @@ use crate::events::{self, Cause};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgConnection;
-use todo_shared::consumer::HandlerError;
-use todo_shared::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestamp, UserId};
-use todo_shared::envelope::{EventType, InstanceCause, Origin, RecurringEventData, SeriesEnd};
-use todo_shared::recurrence::Series as Rule;
-use todo_shared::tasks::{self, Actor};
-use todo_shared::telemetry::TraceParent;
+use todo_consumer::HandlerError;
+use todo_contract::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestamp, UserId};
+use todo_contract::envelope::{EventType, InstanceCause, Origin, RecurringEventData, SeriesEnd};
+use todo_contract::recurrence::Series as Rule;
+use todo_platform::telemetry::TraceParent;
+use todo_store::tasks::{self, Actor};
 use uuid::Uuid;
 
 pub const SOURCE: &str = "todo-recurring";

@@ -13,15 +13,15 @@ use prometheus::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use todo_shared::auth::JwtKeys;
-use todo_shared::config::{ConfigError, Env, JwtSettings, KafkaSettings, Settings};
-use todo_shared::consumer::{ConsumerMetrics, Event, Progress, ReadHorizon, Tail, TailConfig};
-use todo_shared::envelope::{EventType, Topic};
-use todo_shared::kafka;
-use todo_shared::ops::{self, Readiness, ReadyCheck};
-use todo_shared::server::HttpLimits;
-use todo_shared::shutdown::{self, Shutdown};
-use todo_shared::telemetry;
+use todo_consumer::{ConsumerMetrics, Event, Progress, ReadHorizon, Tail, TailConfig};
+use todo_contract::envelope::{EventType, Topic};
+use todo_platform::auth::JwtKeys;
+use todo_platform::config::{ConfigError, Env, JwtSettings, KafkaSettings, Settings};
+use todo_platform::kafka;
+use todo_platform::ops::{self, Readiness, ReadyCheck};
+use todo_platform::server::HttpLimits;
+use todo_platform::shutdown::{self, Shutdown};
+use todo_platform::telemetry;
 
 /// todo-realtime's own knobs (`REALTIME_*`).
 #[derive(Debug, Clone)]
@@ -162,7 +162,7 @@ impl App {
             .route("/ws", get(socket::upgrade))
             .with_state(sockets)
             .merge(page::router(options.page.clone(), keys))
-            .merge(todo_shared::asyncapi::router())
+            .merge(crate::asyncapi::router())
             .merge(ops::router(
                 registry,
                 ready_check(&settings.kafka, progress.clone())?,
@@ -213,7 +213,7 @@ impl App {
             port = listener.local_addr()?.port(),
             "listening"
         );
-        let server = tokio::spawn(todo_shared::server::serve(
+        let server = tokio::spawn(todo_platform::server::serve(
             listener,
             router,
             limits,

@@ -9,7 +9,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
-use todo_shared::envelope::Envelope;
+use todo_contract::envelope::Envelope;
 
 #[derive(Serialize)]
 struct EventFrame<'a> {

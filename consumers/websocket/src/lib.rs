@@ -3,6 +3,7 @@
 //! sequence it saw, and serves a live task page.
 
 pub mod app;
+pub mod asyncapi;
 pub mod frame;
 pub mod hub;
 pub mod page;

@@ -1,7 +1,7 @@
+use todo_platform::config::{exit_on_config_error, JwtSettings, Settings};
+use todo_platform::{shutdown, telemetry};
 use todo_realtime::app::{App, Options};
 use todo_realtime::{DEFAULT_PORT, NAME};
-use todo_shared::config::{exit_on_config_error, JwtSettings, Settings};
-use todo_shared::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() {

@@ -9,9 +9,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use todo_shared::auth::JwtKeys;
-use todo_shared::domain::UserId;
-use todo_shared::http::Problem;
+use todo_contract::domain::UserId;
+use todo_platform::auth::JwtKeys;
+use todo_platform::http::Problem;
 
 const PAGE: &str = include_str!("../static/index.html");
 /// The page's service worker (Web Push notifications).

@@ -14,9 +14,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use todo_shared::auth::{AuthError, JwtKeys, Verified};
-use todo_shared::http::{Problem, Unauthorized};
-use todo_shared::shutdown::Shutdown;
+use todo_platform::auth::{AuthError, JwtKeys, Verified};
+use todo_platform::http::{Problem, Unauthorized};
+use todo_platform::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
 /// The subprotocol a browser offers along with its token:
@@ -371,8 +371,8 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use todo_shared::config::JwtSettings;
-    use todo_shared::domain::UserId;
+    use todo_contract::domain::UserId;
+    use todo_platform::config::JwtSettings;
 
     #[test]
     fn the_token_comes_from_the_query_or_the_offered_subprotocols() {

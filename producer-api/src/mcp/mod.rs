@@ -21,8 +21,8 @@ use axum::Router;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use std::sync::Arc;
-use todo_shared::auth::JwtKeys;
-use todo_shared::http::AuthUser;
+use todo_platform::auth::JwtKeys;
+use todo_platform::http::AuthUser;
 
 pub const PATH: &str = "/mcp";
 
@@ -45,7 +45,7 @@ pub fn operation() -> aide::openapi::Operation {
             r.description("The JSON-RPC response")
         })
         .response_with::<202, (), _>(|r| r.description("A notification or response, accepted"));
-    let _ = todo_shared::openapi::problem::<401>(op, "No valid bearer token");
+    let _ = todo_platform::openapi::problem::<401>(op, "No valid bearer token");
     operation
 }
 

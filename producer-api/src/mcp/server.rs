@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use todo_shared::domain::{FieldError, Task};
-use todo_shared::http::AuthUser;
+use todo_contract::domain::{FieldError, Task};
+use todo_platform::http::AuthUser;
 
 const INSTRUCTIONS: &str = "Manage the signed-in user's todo list. Tasks have a title, \
 an optional description, a priority (low, medium, high, urgent), tags, a due time (RFC 3339), \

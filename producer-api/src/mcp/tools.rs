@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
-use todo_shared::domain::Task;
+use todo_contract::domain::Task;
 
 /// The task a call is about (REST: the path's `{id}`).
 #[derive(Debug, Deserialize, JsonSchema)]

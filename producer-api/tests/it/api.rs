@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 use todo_api::testing::{assert_per_user_order, assert_schema_valid, Stack};
-use todo_shared::domain::UserId;
+use todo_contract::domain::UserId;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -363,9 +363,9 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     }
 
     // Tokens: missing, forged, expired, unsigned (alg=none).
-    let forged = todo_shared::auth::JwtKeys::new(&todo_shared::config::JwtSettings::with_secret(
-        "another-secret-another-secret-1234",
-    ))
+    let forged = todo_platform::auth::JwtKeys::new(
+        &todo_platform::config::JwtSettings::with_secret("another-secret-another-secret-1234"),
+    )
     .mint(
         &UserId::try_from("alice".to_string()).unwrap(),
         Duration::from_secs(3600),

@@ -499,7 +499,7 @@ fn token_not_valid_yet(user: &str) -> String {
     encode(
         &Header::default(),
         &json!({"sub": user, "iat": now, "nbf": now + 3600, "exp": now + 7200}),
-        &EncodingKey::from_secret(todo_shared::testing::JWT_SECRET.as_bytes()),
+        &EncodingKey::from_secret(todo_testing::JWT_SECRET.as_bytes()),
     )
     .expect("token")
 }
@@ -541,15 +541,15 @@ async fn the_api_starts_on_a_newer_schema_and_waits_for_a_missing_one() {
     let alice = stack.token("alice");
     stack.create(&api, &alice, json!({"title": "runs"})).await;
     // The migrator of this release, run again, leaves the newer one alone.
-    todo_shared::db::migrate(&stack.db.pool)
+    todo_platform::db::migrate(&stack.db.pool)
         .await
         .expect("migrate tolerates the newer migration");
     api.stop().await;
 
     // A database without the schema: the service waits for the migrator
     // instead of migrating itself.
-    let fresh = todo_shared::testing::TestDatabase::create_empty().await;
-    let settings = todo_shared::config::Settings {
+    let fresh = todo_testing::TestDatabase::create_empty().await;
+    let settings = todo_platform::config::Settings {
         database: fresh.settings(),
         ..stack.settings()
     };
@@ -565,13 +565,13 @@ async fn the_api_starts_on_a_newer_schema_and_waits_for_a_missing_one() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!started.is_finished(), "it waits for the schema");
     assert_eq!(
-        todo_shared::db::schema_version(&fresh.pool)
+        todo_platform::db::schema_version(&fresh.pool)
             .await
             .expect("version"),
         0,
         "and does not migrate"
     );
-    todo_shared::db::migrate(&fresh.pool)
+    todo_platform::db::migrate(&fresh.pool)
         .await
         .expect("the migrator runs");
     tokio::time::timeout(WAIT, started)
@@ -683,12 +683,12 @@ async fn a_statement_that_runs_too_long_is_cancelled() {
     let stack = Stack::new().await;
     let mut settings = stack.settings();
     settings.database.statement_timeout = Duration::from_millis(200);
-    let pool = todo_shared::db::pool(&settings.database).expect("pool");
+    let pool = todo_platform::db::pool(&settings.database).expect("pool");
     let err = sqlx::query("SELECT pg_sleep(2)")
         .execute(&pool)
         .await
         .expect_err("cancelled");
-    assert!(todo_shared::db::is_statement_timeout(&err), "{err}");
+    assert!(todo_platform::db::is_statement_timeout(&err), "{err}");
     // The API answers 503 rather than 500 when that happens to a request.
     let api = stack.spawn_api_with(settings, stack.api_options()).await;
     let alice = stack.token("alice");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use todo_api::limits::WriteQuota;
 use todo_api::testing::mcp::ToolReply;
 use todo_api::testing::{assert_per_user_order, assert_schema_valid, Api, Stack};
-use todo_shared::domain::UserId;
+use todo_contract::domain::UserId;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -270,9 +270,9 @@ async fn without_a_valid_token_every_request_is_refused_with_401() {
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
     let alice = UserId::try_from("alice".to_string()).unwrap();
-    let forged = todo_shared::auth::JwtKeys::new(&todo_shared::config::JwtSettings::with_secret(
-        "ffffffffffffffffffffffffffffffff",
-    ))
+    let forged = todo_platform::auth::JwtKeys::new(
+        &todo_platform::config::JwtSettings::with_secret("ffffffffffffffffffffffffffffffff"),
+    )
     .mint(&alice, Duration::from_secs(60));
     let expired = stack.jwt.mint_expired(&alice, Duration::from_secs(3600));
     let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",

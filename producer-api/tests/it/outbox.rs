@@ -75,7 +75,7 @@ async fn a_broker_outage_fails_no_request_and_loses_no_event() {
     // The broker returns empty (memory storage): create the topics again, as
     // an operator restoring a broker would.
     stack.broker.restart();
-    todo_shared::kafka::ensure_topics(&stack.kafka)
+    todo_platform::kafka::ensure_topics(&stack.kafka)
         .await
         .expect("topics");
     let events = stack.task_events().await.take(50, WAIT).await;
@@ -264,7 +264,7 @@ async fn a_broker_back_without_its_data_gets_its_topics_and_the_backlog_within_s
             .set("bootstrap.servers", stack.broker.bootstrap())
             .create()
             .expect("client");
-        let topic = stack.topic(todo_shared::envelope::Topic::TaskEvents);
+        let topic = stack.topic(todo_contract::envelope::Topic::TaskEvents);
         let m = client
             .fetch_metadata(Some(&topic), Duration::from_secs(5))
             .expect("metadata");
@@ -276,7 +276,7 @@ async fn a_broker_back_without_its_data_gets_its_topics_and_the_backlog_within_s
 }
 
 /// Per user (the key), sequences grow by one from `first`, no event twice.
-fn assert_per_user_order_from(events: &[todo_shared::testing::Received], first: &[(&str, i64)]) {
+fn assert_per_user_order_from(events: &[todo_testing::Received], first: &[(&str, i64)]) {
     let mut next: std::collections::HashMap<&str, i64> = first.iter().copied().collect();
     let mut ids = std::collections::HashSet::new();
     for e in events {
@@ -366,8 +366,8 @@ async fn a_frozen_leader_is_replaced_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_each_database_blip_publishing_resumes_at_once() {
     let stack = Stack::new().await;
-    let proxy = todo_shared::testing::TcpProxy::start(stack.db.server_addr()).await;
-    let settings = todo_shared::config::Settings {
+    let proxy = todo_testing::TcpProxy::start(stack.db.server_addr()).await;
+    let settings = todo_platform::config::Settings {
         database: stack.db.settings_via(proxy.port()),
         ..stack.settings()
     };

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use todo_shared::testing::{self, Broker, TestDatabase};
+use todo_testing::{self as testing, Broker, TestDatabase};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 

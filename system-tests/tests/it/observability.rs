@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use todo_shared::testing::{self, Broker, TestDatabase};
+use todo_testing::{self as testing, Broker, TestDatabase};
 const CONSUMERS: [&str; 4] = [RECURRING, NOTIFIER, AUDIT, REALTIME];
 /// The services that run an outbox relay: whichever leads publishes.
 const RELAYS: [&str; 3] = [API, RECURRING, NOTIFIER];

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use todo_shared::testing;
+use todo_testing as testing;
 
 /// How long anything may take to show up on a busy 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(90);

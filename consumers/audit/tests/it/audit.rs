@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use todo_api::origin::OriginPolicy;
 use todo_api::testing::{Api, Stack};
-use todo_shared::testing::Received;
+use todo_testing::Received;
 
 /// `n` random changes by `user`: creates, edits, completions, reopenings and
 /// deletions of their own tasks.
@@ -182,7 +182,7 @@ async fn replay_reports_a_table_that_drifted_from_the_log_and_the_log_is_append_
         std::process::Command::new(env!("CARGO_BIN_EXE_todo-audit"))
             .arg("replay")
             .env("DATABASE_URL", &stack.db.url)
-            .env("JWT_SECRET", todo_shared::testing::JWT_SECRET)
+            .env("JWT_SECRET", todo_testing::JWT_SECRET)
             .output()
             .expect("todo-audit replay runs")
     };
@@ -369,7 +369,7 @@ async fn history_comes_in_pages_and_early_tokens_are_refused() {
     let early = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub": "ann", "iat": now, "nbf": now + 3600, "exp": now + 7200}),
-        &jsonwebtoken::EncodingKey::from_secret(todo_shared::testing::JWT_SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(todo_testing::JWT_SECRET.as_bytes()),
     )
     .expect("token");
     let (status, _) = audit.get(&stack, "/events?since=0", &early).await;
@@ -455,15 +455,15 @@ async fn a_recurring_tasks_history_shows_its_series_events() {
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
     let audit = Audit::spawn(&stack).await;
-    let mut config = todo_shared::consumer::ConsumerConfig::new(
+    let mut config = todo_consumer::ConsumerConfig::new(
         todo_recurring::NAME,
-        &[todo_shared::envelope::Topic::TaskEvents],
+        &[todo_contract::envelope::Topic::TaskEvents],
     );
     config.session_timeout = std::time::Duration::from_secs(6);
     let recurring = todo_recurring::app::App::build(&stack.settings(), config)
         .await
         .expect("todo-recurring starts");
-    let (stop_recurring, shutdown) = todo_shared::shutdown::channel();
+    let (stop_recurring, shutdown) = todo_platform::shutdown::channel();
     let recurring = tokio::spawn(recurring.run(shutdown));
     let ann = stack.token("ann");
     let task = stack
@@ -549,7 +549,7 @@ async fn a_replay_from_a_snapshot_folds_only_what_came_after_it() {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_todo-audit"))
             .args(args)
             .env("DATABASE_URL", &stack.db.url)
-            .env("JWT_SECRET", todo_shared::testing::JWT_SECRET)
+            .env("JWT_SECRET", todo_testing::JWT_SECRET)
             .output()
             .expect("todo-audit runs");
         (

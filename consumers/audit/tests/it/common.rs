@@ -10,11 +10,11 @@ use std::process::Child;
 use std::time::Duration;
 use todo_api::testing::Stack;
 use todo_audit::app;
-use todo_shared::config::{DatabaseSettings, Settings};
-use todo_shared::consumer::ConsumerConfig;
-use todo_shared::envelope::Topic;
-use todo_shared::shutdown::{self, ShutdownTrigger};
-use todo_shared::testing::Received;
+use todo_consumer::ConsumerConfig;
+use todo_contract::envelope::Topic;
+use todo_platform::config::{DatabaseSettings, Settings};
+use todo_platform::shutdown::{self, ShutdownTrigger};
+use todo_testing::Received;
 use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(90);

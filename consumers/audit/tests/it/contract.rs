@@ -187,8 +187,8 @@ fn no_route_is_added_where_the_document_cannot_see_it() {
     for dir in [
         "producer-api/src",
         "consumers/audit/src",
-        "shared/src/ops.rs",
-        "shared/src/service.rs",
+        "shared/platform/src/ops.rs",
+        "shared/consumer/src/service.rs",
     ] {
         let path = std::path::Path::new(root).join(dir);
         let files: Vec<std::path::PathBuf> = if path.is_file() {

@@ -11,10 +11,10 @@ use serde_json::json;
 use std::process::Child;
 use std::time::Duration;
 use todo_api::testing::{sum_of, Api, Stack};
-use todo_shared::consumer::dead_letters::header;
-use todo_shared::consumer::dlq_topic;
-use todo_shared::envelope::Topic;
-use todo_shared::testing::{EventReader, Received, TcpProxy};
+use todo_consumer::dead_letters::header;
+use todo_consumer::dlq_topic;
+use todo_contract::envelope::Topic;
+use todo_testing::{EventReader, Received, TcpProxy};
 
 async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
     let delivery = producer
@@ -79,7 +79,7 @@ async fn an_event_delivered_twice_is_stored_once() {
 
     // The same event produced again, twice (as a producer retry or a
     // replayed topic would).
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let topic = stack.topic(Topic::TaskEvents);
     let raw = serde_json::to_vec(&first[0].value).expect("json");
     produce(&producer, &topic, "ann", &raw).await;
@@ -119,7 +119,7 @@ async fn poison_and_persistently_failing_events_are_dead_lettered_and_the_rest_g
     let first = published(&stack).await;
     wait_stored(&stack, 1).await;
 
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let topic = stack.topic(Topic::TaskEvents);
     let not_json = b"this is not JSON".to_vec();
     let not_envelope = br#"{"specversion":"1.0","hello":"world"}"#.to_vec();
@@ -286,7 +286,7 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_stores_nothing_twice() {
 
 /// Publishes `value` to `topic`, keyed by its user, past todo-api.
 async fn inject(stack: &Stack, topic: Topic, value: &serde_json::Value) {
-    let producer: FutureProducer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer: FutureProducer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let raw = serde_json::to_vec(value).expect("json");
     producer
         .send(
@@ -384,12 +384,12 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let stack = Stack::new().await;
     let mock = MockCluster::new(1).expect("mock cluster");
-    let mut kafka = todo_shared::config::KafkaSettings::plaintext(mock.bootstrap_servers(), "m.");
+    let mut kafka = todo_platform::config::KafkaSettings::plaintext(mock.bootstrap_servers(), "m.");
     kafka.topic_partitions = 2;
-    for name in todo_shared::envelope::TopicNames::new("m.").all() {
+    for name in todo_contract::envelope::TopicNames::new("m.").all() {
         mock.create_topic(&name, 2, 1).expect("topic");
     }
-    let settings = todo_shared::config::Settings {
+    let settings = todo_platform::config::Settings {
         kafka: kafka.clone(),
         ..stack.settings()
     };
@@ -397,7 +397,7 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
         .await
         .expect("todo-audit builds");
     let base = format!("http://127.0.0.1:{}", audit.port());
-    let (trigger, shutdown) = todo_shared::shutdown::channel();
+    let (trigger, shutdown) = todo_platform::shutdown::channel();
     let handle = tokio::spawn(audit.run(shutdown));
 
     let ready = |stack: &Stack| {
@@ -423,7 +423,7 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let producer: FutureProducer = todo_shared::kafka::producer(&kafka).expect("producer");
+    let producer: FutureProducer = todo_platform::kafka::producer(&kafka).expect("producer");
     let send = |payload: Vec<u8>| {
         let producer = producer.clone();
         async move {

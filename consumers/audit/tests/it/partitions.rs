@@ -10,8 +10,8 @@ use sqlx::PgPool;
 use std::time::Duration;
 use todo_api::testing::Stack;
 use todo_audit::partitions::Retention;
-use todo_shared::envelope::Topic;
-use todo_shared::testing::TestDatabase;
+use todo_contract::envelope::Topic;
+use todo_testing::TestDatabase;
 use uuid::Uuid;
 
 /// The version that made the log partitioned.
@@ -36,7 +36,7 @@ fn month_name(at: DateTime<Utc>) -> String {
 async fn an_existing_log_is_converted_in_place_into_months() {
     let db = TestDatabase::create_empty().await;
     let before = sqlx::migrate::Migrator {
-        migrations: todo_shared::db::MIGRATOR
+        migrations: todo_platform::db::MIGRATOR
             .iter()
             .filter(|m| m.version < PARTITIONED)
             .cloned()
@@ -73,7 +73,7 @@ async fn an_existing_log_is_converted_in_place_into_months() {
             .await
             .expect("rows before");
 
-    todo_shared::db::migrate(&db.pool).await.expect("migrate");
+    todo_platform::db::migrate(&db.pool).await.expect("migrate");
 
     let after_rows: Vec<(Uuid, i64, Value)> =
         sqlx::query_as("SELECT event_id, sequence, envelope FROM audit_events ORDER BY sequence")
@@ -144,7 +144,7 @@ async fn produce_dated(stack: &Stack, like: &Value, sequence: i64, time: DateTim
     event["id"] = json!(id);
     event["sequence"] = json!(sequence);
     event["time"] = json!(time.to_rfc3339());
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let topic = stack.topic(Topic::TaskEvents);
     let payload = serde_json::to_vec(&event).expect("json");
     producer

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use todo_api::testing::Stack;
-use todo_shared::envelope::{EventDraft, EventType};
+use todo_contract::envelope::{EventDraft, EventType};
 
 /// The local date of every stored `type` event of `user`, counted: the
 /// test's own reading (chrono-tz) of what PostgreSQL groups.
@@ -78,7 +78,7 @@ async fn stats_count_a_users_own_days_in_their_zone_and_refuse_bad_ranges() {
     // A delivered reminder, through the outbox as todo-notifier writes it.
     let task_id = plain["id"].as_str().expect("id").to_owned();
     let mut tx = stack.db.pool.begin().await.expect("tx");
-    todo_shared::outbox::append(
+    todo_store::outbox::append(
         &mut tx,
         EventDraft {
             event_type: EventType::ReminderSent,

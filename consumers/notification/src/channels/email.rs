@@ -7,7 +7,7 @@ use super::{Attempt, Channel, ChannelKind, Failure};
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::Duration;
-use todo_shared::preferences::EmailChannel;
+use todo_platform::preferences::EmailChannel;
 
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,

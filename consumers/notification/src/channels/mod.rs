@@ -17,7 +17,7 @@ pub mod worker;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use todo_shared::preferences::Preferences;
+use todo_platform::preferences::Preferences;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

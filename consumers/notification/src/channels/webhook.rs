@@ -6,7 +6,7 @@
 use super::net::{self, Policy};
 use super::{Attempt, Channel, ChannelKind, Failure};
 use std::time::Duration;
-use todo_shared::preferences::{webhook_signature, WebhookChannel, WebhookKey};
+use todo_platform::preferences::{webhook_signature, WebhookChannel, WebhookKey};
 
 pub struct Webhook {
     client: reqwest::Client,

@@ -6,7 +6,7 @@ use super::net::{self, Policy};
 use super::{Attempt, Channel, ChannelKind, Failure};
 use base64::Engine as _;
 use std::time::Duration;
-use todo_shared::preferences::PushSubscription;
+use todo_platform::preferences::PushSubscription;
 use web_push_native::jwt_simple::algorithms::{ECDSAP256PublicKeyLike, ES256KeyPair};
 use web_push_native::{p256, Auth, WebPushBuilder};
 

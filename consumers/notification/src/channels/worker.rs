@@ -15,11 +15,11 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, 
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use todo_shared::envelope::{EventType, ReminderEventData};
-use todo_shared::outbox::OutboxSignal;
-use todo_shared::retry::{backoff, run_rounds};
-use todo_shared::shutdown::Shutdown;
-use todo_shared::telemetry::{self, TraceParent};
+use todo_contract::envelope::{EventType, ReminderEventData};
+use todo_platform::retry::{backoff, run_rounds};
+use todo_platform::shutdown::Shutdown;
+use todo_platform::telemetry::{self, TraceParent};
+use todo_store::outbox::OutboxSignal;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -416,7 +416,7 @@ impl Inner {
         verdict: Verdict,
     ) -> anyhow::Result<()> {
         let kind = self.channel.kind().as_str();
-        let mut tx = todo_shared::db::begin(&self.pool).await?;
+        let mut tx = todo_platform::db::begin(&self.pool).await?;
         if !crate::erasure::lock_user(&mut tx, &self.pool, &row.user_id).await? {
             return Ok(());
         }

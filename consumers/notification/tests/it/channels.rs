@@ -19,13 +19,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use todo_api::testing::{Api, Stack};
+use todo_consumer::ConsumerConfig;
+use todo_contract::envelope::Topic;
 use todo_notifier::app::{App, ChannelOptions, Options};
 use todo_notifier::delivery::LogDelivery;
-use todo_shared::config::Env;
-use todo_shared::consumer::ConsumerConfig;
-use todo_shared::envelope::Topic;
-use todo_shared::shutdown::{self, ShutdownTrigger};
-use todo_shared::testing::{EventReader, Received, WEBHOOK_SECRET_KEY};
+use todo_platform::config::Env;
+use todo_platform::shutdown::{self, ShutdownTrigger};
+use todo_testing::{EventReader, Received, WEBHOOK_SECRET_KEY};
 use tokio::task::JoinHandle;
 use web_push_native::jwt_simple::algorithms::{
     ECDSAP256PublicKeyLike, ES256KeyPair, ES256PublicKey,

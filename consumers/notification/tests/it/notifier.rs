@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use todo_api::testing::{assert_schema_valid, Api, Stack};
+use todo_consumer::ConsumerConfig;
+use todo_contract::envelope::Topic;
 use todo_notifier::app::{App, ChannelOptions, Options};
 use todo_notifier::delivery::{Delivery, Due, LogDelivery};
 use todo_notifier::retention::{self, Retention};
-use todo_shared::config::Env;
-use todo_shared::consumer::ConsumerConfig;
-use todo_shared::envelope::Topic;
-use todo_shared::shutdown::{self, ShutdownTrigger};
-use todo_shared::testing::{EventReader, Received};
+use todo_platform::config::Env;
+use todo_platform::shutdown::{self, ShutdownTrigger};
+use todo_testing::{EventReader, Received};
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -47,14 +47,14 @@ impl Notifier {
     }
 
     async fn spawn_with(
-        settings: todo_shared::config::Settings,
+        settings: todo_platform::config::Settings,
         delivery: Arc<dyn Delivery>,
     ) -> Notifier {
         Self::spawn_with_options(settings, options(), delivery).await
     }
 
     async fn spawn_with_options(
-        settings: todo_shared::config::Settings,
+        settings: todo_platform::config::Settings,
         options: Options,
         delivery: Arc<dyn Delivery>,
     ) -> Notifier {
@@ -312,7 +312,7 @@ async fn redelivered_task_events_schedule_nothing_twice() {
         )
         .await;
     let created = stack.task_events().await.take(1, WAIT).await;
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let raw = serde_json::to_vec(&created[0].value).expect("json");
     for _ in 0..2 {
         producer
@@ -550,7 +550,7 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
     // reminder before 4713 BC (PostgreSQL cannot store it).
     let start_of_time =
         serde_json::to_value(DateTime::<Utc>::MIN_UTC + TimeDelta::days(1)).expect("time");
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let mut poison = Vec::new();
     for (due, reminders) in [
         (start_of_time, json!([{"before": "P7D"}])),
@@ -619,7 +619,7 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
     );
     let dlq = EventReader::new(
         stack.broker.bootstrap(),
-        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+        &todo_consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
     )
     .await;
     let letters = dlq.drain(Duration::from_secs(3)).await;
@@ -636,7 +636,7 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
 /// way to the database right after it has delivered, so that recording it
 /// fails.
 struct CutAfterFirst {
-    proxy: Arc<todo_shared::testing::TcpProxy>,
+    proxy: Arc<todo_testing::TcpProxy>,
     delivered: std::sync::Mutex<Vec<uuid::Uuid>>,
 }
 
@@ -741,12 +741,12 @@ async fn a_reminder_is_delivered_only_after_its_firing_commits() {
 async fn a_delivery_whose_record_is_lost_is_delivered_again_with_the_same_id() {
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
-    let proxy = Arc::new(todo_shared::testing::TcpProxy::start(stack.db.server_addr()).await);
+    let proxy = Arc::new(todo_testing::TcpProxy::start(stack.db.server_addr()).await);
     let delivery = Arc::new(CutAfterFirst {
         proxy: proxy.clone(),
         delivered: Default::default(),
     });
-    let settings = todo_shared::config::Settings {
+    let settings = todo_platform::config::Settings {
         database: stack.db.settings_via(proxy.port()),
         ..stack.settings()
     };
@@ -859,7 +859,7 @@ async fn the_clock_and_a_burst_of_task_events_never_deadlock() {
     );
     let dlq = EventReader::new(
         stack.broker.bootstrap(),
-        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+        &todo_consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
     )
     .await;
     assert!(
@@ -1274,7 +1274,7 @@ async fn a_deleted_tasks_reminders_go_after_the_retention_though_their_time_is_a
 /// rows per statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_deletes_only_what_was_done_before_the_retention_in_batches() {
-    let db = todo_shared::testing::TestDatabase::create().await;
+    let db = todo_testing::TestDatabase::create().await;
     let old = "now() - interval '2 hours'";
     let recent = "now() - interval '10 minutes'";
     let future = "now() + interval '1 day'";

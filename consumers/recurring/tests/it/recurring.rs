@@ -6,11 +6,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 use todo_api::testing::{Api, Stack};
+use todo_consumer::ConsumerConfig;
+use todo_contract::envelope::Topic;
+use todo_platform::shutdown::{self, ShutdownTrigger};
 use todo_recurring::app::App;
-use todo_shared::consumer::ConsumerConfig;
-use todo_shared::envelope::Topic;
-use todo_shared::shutdown::{self, ShutdownTrigger};
-use todo_shared::testing::Received;
+use todo_testing::Received;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -280,7 +280,7 @@ async fn redelivered_and_repeated_completions_create_one_instance() {
     wait_instances(&stack, &id, 1).await;
 
     // The completion event delivered twice more ...
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let raw = serde_json::to_vec(&completion.value).expect("json");
     for _ in 0..2 {
         producer
@@ -442,7 +442,7 @@ impl NoNanos for DateTime<Utc> {
 /// Publishes `envelope` to task-events as if a producer had written it,
 /// past todo-api's checks.
 async fn inject(stack: &Stack, user: &str, envelope: &Value) {
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let raw = serde_json::to_vec(envelope).expect("json");
     producer
         .send(
@@ -524,9 +524,9 @@ async fn one_users_impossible_task_does_not_stop_recurrence_for_anyone_else() {
     assert_eq!(next[0].1, at("2030-01-14T08:00:00Z"));
 
     // Each impossible event is set aside, with the reason, and nothing else.
-    let dlq = todo_shared::testing::EventReader::new(
+    let dlq = todo_testing::EventReader::new(
         stack.broker.bootstrap(),
-        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+        &todo_consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
     )
     .await;
     let letters = dlq.take(poison.len(), WAIT).await;
@@ -598,9 +598,9 @@ async fn an_event_type_this_version_does_not_know_is_skipped_not_dead_lettered()
     inject(&stack, "ann", &forged(&created, "task.archived", |_| {})).await;
     complete(&stack, &api, &ann, &id).await;
     wait_instances(&stack, &id, 1).await;
-    let dlq = todo_shared::testing::EventReader::new(
+    let dlq = todo_testing::EventReader::new(
         stack.broker.bootstrap(),
-        &todo_shared::consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+        &todo_consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
     )
     .await;
     assert!(
@@ -1205,7 +1205,7 @@ async fn each_change_of_a_series_is_one_recurring_event_in_its_users_order() {
 /// over for longer than the retention; running series and recent ends stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_series_lose_their_instance_records_after_the_retention_in_batches() {
-    let db = todo_shared::testing::TestDatabase::create().await;
+    let db = todo_testing::TestDatabase::create().await;
     // (active, ended or last changed, instances, pruned?)
     let series = [
         (false, "now() - interval '2 hours'", 3, true),

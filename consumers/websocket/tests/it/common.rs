@@ -7,9 +7,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use std::time::Duration;
 use todo_api::testing::{Api, Stack};
+use todo_platform::config::Env;
+use todo_platform::shutdown::{self, ShutdownTrigger};
 use todo_realtime::app::{App, Options};
-use todo_shared::config::Env;
-use todo_shared::shutdown::{self, ShutdownTrigger};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,7 +35,7 @@ impl Realtime {
         stack: &Stack,
         api: &Api,
         vars: &[(&str, &str)],
-        settings: todo_shared::config::Settings,
+        settings: todo_platform::config::Settings,
     ) -> Realtime {
         let mut map: std::collections::HashMap<String, String> = vars
             .iter()

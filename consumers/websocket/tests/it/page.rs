@@ -419,10 +419,10 @@ async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
 /// it fires, and a recurring task shows what comes next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence() {
+    use todo_consumer::ConsumerConfig;
+    use todo_contract::envelope::Topic;
     use todo_notifier::app::{App, ChannelOptions, Options};
-    use todo_shared::config::Env;
-    use todo_shared::consumer::ConsumerConfig;
-    use todo_shared::envelope::Topic;
+    use todo_platform::config::Env;
 
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
@@ -442,7 +442,7 @@ async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence()
     )
     .await
     .expect("todo-notifier starts");
-    let (stop_notifier, shutdown) = todo_shared::shutdown::channel();
+    let (stop_notifier, shutdown) = todo_platform::shutdown::channel();
     let notifier = tokio::spawn(notifier.run(shutdown));
     let ann = stack.token("ann");
     let driver = Driver::start().await;

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 use todo_api::testing::{Api, Stack};
-use todo_shared::envelope::Topic;
+use todo_contract::envelope::Topic;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
@@ -159,7 +159,7 @@ async fn bad_tokens_are_refused_before_the_upgrade_and_browsers_may_use_the_subp
         t
     };
     let expired = stack.jwt.mint_expired(
-        &todo_shared::domain::UserId::try_from("ann".to_string()).expect("user"),
+        &todo_contract::domain::UserId::try_from("ann".to_string()).expect("user"),
         Duration::from_secs(120),
     );
     let cases = [
@@ -251,7 +251,7 @@ fn token_with(user: &str, nbf_from_now: i64, exp_from_now: i64) -> String {
     encode(
         &Header::default(),
         &json!({"sub": user, "iat": now, "nbf": now + nbf_from_now, "exp": now + exp_from_now}),
-        &EncodingKey::from_secret(todo_shared::testing::JWT_SECRET.as_bytes()),
+        &EncodingKey::from_secret(todo_testing::JWT_SECRET.as_bytes()),
     )
     .expect("token")
 }
@@ -353,10 +353,10 @@ async fn an_event_of_a_type_this_version_does_not_know_is_forwarded_in_order() {
     newer["id"] = json!(uuid::Uuid::new_v4());
     newer["type"] = json!("task.archived");
     newer["sequence"] = json!(first["sequence"].as_i64().unwrap_or_default() + 1);
-    let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     producer
         .send(
-            FutureRecord::to(&stack.topic(todo_shared::envelope::Topic::TaskEvents))
+            FutureRecord::to(&stack.topic(todo_contract::envelope::Topic::TaskEvents))
                 .key("ann")
                 .payload(&serde_json::to_vec(&newer).expect("json")),
             Duration::from_secs(5),
@@ -401,7 +401,7 @@ impl Forger {
             .await
             .remove(0)
             .value;
-        let producer = todo_shared::kafka::producer(&stack.kafka).expect("producer");
+        let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
         Forger { model, producer }
     }
 
