@@ -109,7 +109,7 @@ pub fn router() -> ApiRouter<AppState> {
                 let op = op
                     .id("reopenTask")
                     .summary("Reopen a completed task")
-                    .description("Publishes task.updated (nothing when it was open).")
+                    .description("Publishes task.reopened (nothing when it was open).")
                     .tag("tasks");
                 let op = problem::<422>(
                     one_task(task::<200>(op)),
