@@ -87,7 +87,7 @@ pub fn router() -> ApiRouter<AppState> {
         )
         .api_route(
             "/tasks/{id}/complete",
-            post_with(complete_task, |op| {
+            post_with(change_task_state::<COMPLETE>, |op| {
                 let op = op
                     .id("completeTask")
                     .summary("Complete a task")
@@ -105,7 +105,7 @@ pub fn router() -> ApiRouter<AppState> {
         )
         .api_route(
             "/tasks/{id}/reopen",
-            post_with(reopen_task, |op| {
+            post_with(change_task_state::<REOPEN>, |op| {
                 let op = op
                     .id("reopenTask")
                     .summary("Reopen a completed task")
@@ -274,7 +274,9 @@ async fn patch_task(
     Ok(task_response(StatusCode::OK, &task))
 }
 
-async fn complete_task(
+/// `POST /tasks/{id}/complete` (`COMPLETE`) and `/reopen` (`REOPEN`): one
+/// handler, two routes, each documented on its own.
+async fn change_task_state<const TO_COMPLETED: bool>(
     State(state): State<AppState>,
     asker: Asker,
     IfMatch(expected): IfMatch,
@@ -282,27 +284,18 @@ async fn complete_task(
     uri: Uri,
     Path(TaskPath { id }): Path<TaskPath>,
 ) -> Result<Response, ApiError> {
-    let caller = asker.caller();
+    let change = if TO_COMPLETED {
+        StateChange::Complete
+    } else {
+        StateChange::Reopen
+    };
     let key = keyed(key, &uri, &[]);
     let answer =
-        operations::change_state(&state, caller, &id, expected, key, StateChange::Complete).await?;
+        operations::change_state(&state, asker.caller(), &id, expected, key, change).await?;
     Ok(answer_response(answer))
 }
-
-async fn reopen_task(
-    State(state): State<AppState>,
-    asker: Asker,
-    IfMatch(expected): IfMatch,
-    key: IdempotencyKey,
-    uri: Uri,
-    Path(TaskPath { id }): Path<TaskPath>,
-) -> Result<Response, ApiError> {
-    let caller = asker.caller();
-    let key = keyed(key, &uri, &[]);
-    let answer =
-        operations::change_state(&state, caller, &id, expected, key, StateChange::Reopen).await?;
-    Ok(answer_response(answer))
-}
+const COMPLETE: bool = true;
+const REOPEN: bool = false;
 
 async fn delete_task(
     State(state): State<AppState>,
