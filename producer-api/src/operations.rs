@@ -100,23 +100,29 @@ struct KeyedTx<'a> {
     key: Option<String>,
 }
 
+/// What beginning a retry-safe operation found: work to do, or the first
+/// answer of a request already done under the same key.
+enum Begun<'a> {
+    Fresh(KeyedTx<'a>),
+    Replay(Answer),
+}
+
 impl<'a> KeyedTx<'a> {
-    /// Begins the transaction; `Err(answer)` is a stored answer to replay.
     async fn begin(
         state: &AppState,
         user: &'a UserId,
         idempotency: Option<Idempotency>,
-    ) -> Result<Result<KeyedTx<'a>, Answer>, ApiError> {
+    ) -> Result<Begun<'a>, ApiError> {
         let mut tx = db::begin(&state.pool).await?;
         if let Some(i) = &idempotency {
             if let Claim::Replay { status, body } =
                 idempotency::claim(&mut tx, user, &i.key, &i.fingerprint).await?
             {
                 tx.rollback().await?;
-                return Ok(Err(Answer::Replayed { status, body }));
+                return Ok(Begun::Replay(Answer::Replayed { status, body }));
             }
         }
-        Ok(Ok(KeyedTx {
+        Ok(Begun::Fresh(KeyedTx {
             tx,
             user,
             key: idempotency.map(|i| i.key),
@@ -161,8 +167,8 @@ pub async fn create(
     state.writes.check(caller.user)?;
     let spec = body.into_spec()?;
     let mut keyed = match KeyedTx::begin(state, caller.user, idempotency).await? {
-        Ok(keyed) => keyed,
-        Err(replayed) => return Ok(replayed),
+        Begun::Fresh(keyed) => keyed,
+        Begun::Replay(answer) => return Ok(answer),
     };
     let (task, _event) = tasks::create(keyed.conn(), &caller.actor(), spec, None).await?;
     keyed.commit(state, StatusCode::CREATED, task, true).await
@@ -265,8 +271,8 @@ pub async fn change_state(
     state.writes.check(caller.user)?;
     let id = parse_id(id)?;
     let mut keyed = match KeyedTx::begin(state, caller.user, idempotency).await? {
-        Ok(keyed) => keyed,
-        Err(replayed) => return Ok(replayed),
+        Begun::Fresh(keyed) => keyed,
+        Begun::Replay(answer) => return Ok(answer),
     };
     let current = tasks::find_for_update(keyed.conn(), caller.user, id)
         .await?
