@@ -243,6 +243,15 @@ struct Interrupted;
 
 type Flow = Result<(), Interrupted>;
 
+/// What applying events in one transaction came to, once an unavailable
+/// database has been waited out: the caller decides what a failure means
+/// (the batch falls back to one by one; one event is retried, then
+/// dead-lettered).
+enum Applied {
+    Committed,
+    Failed(HandlerError),
+}
+
 impl<H: Handler> Runtime<H> {
     /// Consumes until `shutdown`; returns an error only if the consumer
     /// cannot be set up.
@@ -388,7 +397,7 @@ impl<H: Handler> Runtime<H> {
 
         for group in self.transactions(&events) {
             let all: Vec<&Event> = group.iter().map(|(e, _)| *e).collect();
-            if let Err(e) = self.apply_waiting(&all, shutdown).await? {
+            if let Applied::Failed(e) = self.apply_waiting(&all, shutdown).await? {
                 tracing::debug!(consumer = %self.config.name, error = %e, "batch failed; applying its events one by one");
                 for (event, msg) in group {
                     self.apply_one(event, msg, dead_letters, shutdown).await?;
@@ -459,7 +468,7 @@ impl<H: Handler> Runtime<H> {
     ) -> Flow {
         let mut attempts = 0;
         loop {
-            let Err(e) = self.apply_waiting(&[event], shutdown).await? else {
+            let Applied::Failed(e) = self.apply_waiting(&[event], shutdown).await? else {
                 return Ok(());
             };
             attempts += 1;
@@ -499,7 +508,7 @@ impl<H: Handler> Runtime<H> {
         &self,
         events: &[&Event],
         shutdown: &mut Shutdown,
-    ) -> Result<Result<(), HandlerError>, Interrupted> {
+    ) -> Result<Applied, Interrupted> {
         let mut outage = 0u32;
         loop {
             match self.apply(events).await {
@@ -514,7 +523,10 @@ impl<H: Handler> Runtime<H> {
                     if outage > 0 {
                         tracing::info!(consumer = %self.config.name, "database is back");
                     }
-                    return Ok(other);
+                    return Ok(match other {
+                        Ok(()) => Applied::Committed,
+                        Err(e) => Applied::Failed(e),
+                    });
                 }
             }
         }
