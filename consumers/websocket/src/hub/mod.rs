@@ -13,27 +13,36 @@
 //!
 //! Each user's delivered events stay in a window (at most `max_events`, none
 //! older than `window`), so a client that reconnects with the last sequence
-//! it saw gets exactly what came after it. All users' windows together stay
-//! (and the events held for a predecessor) stay
-//! under `max_bytes`: past it, the window is shortened for everyone (and
-//! lengthened again, up to `window`, once there is room). When that point is older than the
-//! window, or the hub cannot prove it holds everything after it (a user it
-//! has not heard of), the answer is `resync`: fetch the state over REST.
+//! it saw gets exactly what came after it. All users' windows together, with
+//! the events held for a predecessor, stay under `max_bytes`: past it, the
+//! window is shortened for everyone, and lengthened again, up to `window`,
+//! once there is room ([`window`]). When the point a client resumes from is
+//! older than the window, or the hub cannot prove it holds everything after
+//! it (a user it has not heard of), the answer is `resync`: fetch the state
+//! over REST.
+//!
+//! One user's order, history and connections are a [`feed`]; the hub owns
+//! the feeds, the shared budget, and when to give up on a missing event.
 //!
 //! Locking: users are spread over shards, each a plain mutex held only for
 //! in-memory work (never across an await), so one user's traffic does not
 //! wait on another's.
 
+mod feed;
+mod window;
+
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
+use feed::{Feed, Ledger};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use todo_consumer::{Mark, ReadHorizon};
 use tokio::sync::mpsc;
+use window::Window;
 
 const SHARDS: usize = 32;
 
@@ -97,142 +106,6 @@ pub struct Delivered {
     pub dropped: u64,
 }
 
-struct Subscriber {
-    id: u64,
-    /// Events up to this sequence are already known to the client.
-    after: u64,
-    tx: mpsc::Sender<Live>,
-}
-
-struct Feed {
-    /// The sequence expected next; everything before it was delivered.
-    /// 0 until the first event (sequences start at 1).
-    next: u64,
-    /// The lowest sequence this feed took from the log: an event below it
-    /// was never delivered here (it arrived late, from the other topic, as
-    /// the feed started).
-    start: u64,
-    /// Delivered events, sequences `next - history.len() .. next`.
-    history: VecDeque<Pushed>,
-    /// Events that arrived before their predecessor, with their arrival.
-    held: BTreeMap<u64, (Instant, Pushed)>,
-    /// Where the log ended once the first held event had waited
-    /// `reorder_wait` (and which event that was): the missing ones are
-    /// given up once the log has been read that far without them.
-    late_since: Option<(u64, Arc<Mark>)>,
-    subscribers: Vec<Subscriber>,
-    last_activity: Instant,
-}
-
-impl Feed {
-    fn empty(now: Instant) -> Feed {
-        Feed {
-            next: 0,
-            start: 0,
-            history: VecDeque::new(),
-            held: BTreeMap::new(),
-            late_since: None,
-            subscribers: Vec::new(),
-            last_activity: now,
-        }
-    }
-
-    /// The lowest `since` this feed can serve (none before its first event).
-    fn floor(&self) -> Option<u64> {
-        (self.next > 0).then(|| self.next - 1 - self.history.len() as u64)
-    }
-
-    fn latest(&self) -> Option<u64> {
-        (self.next > 1).then(|| self.next - 1)
-    }
-
-    fn deliver(&mut self, event: Pushed, ledger: &Ledger<'_>, counts: &mut Delivered) {
-        let sequence = event.sequence;
-        self.subscribers.retain(|s| {
-            if sequence <= s.after {
-                return true;
-            }
-            match s.tx.try_send(Live::Event(event.text.clone())) {
-                Ok(()) => {
-                    counts.sent += 1;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    counts.dropped += 1;
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
-        self.next = sequence + 1;
-        ledger.bytes.fetch_add(event.text.len(), Ordering::Relaxed);
-        self.history.push_back(event);
-        while self.history.len() > ledger.config.max_events {
-            self.pop_oldest(ledger.bytes);
-        }
-    }
-
-    fn pop_oldest(&mut self, bytes: &AtomicUsize) {
-        if let Some(e) = self.history.pop_front() {
-            bytes.fetch_sub(e.text.len(), Ordering::Relaxed);
-        }
-    }
-
-    /// An event older than anything this feed took from the log: its two
-    /// topics are read side by side, so as a feed starts, its first event
-    /// can come from one topic before an earlier one from the other. It
-    /// cannot reach the connections that expect it in order any more: they
-    /// are told to resync (never silently left without it). It joins the
-    /// history when that leaves no hole, so a resume from before it gets it.
-    fn arrived_late(&mut self, event: Pushed, ledger: &Ledger<'_>) {
-        let sequence = event.sequence;
-        self.subscribers.retain(|s| {
-            if s.after < sequence {
-                s.tx.try_send(Live::Resync).is_ok()
-            } else {
-                true
-            }
-        });
-        let contiguous = sequence + 1 == self.start
-            && self.history.front().map(|e| e.sequence) == Some(self.start)
-            && self.history.len() < ledger.config.max_events;
-        if contiguous {
-            ledger.bytes.fetch_add(event.text.len(), Ordering::Relaxed);
-            self.history.push_front(event);
-            self.start = sequence;
-        }
-    }
-
-    /// Delivers held events that are now next in line.
-    fn drain_held(&mut self, ledger: &Ledger<'_>, counts: &mut Delivered) {
-        while let Some(entry) = self.held.first_entry() {
-            if *entry.key() != self.next {
-                break;
-            }
-            let (_, event) = entry.remove();
-            // Counted again as history.
-            ledger.bytes.fetch_sub(event.text.len(), Ordering::Relaxed);
-            self.deliver(event, ledger, counts);
-        }
-        if self.held.is_empty() {
-            self.late_since = None;
-        }
-    }
-
-    fn trim(&mut self, oldest: DateTime<Utc>, bytes: &AtomicUsize) {
-        while self.history.front().is_some_and(|e| e.time < oldest) {
-            self.pop_oldest(bytes);
-        }
-    }
-}
-
-/// What a feed needs to keep its history within bounds.
-struct Ledger<'a> {
-    config: &'a HubConfig,
-    /// Bytes of history, all feeds together.
-    bytes: &'a AtomicUsize,
-}
-
 pub struct Hub {
     config: HubConfig,
     /// How far the log has been read: what tells a missing event from an
@@ -240,10 +113,9 @@ pub struct Hub {
     horizon: Arc<ReadHorizon>,
     shards: Vec<Mutex<HashMap<String, Feed>>>,
     next_id: AtomicU64,
+    /// Bytes of frames kept (history and held events), all users together.
     bytes: AtomicUsize,
-    /// The window in force: `config.window`, or shorter while over budget.
-    window_ms: AtomicU64,
-    shrinking: AtomicBool,
+    window: Window,
 }
 
 impl Hub {
@@ -253,8 +125,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             next_id: AtomicU64::new(1),
             bytes: AtomicUsize::new(0),
-            window_ms: AtomicU64::new(config_window_ms(&config)),
-            shrinking: AtomicBool::new(false),
+            window: Window::new(config.window),
             config,
         }
     }
@@ -273,54 +144,25 @@ impl Hub {
 
     /// How far back a resume can reach now.
     pub fn window(&self) -> Duration {
-        Duration::from_millis(self.window_ms.load(Ordering::Relaxed))
-    }
-
-    fn oldest_kept(&self) -> DateTime<Utc> {
-        Utc::now() - self.window()
+        self.window.get()
     }
 
     pub fn config(&self) -> &HubConfig {
         &self.config
     }
 
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Feed>> {
+    fn shard(&self, user: &str) -> MutexGuard<'_, HashMap<String, Feed>> {
         let mut h = DefaultHasher::new();
         user.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
-        // Nothing panics while holding a shard, but if it did, the map is
-        // still consistent enough to go on with.
-        shard
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[(h.finish() as usize) % SHARDS])
     }
 
     /// Takes one event of `user` from the log.
     pub fn publish(&self, user: &str, event: Pushed, now: Instant) -> Delivered {
-        let mut counts = Delivered::default();
         let mut shard = self.shard(user);
         let feed = feed_of(&mut shard, user, now);
-        if feed.next == 0 {
-            feed.next = event.sequence;
-            feed.start = event.sequence;
-        }
-        let ledger = self.ledger();
-        if event.sequence < feed.start {
-            feed.arrived_late(event, &ledger);
-        } else if event.sequence < feed.next {
-            // Redelivered.
-        } else if event.sequence == feed.next {
-            feed.deliver(event, &ledger, &mut counts);
-            feed.drain_held(&ledger, &mut counts);
-        } else {
-            if let std::collections::btree_map::Entry::Vacant(slot) =
-                feed.held.entry(event.sequence)
-            {
-                self.bytes.fetch_add(event.text.len(), Ordering::Relaxed);
-                slot.insert((now, event));
-            }
-        }
-        feed.trim(self.oldest_kept(), &self.bytes);
+        let counts = feed.take(event, now, &self.ledger());
+        feed.trim(self.window.oldest_kept(), &self.bytes);
         drop(shard);
         if self.buffered_bytes() > self.config.max_bytes {
             self.shrink();
@@ -330,29 +172,25 @@ impl Hub {
 
     /// Shortens the window until everything kept fits `max_bytes` again.
     fn shrink(&self) {
-        if self.shrinking.swap(true, Ordering::AcqRel) {
-            return; // another thread is at it
-        }
-        while self.buffered_bytes() > self.config.max_bytes {
-            let shorter = (self.window_ms.load(Ordering::Relaxed) * 3 / 4).max(1);
-            self.window_ms.store(shorter, Ordering::Relaxed);
-            let oldest = self.oldest_kept();
-            for shard in &self.shards {
-                let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-                for feed in shard.values_mut() {
-                    feed.trim(oldest, &self.bytes);
+        self.window.shrink(|window| {
+            while self.buffered_bytes() > self.config.max_bytes {
+                let can_go_on = window.shorten();
+                let oldest = window.oldest_kept();
+                for shard in &self.shards {
+                    for feed in lock(shard).values_mut() {
+                        feed.trim(oldest, &self.bytes);
+                    }
+                }
+                if !can_go_on {
+                    break;
                 }
             }
-            if shorter == 1 {
-                break;
-            }
-        }
-        tracing::warn!(
-            window_ms = self.window_ms.load(Ordering::Relaxed),
-            bytes = self.buffered_bytes(),
-            "resume window shortened to stay within REALTIME_RESUME_MAX_BYTES"
-        );
-        self.shrinking.store(false, Ordering::Release);
+            tracing::warn!(
+                window_ms = window.current_ms(),
+                bytes = self.buffered_bytes(),
+                "resume window shortened to stay within REALTIME_RESUME_MAX_BYTES"
+            );
+        });
     }
 
     /// Gives up on events that never came: for every user whose oldest held
@@ -365,49 +203,36 @@ impl Hub {
         // One mark serves every feed that turns late in this pass.
         let mut mark_now: Option<Arc<Mark>> = None;
         for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (user, feed) in shard.iter_mut() {
-                let Some((&first, (since, _))) = feed.held.first_key_value() else {
+            for (user, feed) in lock(shard).iter_mut() {
+                let Some((first, since)) = feed.first_held() else {
                     continue;
                 };
                 // Held events are bounded like a window (and by the byte
                 // budget, through the window's shortening), not only by time.
-                let overfull = feed.held.len() > self.config.max_events;
+                let overfull = feed.held_count() > self.config.max_events;
                 if !overfull {
-                    if now.duration_since(*since) < self.config.reorder_wait {
+                    if now.duration_since(since) < self.config.reorder_wait {
                         continue;
                     }
-                    let mark = match &feed.late_since {
-                        Some((event, mark)) if *event == first => mark.clone(),
-                        _ => {
-                            let mark = mark_now
-                                .get_or_insert_with(|| Arc::new(self.horizon.mark()))
-                                .clone();
-                            feed.late_since = Some((first, mark.clone()));
-                            mark
-                        }
-                    };
+                    let mark = feed.late_mark(first, || {
+                        mark_now
+                            .get_or_insert_with(|| Arc::new(self.horizon.mark()))
+                            .clone()
+                    });
                     if !self.horizon.reached(&mark) {
                         continue;
                     }
                 }
                 tracing::warn!(
                     user,
-                    missing_from = feed.next,
+                    missing_from = feed.next(),
                     missing_to = first - 1,
                     overfull,
                     "events never arrived; connections told to resync"
                 );
-                feed.subscribers
-                    .retain(|s| s.tx.try_send(Live::Resync).is_ok());
-                // What came before the gap cannot be served to a resume
-                // anymore: the history restarts after it.
-                while !feed.history.is_empty() {
-                    feed.pop_oldest(&self.bytes);
-                }
-                feed.next = first;
-                feed.start = first;
-                feed.drain_held(&self.ledger(), &mut counts);
+                let delivered = feed.skip_gap(first, &self.ledger());
+                counts.sent += delivered.sent;
+                counts.dropped += delivered.dropped;
             }
         }
         counts
@@ -416,23 +241,12 @@ impl Hub {
     /// Forgets what is older than the window, and users with nothing left;
     /// lengthens a shortened window again while there is room.
     pub fn sweep(&self, now: Instant) {
-        let full = config_window_ms(&self.config);
-        let current = self.window_ms.load(Ordering::Relaxed);
-        if current < full && self.buffered_bytes() < self.config.max_bytes / 2 {
-            self.window_ms
-                .store((current * 2).min(full), Ordering::Relaxed);
-        }
-        let oldest = self.oldest_kept();
+        self.window
+            .regrow(self.buffered_bytes(), self.config.max_bytes);
+        let oldest = self.window.oldest_kept();
         for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.retain(|_, feed| {
-                feed.trim(oldest, &self.bytes);
-                feed.subscribers.retain(|s| !s.tx.is_closed());
-                !feed.history.is_empty()
-                    || !feed.held.is_empty()
-                    || !feed.subscribers.is_empty()
-                    || now.duration_since(feed.last_activity) < self.config.idle_cursor
-            });
+            lock(shard)
+                .retain(|_, feed| feed.sweep(oldest, now, self.config.idle_cursor, &self.bytes));
         }
     }
 
@@ -447,32 +261,8 @@ impl Hub {
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(user);
-        let feed = feed_of(&mut shard, user, now);
-        let live_only = feed.next.saturating_sub(1);
-        let (start, after) = match (since, feed.floor()) {
-            (None, _) => (Start::Backlog(Vec::new()), live_only),
-            // Nothing known of this user: a client that says it saw
-            // something cannot be proven up to date.
-            (Some(0), None) => (Start::Backlog(Vec::new()), 0),
-            (Some(_), None) => (Start::Resync, 0),
-            (Some(s), Some(floor)) if s < floor => (Start::Resync, live_only),
-            (Some(s), Some(_)) => {
-                let backlog = feed
-                    .history
-                    .iter()
-                    .filter(|e| e.sequence > s)
-                    .map(|e| e.text.clone())
-                    .collect();
-                // A client ahead of this replica skips what it has seen.
-                (Start::Backlog(backlog), s.max(live_only))
-            }
-        };
-        feed.subscribers.push(Subscriber { id, after, tx });
-        Subscription {
-            id,
-            start,
-            latest: feed.latest(),
-        }
+        let (start, latest) = feed_of(&mut shard, user, now).subscribe(id, since, tx);
+        Subscription { id, start, latest }
     }
 
     /// `user` was erased: each of their connections gets `frame` (the
@@ -483,35 +273,31 @@ impl Hub {
         let Some(feed) = self.shard(user).remove(user) else {
             return counts;
         };
-        let kept: usize = feed.history.iter().map(|e| e.text.len()).sum::<usize>()
-            + feed.held.values().map(|(_, e)| e.text.len()).sum::<usize>();
+        let kept = feed.erase(&frame, &mut counts);
         self.bytes.fetch_sub(kept, Ordering::Relaxed);
-        for s in feed.subscribers {
-            // A full buffer drops the connection all the same.
-            if s.tx.try_send(Live::Event(frame.clone())).is_ok() {
-                counts.sent += 1;
-                let _ = s.tx.try_send(Live::Erased);
-            }
-        }
         counts
     }
 
     pub fn unsubscribe(&self, user: &str, id: u64) {
         if let Some(feed) = self.shard(user).get_mut(user) {
-            feed.subscribers.retain(|s| s.id != id);
+            feed.unsubscribe(id);
         }
     }
 }
 
-fn config_window_ms(config: &HubConfig) -> u64 {
-    u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX)
+/// A shard's lock. Nothing panics while holding one, but if it did, the map
+/// is still consistent enough to go on with.
+fn lock(shard: &Mutex<HashMap<String, Feed>>) -> MutexGuard<'_, HashMap<String, Feed>> {
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn feed_of<'a>(shard: &'a mut HashMap<String, Feed>, user: &str, now: Instant) -> &'a mut Feed {
     let feed = shard
         .entry(user.to_owned())
         .or_insert_with(|| Feed::empty(now));
-    feed.last_activity = now;
+    feed.touch(now);
     feed
 }
 
