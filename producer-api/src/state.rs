@@ -5,6 +5,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use std::sync::Arc;
 use todo_platform::auth::JwtKeys;
+use todo_platform::metrics::registered;
 use todo_store::outbox::OutboxSignal;
 
 #[derive(Clone)]
@@ -34,17 +35,21 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route and status"),
-            &["method", "route", "status"],
+        let requests = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTP requests by route and status"),
+                &["method", "route", "status"],
+            )?,
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16)?),
-            &["method", "route"],
+        let duration = registered(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                    .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16)?),
+                &["method", "route"],
+            )?,
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
         Ok(Self { requests, duration })
     }
 }

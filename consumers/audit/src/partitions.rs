@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 use todo_platform::config::{ConfigError, Env};
+use todo_platform::metrics::registered;
 use todo_platform::shutdown::Shutdown;
 
 /// How many whole months the log keeps (`AUDIT_RETENTION_MONTHS`; unset:
@@ -82,16 +83,20 @@ pub struct PartitionMetrics {
 impl PartitionMetrics {
     /// `todo_audit_partitions_dropped_total`, `todo_audit_events_expired_total`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let dropped = IntCounter::new(
-            "todo_audit_partitions_dropped_total",
-            "Months of the audit log dropped after AUDIT_RETENTION_MONTHS",
+        let dropped = registered(
+            registry,
+            IntCounter::new(
+                "todo_audit_partitions_dropped_total",
+                "Months of the audit log dropped after AUDIT_RETENTION_MONTHS",
+            )?,
         )?;
-        let expired = IntCounter::new(
-            "todo_audit_events_expired_total",
-            "Events not stored because their time is already past AUDIT_RETENTION_MONTHS",
+        let expired = registered(
+            registry,
+            IntCounter::new(
+                "todo_audit_events_expired_total",
+                "Events not stored because their time is already past AUDIT_RETENTION_MONTHS",
+            )?,
         )?;
-        registry.register(Box::new(dropped.clone()))?;
-        registry.register(Box::new(expired.clone()))?;
         Ok(Self { dropped, expired })
     }
 }

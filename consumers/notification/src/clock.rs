@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use todo_consumer::{HandlerError, Progress};
 use todo_contract::envelope::{EventType, ReminderEventData};
+use todo_platform::metrics::registered;
 use todo_platform::preferences::Preferences;
 use todo_platform::retry::{backoff, run_rounds};
 use todo_platform::shutdown::Shutdown;
@@ -82,19 +83,23 @@ pub struct ClockMetrics {
 
 impl ClockMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let rounds = IntCounter::new(
-            "todo_reminder_clock_rounds_total",
-            "Rounds of the reminder clock (each fires, delivers and computes its next sleep)",
+        let rounds = registered(
+            registry,
+            IntCounter::new(
+                "todo_reminder_clock_rounds_total",
+                "Rounds of the reminder clock (each fires, delivers and computes its next sleep)",
+            )?,
         )?;
-        let lateness = Histogram::with_opts(
-            HistogramOpts::new(
-                "todo_reminder_lateness_seconds",
-                "From a reminder's time to the commit of its firing (reminder.triggered)",
-            )
-            .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
+        let lateness = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "todo_reminder_lateness_seconds",
+                    "From a reminder's time to the commit of its firing (reminder.triggered)",
+                )
+                .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
+            )?,
         )?;
-        registry.register(Box::new(rounds.clone()))?;
-        registry.register(Box::new(lateness.clone()))?;
         Ok(Self { rounds, lateness })
     }
 }

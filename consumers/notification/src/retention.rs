@@ -16,6 +16,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use sqlx::PgPool;
 use std::time::Duration;
 use todo_platform::db::delete_in_batches;
+use todo_platform::metrics::registered;
 
 /// Most rows one statement deletes: short transactions, little to vacuum.
 pub const BATCH: i64 = 5_000;
@@ -96,14 +97,16 @@ pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, 
 
 /// `todo_reminders_pruned_total{table}`.
 pub fn pruned_metric(registry: &Registry) -> prometheus::Result<IntCounterVec> {
-    let pruned = IntCounterVec::new(
-        Opts::new(
-            "todo_reminders_pruned_total",
-            "Done reminders and deliveries deleted after REMINDER_RETENTION_DAYS, by table",
-        ),
-        &["table"],
+    let pruned = registered(
+        registry,
+        IntCounterVec::new(
+            Opts::new(
+                "todo_reminders_pruned_total",
+                "Done reminders and deliveries deleted after REMINDER_RETENTION_DAYS, by table",
+            ),
+            &["table"],
+        )?,
     )?;
-    registry.register(Box::new(pruned.clone()))?;
     Ok(pruned)
 }
 

@@ -10,6 +10,7 @@ use prometheus::{IntCounter, Registry};
 use sqlx::PgPool;
 use std::time::Duration;
 use todo_platform::config::{ConfigError, Env};
+use todo_platform::metrics::registered;
 use todo_platform::shutdown::Shutdown;
 
 /// Most rows one statement deletes.
@@ -78,16 +79,20 @@ pub struct PrunedMetrics {
 
 impl PrunedMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let instances = IntCounter::new(
-            "todo_recurring_instances_pruned_total",
-            "Instance records of ended series deleted after RECURRING_RETENTION_DAYS",
+        let instances = registered(
+            registry,
+            IntCounter::new(
+                "todo_recurring_instances_pruned_total",
+                "Instance records of ended series deleted after RECURRING_RETENTION_DAYS",
+            )?,
         )?;
-        let series = IntCounter::new(
-            "todo_recurring_series_pruned_total",
-            "Ended series deleted after RECURRING_RETENTION_DAYS",
+        let series = registered(
+            registry,
+            IntCounter::new(
+                "todo_recurring_series_pruned_total",
+                "Ended series deleted after RECURRING_RETENTION_DAYS",
+            )?,
         )?;
-        registry.register(Box::new(instances.clone()))?;
-        registry.register(Box::new(series.clone()))?;
         Ok(Self { instances, series })
     }
 }

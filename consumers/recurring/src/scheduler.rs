@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use todo_consumer::HandlerError;
 use todo_contract::envelope::{InstanceCause, SeriesEnd};
+use todo_platform::metrics::registered;
 use todo_platform::retry::run_rounds;
 use todo_platform::shutdown::Shutdown;
 use todo_platform::telemetry::{self, TraceParent};
@@ -41,11 +42,13 @@ pub struct Scheduler {
 
 /// `todo_recurring_scheduler_rounds_total`.
 pub fn rounds_metric(registry: &Registry) -> prometheus::Result<IntCounter> {
-    let rounds = IntCounter::new(
-        "todo_recurring_scheduler_rounds_total",
-        "Rounds of the schedule-mode scheduler (each creates what is due and computes its next sleep)",
+    let rounds = registered(
+        registry,
+        IntCounter::new(
+            "todo_recurring_scheduler_rounds_total",
+            "Rounds of the schedule-mode scheduler (each creates what is due and computes its next sleep)",
+        )?,
     )?;
-    registry.register(Box::new(rounds.clone()))?;
     Ok(rounds)
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use todo_platform::auth::{AuthError, JwtKeys, Verified};
 use todo_platform::http::{Problem, Unauthorized};
+use todo_platform::metrics::registered;
 use todo_platform::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
@@ -58,36 +59,48 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
-        let connections = IntGauge::new("realtime_connections", "Open WebSocket connections")?;
-        let sent = IntCounter::new(
-            "realtime_frames_sent_total",
-            "Event frames queued for connections",
+        let connections = registered(
+            registry,
+            IntGauge::new("realtime_connections", "Open WebSocket connections")?,
         )?;
-        let closed = IntCounterVec::new(
-            Opts::new(
-                "realtime_connections_closed_total",
-                "Connections closed, by reason",
-            ),
-            &["reason"],
+        let sent = registered(
+            registry,
+            IntCounter::new(
+                "realtime_frames_sent_total",
+                "Event frames queued for connections",
+            )?,
         )?;
-        let resyncs = IntCounter::new(
-            "realtime_resyncs_total",
-            "Resync frames sent (resume too old, or events lost)",
+        let closed = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "realtime_connections_closed_total",
+                    "Connections closed, by reason",
+                ),
+                &["reason"],
+            )?,
         )?;
-        let buffered = IntGauge::new(
-            "realtime_resume_buffer_bytes",
-            "Bytes of frames kept for resumes, all users",
+        let resyncs = registered(
+            registry,
+            IntCounter::new(
+                "realtime_resyncs_total",
+                "Resync frames sent (resume too old, or events lost)",
+            )?,
         )?;
-        let window = prometheus::Gauge::new(
-            "realtime_resume_window_seconds",
-            "How far back a resume reaches now",
+        let buffered = registered(
+            registry,
+            IntGauge::new(
+                "realtime_resume_buffer_bytes",
+                "Bytes of frames kept for resumes, all users",
+            )?,
         )?;
-        registry.register(Box::new(buffered.clone()))?;
-        registry.register(Box::new(window.clone()))?;
-        registry.register(Box::new(connections.clone()))?;
-        registry.register(Box::new(sent.clone()))?;
-        registry.register(Box::new(closed.clone()))?;
-        registry.register(Box::new(resyncs.clone()))?;
+        let window = registered(
+            registry,
+            prometheus::Gauge::new(
+                "realtime_resume_window_seconds",
+                "How far back a resume reaches now",
+            )?,
+        )?;
         Ok(Metrics {
             connections,
             sent,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod preferences;

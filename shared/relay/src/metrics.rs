@@ -1,6 +1,7 @@
 //! The relay's Prometheus metrics.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use todo_platform::metrics::registered;
 
 #[derive(Clone)]
 pub struct RelayMetrics {
@@ -17,56 +18,83 @@ pub struct RelayMetrics {
 
 impl RelayMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let published = IntCounterVec::new(
-            Opts::new(
-                "todo_events_published_total",
-                "Events acknowledged by the broker",
-            ),
-            &["type"],
+        let published = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "todo_events_published_total",
+                    "Events acknowledged by the broker",
+                ),
+                &["type"],
+            )?,
         )?;
-        let failed = IntCounterVec::new(
-            Opts::new(
-                "todo_events_publish_failed_total",
-                "Deliveries the broker refused (sent again, or set aside when refused for good)",
-            ),
-            &["type"],
+        let failed = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "todo_events_publish_failed_total",
+                    "Deliveries the broker refused (sent again, or set aside when refused for good)",
+                ),
+                &["type"],
+            )?,
         )?;
-        let set_aside = IntCounterVec::new(
-            Opts::new(
-                "todo_outbox_set_aside_total",
-                "Outbox rows the broker refused for good, moved to outbox_dead_letters",
-            ),
-            &["type"],
+        let set_aside = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "todo_outbox_set_aside_total",
+                    "Outbox rows the broker refused for good, moved to outbox_dead_letters",
+                ),
+                &["type"],
+            )?,
         )?;
-        let latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "todo_outbox_publish_latency_seconds",
-                "From the outbox row's commit to the broker's acknowledgement",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0, 300.0,
-            ]),
+        let latency = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "todo_outbox_publish_latency_seconds",
+                    "From the outbox row's commit to the broker's acknowledgement",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0,
+                ]),
+            )?,
         )?;
-        let batch_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "todo_outbox_batch_duration_seconds",
-                "Time to read a round of outbox rows and hand them to the producer",
-            )
-            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+        let batch_duration = registered(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "todo_outbox_batch_duration_seconds",
+                    "Time to read a round of outbox rows and hand them to the producer",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+            )?,
         )?;
-        let backlog = IntGauge::new("todo_outbox_backlog", "Outbox rows not yet acknowledged")?;
-        let in_flight = IntGauge::new(
-            "todo_outbox_in_flight",
-            "Outbox rows sent to the broker and not yet acknowledged",
+        let backlog = registered(
+            registry,
+            IntGauge::new("todo_outbox_backlog", "Outbox rows not yet acknowledged")?,
         )?;
-        let leader = IntGauge::new(
-            "todo_outbox_relay_leader",
-            "1 while this process's relay leads",
+        let in_flight = registered(
+            registry,
+            IntGauge::new(
+                "todo_outbox_in_flight",
+                "Outbox rows sent to the broker and not yet acknowledged",
+            )?,
         )?;
-        let stalls = IntCounter::new(
-            "todo_outbox_stalls_total",
-            "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced",
+        let leader = registered(
+            registry,
+            IntGauge::new(
+                "todo_outbox_relay_leader",
+                "1 while this process's relay leads",
+            )?,
+        )?;
+        let stalls = registered(
+            registry,
+            IntCounter::new(
+                "todo_outbox_stalls_total",
+                "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced",
+            )?,
         )?;
         // Every type's series exists from the start at 0: a first failure
         // is then an increase that rate() and the alert rules can see, and
@@ -75,15 +103,6 @@ impl RelayMetrics {
             for m in [&published, &failed, &set_aside] {
                 m.with_label_values(&[t.as_str()]);
             }
-        }
-        registry.register(Box::new(stalls.clone()))?;
-        for m in [&published, &failed, &set_aside] {
-            registry.register(Box::new(m.clone()))?;
-        }
-        registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(batch_duration.clone()))?;
-        for g in [&backlog, &in_flight, &leader] {
-            registry.register(Box::new(g.clone()))?;
         }
         Ok(Self {
             published,

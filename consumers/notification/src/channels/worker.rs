@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use todo_contract::envelope::{EventType, ReminderEventData};
+use todo_platform::metrics::registered;
 use todo_platform::retry::{backoff, run_rounds};
 use todo_platform::shutdown::Shutdown;
 use todo_platform::telemetry::{self, TraceParent};
@@ -54,64 +55,78 @@ pub struct ChannelMetrics {
 
 impl ChannelMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let queue = IntGaugeVec::new(
-            Opts::new(
-                "todo_reminder_channel_queue_depth",
-                "Deliveries waiting for an attempt (due now or retrying later), by channel",
-            ),
-            &["channel"],
+        let queue = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "todo_reminder_channel_queue_depth",
+                    "Deliveries waiting for an attempt (due now or retrying later), by channel",
+                ),
+                &["channel"],
+            )?,
         )?;
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "todo_reminder_channel_in_flight",
-                "Attempts running now, by channel",
-            ),
-            &["channel"],
+        let in_flight = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "todo_reminder_channel_in_flight",
+                    "Attempts running now, by channel",
+                ),
+                &["channel"],
+            )?,
         )?;
-        let attempts = IntCounterVec::new(
-            Opts::new(
-                "todo_reminder_channel_attempts_total",
-                "Delivery attempts by channel and outcome (sent, retry, failed; held: failed while the channel's breaker was open, not counted against the reminder)",
-            ),
-            &["channel", "outcome"],
+        let attempts = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "todo_reminder_channel_attempts_total",
+                    "Delivery attempts by channel and outcome (sent, retry, failed; held: failed while the channel's breaker was open, not counted against the reminder)",
+                ),
+                &["channel", "outcome"],
+            )?,
         )?;
-        let attempt_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "todo_reminder_channel_attempt_duration_seconds",
-                "How long one delivery attempt took, by channel",
-            )
-            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
-            &["channel"],
+        let attempt_seconds = registered(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "todo_reminder_channel_attempt_duration_seconds",
+                    "How long one delivery attempt took, by channel",
+                )
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+                &["channel"],
+            )?,
         )?;
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "todo_reminder_channel_latency_seconds",
-                "From the reminder's time to its delivery, by channel",
-            )
-            .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
-            &["channel"],
+        let latency = registered(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "todo_reminder_channel_latency_seconds",
+                    "From the reminder's time to its delivery, by channel",
+                )
+                .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
+                &["channel"],
+            )?,
         )?;
-        let breaker_state = IntGaugeVec::new(
-            Opts::new(
-                "todo_reminder_channel_breaker_state",
-                "The channel's circuit breaker in this process: 0 closed, 1 open (attempts paused), 2 half-open (one probe in flight)",
-            ),
-            &["channel"],
+        let breaker_state = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "todo_reminder_channel_breaker_state",
+                    "The channel's circuit breaker in this process: 0 closed, 1 open (attempts paused), 2 half-open (one probe in flight)",
+                ),
+                &["channel"],
+            )?,
         )?;
-        let breaker_opened = IntCounterVec::new(
-            Opts::new(
-                "todo_reminder_channel_breaker_opened_total",
-                "Times the channel's breaker opened (from closed, or after a failed probe)",
-            ),
-            &["channel"],
+        let breaker_opened = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "todo_reminder_channel_breaker_opened_total",
+                    "Times the channel's breaker opened (from closed, or after a failed probe)",
+                ),
+                &["channel"],
+            )?,
         )?;
-        registry.register(Box::new(queue.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(attempts.clone()))?;
-        registry.register(Box::new(attempt_seconds.clone()))?;
-        registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(breaker_state.clone()))?;
-        registry.register(Box::new(breaker_opened.clone()))?;
         Ok(Self {
             queue,
             in_flight,
