@@ -14,7 +14,7 @@ use super::{parse, ConsumerMetrics, Event, Progress, ReadHorizon};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_contract::envelope::{Topic, TopicNames};
@@ -73,14 +73,19 @@ impl Tail {
 
         let mut assigned = HashSet::new();
         let start = chrono::Utc::now() - self.config.window;
-        let first = self.assign_new(&consumer, &topics, &mut assigned, Some(start));
-        // (topic, partition) -> the last offset it held when assigned. The
-        // consumer commits nothing, so librdkafka's lag cannot tell this.
-        let mut to_reach: HashMap<(String, i32), i64> = match first.await {
-            Ok(ends) => ends,
-            Err(e) => anyhow::bail!("cannot assign the partitions of {topics:?}: {e}"),
-        };
-        if to_reach.is_empty() {
+        if let Err(e) = self
+            .assign_new(&consumer, &topics, &mut assigned, Some(start))
+            .await
+        {
+            anyhow::bail!("cannot assign the partitions of {topics:?}: {e}");
+        }
+        // Where every partition ended when it was assigned: once read that
+        // far, the window is rebuilt and the service is ready. (The
+        // consumer commits nothing, so librdkafka's lag cannot tell this.)
+        let assigned_ends = self.horizon.mark();
+        let mut caught_up = false;
+        if self.horizon.reached(&assigned_ends) {
+            caught_up = true;
             self.progress.mark();
         }
         tracing::info!(consumer = %self.config.name, topics = ?topics, partitions = assigned.len(),
@@ -111,16 +116,6 @@ impl Tail {
                     continue;
                 }
             };
-            if !to_reach.is_empty() {
-                let key = (msg.topic().to_owned(), msg.partition());
-                if to_reach.get(&key).is_some_and(|last| msg.offset() >= *last) {
-                    to_reach.remove(&key);
-                    if to_reach.is_empty() {
-                        tracing::info!(consumer = name, "caught up with the log");
-                        self.progress.mark();
-                    }
-                }
-            }
             match parse(name, &msg.detach()) {
                 Ok(event) => {
                     let event_type = event.envelope.event_type.to_string();
@@ -165,21 +160,26 @@ impl Tail {
             // on the horizon for it must find it there.
             self.horizon
                 .read(msg.topic(), msg.partition(), msg.offset());
+            if !caught_up && self.horizon.reached(&assigned_ends) {
+                caught_up = true;
+                tracing::info!(consumer = name, "caught up with the log");
+                self.progress.mark();
+            }
         }
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         Ok(())
     }
 
     /// Adds the partitions of `topics` not read yet, starting at the first
-    /// message at or after `since` (or the beginning). Returns the last
-    /// offset of each one that has something to read.
+    /// message at or after `since` (or the beginning), and opens each in
+    /// the horizon with where it starts and ends.
     async fn assign_new(
         &self,
         consumer: &Arc<StreamConsumer<RuntimeContext>>,
         topics: &[String],
         assigned: &mut HashSet<(String, i32)>,
         since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> anyhow::Result<HashMap<(String, i32), i64>> {
+    ) -> anyhow::Result<()> {
         let (consumer2, topics2) = (consumer.clone(), topics.to_vec());
         let known = assigned.clone();
         let found = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, i32)>> {
@@ -199,7 +199,7 @@ impl Tail {
         })
         .await??;
         if found.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &found {
@@ -233,8 +233,7 @@ impl Tail {
         }
         let (consumer2, horizon) = (consumer.clone(), self.horizon.clone());
         let starts = tpl.clone();
-        let to_reach = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let mut to_reach = HashMap::new();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             for p in starts.elements() {
                 let (low, high) =
                     consumer2.fetch_watermarks(p.topic(), p.partition(), METADATA_TIMEOUT)?;
@@ -244,15 +243,12 @@ impl Tail {
                     _ => low,
                 };
                 horizon.opened(p.topic(), p.partition(), from, high);
-                if from < high {
-                    to_reach.insert((p.topic().to_owned(), p.partition()), high - 1);
-                }
             }
-            Ok(to_reach)
+            Ok(())
         })
         .await??;
         consumer.incremental_assign(&tpl)?;
         assigned.extend(found);
-        Ok(to_reach)
+        Ok(())
     }
 }
