@@ -1,7 +1,7 @@
 //! The consumer runtime's Prometheus metrics, labelled by consumer.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::{registered, EVENT_AGE_BUCKETS};
 
 #[derive(Clone)]
 pub struct ConsumerMetrics {
@@ -99,10 +99,7 @@ impl ConsumerMetrics {
                     "todo_event_end_to_end_seconds",
                     "From the event's time (its commit in the producer) to its effect's commit here",
                 )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    60.0, 300.0,
-                ]),
+                .buckets(EVENT_AGE_BUCKETS.to_vec()),
                 &["consumer"],
             )?,
         )?;

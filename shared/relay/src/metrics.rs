@@ -1,7 +1,7 @@
 //! The relay's Prometheus metrics.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::{registered, EVENT_AGE_BUCKETS};
 
 #[derive(Clone)]
 pub struct RelayMetrics {
@@ -55,10 +55,7 @@ impl RelayMetrics {
                     "todo_outbox_publish_latency_seconds",
                     "From the outbox row's commit to the broker's acknowledgement",
                 )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    30.0, 60.0, 300.0,
-                ]),
+                .buckets(EVENT_AGE_BUCKETS.to_vec()),
             )?,
         )?;
         let batch_duration = registered(

@@ -291,16 +291,39 @@ impl Feed {
 
 #[cfg(test)]
 mod tests {
+    use super::super::received;
     use super::*;
     use axum::extract::ws::Utf8Bytes;
 
-    fn config() -> HubConfig {
-        HubConfig {
-            window: Duration::from_secs(3600),
-            max_events: 3,
-            reorder_wait: Duration::from_secs(1),
-            idle_cursor: Duration::from_secs(60),
-            max_bytes: 1 << 20,
+    /// What a feed's ledger points at: the config and the byte count.
+    struct Budget {
+        config: HubConfig,
+        bytes: AtomicUsize,
+    }
+
+    impl Budget {
+        fn new() -> Budget {
+            Budget {
+                config: HubConfig {
+                    window: Duration::from_secs(3600),
+                    max_events: 3,
+                    reorder_wait: Duration::from_secs(1),
+                    idle_cursor: Duration::from_secs(60),
+                    max_bytes: 1 << 20,
+                },
+                bytes: AtomicUsize::new(0),
+            }
+        }
+
+        fn ledger(&self) -> Ledger<'_> {
+            Ledger {
+                config: &self.config,
+                bytes: &self.bytes,
+            }
+        }
+
+        fn kept(&self) -> usize {
+            self.bytes.load(Ordering::Relaxed)
         }
     }
 
@@ -312,55 +335,40 @@ mod tests {
         }
     }
 
-    fn frames(rx: &mut mpsc::Receiver<Live>) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(live) = rx.try_recv() {
-            out.push(match live {
-                Live::Event(t) => t.to_string(),
-                Live::Resync => "resync".into(),
-                Live::Erased => "erased".into(),
-            });
-        }
-        out
+    /// A feed that took event 1, and a connection that saw up to `since`.
+    fn after_one(budget: &Budget, since: Option<u64>) -> (Feed, mpsc::Receiver<Live>) {
+        let now = Instant::now();
+        let mut feed = Feed::empty(now);
+        let (tx, rx) = mpsc::channel(16);
+        feed.take(event(1), now, &budget.ledger());
+        feed.subscribe(1, since, tx);
+        (feed, rx)
     }
 
     #[test]
     fn early_events_wait_for_their_predecessor_and_repeats_change_nothing() {
-        let (config, bytes, now) = (config(), AtomicUsize::new(0), Instant::now());
-        let ledger = Ledger {
-            config: &config,
-            bytes: &bytes,
-        };
-        let mut feed = Feed::empty(now);
-        let (tx, mut rx) = mpsc::channel(16);
-        feed.take(event(1), now, &ledger);
-        feed.subscribe(1, None, tx);
+        let budget = Budget::new();
+        let (mut feed, mut rx) = after_one(&budget, None);
+        let (ledger, now) = (budget.ledger(), Instant::now());
         feed.take(event(3), now, &ledger);
         assert_eq!(feed.first_held().map(|(s, _)| s), Some(3));
-        assert!(frames(&mut rx).is_empty(), "3 waits for 2");
-        let counts = feed.take(event(2), now, &ledger);
-        assert_eq!(counts.sent, 2);
+        assert!(received(&mut rx).is_empty(), "3 waits for 2");
+        assert_eq!(feed.take(event(2), now, &ledger).sent, 2);
         feed.take(event(2), now, &ledger);
-        assert_eq!(frames(&mut rx), ["e2", "e3"], "in order, once each");
+        assert_eq!(received(&mut rx), ["e2", "e3"], "in order, once each");
         assert_eq!(feed.first_held(), None);
         assert_eq!(feed.next(), 4);
-        assert_eq!(bytes.load(Ordering::Relaxed), 6, "three frames kept");
+        assert_eq!(budget.kept(), 6, "three frames kept");
     }
 
     #[test]
     fn skipping_a_gap_tells_the_connections_and_restarts_the_history_after_it() {
-        let (config, bytes, now) = (config(), AtomicUsize::new(0), Instant::now());
-        let ledger = Ledger {
-            config: &config,
-            bytes: &bytes,
-        };
-        let mut feed = Feed::empty(now);
-        let (tx, mut rx) = mpsc::channel(16);
-        feed.take(event(1), now, &ledger);
-        feed.subscribe(1, Some(1), tx);
-        feed.take(event(4), now, &ledger);
+        let budget = Budget::new();
+        let (mut feed, mut rx) = after_one(&budget, Some(1));
+        let ledger = budget.ledger();
+        feed.take(event(4), Instant::now(), &ledger);
         feed.skip_gap(4, &ledger);
-        assert_eq!(frames(&mut rx), ["resync", "e4"]);
+        assert_eq!(received(&mut rx), ["resync", "e4"]);
         let (late_tx, _late_rx) = mpsc::channel(16);
         let (start, latest) = feed.subscribe(2, Some(1), late_tx);
         assert!(
@@ -368,6 +376,6 @@ mod tests {
             "1 is before the gap: no resume from it"
         );
         assert_eq!(latest, Some(4));
-        assert_eq!(bytes.load(Ordering::Relaxed), 2, "only e4 is kept");
+        assert_eq!(budget.kept(), 2, "only e4 is kept");
     }
 }

@@ -301,6 +301,20 @@ fn feed_of<'a>(shard: &'a mut HashMap<String, Feed>, user: &str, now: Instant) -
     feed
 }
 
+/// What a connection has received so far, as the tests compare it.
+#[cfg(test)]
+fn received(rx: &mut mpsc::Receiver<Live>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(live) = rx.try_recv() {
+        out.push(match live {
+            Live::Event(text) => text.to_string(),
+            Live::Resync => "resync".into(),
+            Live::Erased => "end".into(),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,18 +340,6 @@ mod tests {
             time: Utc::now(),
             text: Utf8Bytes::from(sequence.to_string()),
         }
-    }
-
-    fn received(rx: &mut mpsc::Receiver<Live>) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(live) = rx.try_recv() {
-            out.push(match live {
-                Live::Event(text) => text.to_string(),
-                Live::Resync => "resync".into(),
-                Live::Erased => "end".into(),
-            });
-        }
-        out
     }
 
     fn backlog(sub: &Subscription) -> Vec<String> {
