@@ -14,7 +14,6 @@ use todo_platform::auth::JwtKeys;
 use todo_platform::config::{ConfigError, Env, JwtSettings, Settings};
 use todo_platform::db;
 use todo_platform::shutdown::Shutdown;
-use tokio_util::task::TaskTracker;
 
 /// todo-audit: the consumer and its read API, and the job that keeps the
 /// log's months.
@@ -100,14 +99,11 @@ impl Audit {
 
     /// Consumes and serves until `shutdown`; the months are kept meanwhile.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let tasks = TaskTracker::new();
         let partitions = self.partitions;
-        let (stop_keeping, keeping) = shutdown.child();
-        tasks.spawn(async move { partitions.maintain_forever(keeping).await });
-        let result = self.service.run(shutdown).await;
-        stop_keeping.trigger();
-        tasks.close();
-        tasks.wait().await;
-        result
+        self.service
+            .run_beside(shutdown, move |tasks, keeping| {
+                tasks.spawn(async move { partitions.maintain_forever(keeping).await });
+            })
+            .await
     }
 }

@@ -29,7 +29,6 @@ use todo_platform::shutdown::Shutdown;
 use todo_relay::Relay;
 use todo_store::outbox::OutboxSignal;
 use tokio::sync::Notify;
-use tokio_util::task::TaskTracker;
 
 pub struct App {
     service: ConsumerService<Schedule>,
@@ -345,28 +344,27 @@ impl App {
     /// Runs until `shutdown`, then waits for the clock, the channel
     /// workers, the relay and the notify forwarder to finish their work.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let tasks = TaskTracker::new();
-        tasks.spawn(self.clock.run(shutdown.clone()));
-        tasks.spawn(retention::prune_forever(
-            self.pool.clone(),
-            self.retention,
-            self.pruned,
-            shutdown.clone(),
-        ));
-        for worker in self.workers {
-            tasks.spawn(worker.run(shutdown.clone()));
-        }
-        tasks.spawn(
-            self.signal
-                .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
-        );
-        if let Some(relay) = self.relay {
-            tasks.spawn(relay.run(shutdown.clone()));
-        }
-        let result = self.service.run(shutdown).await;
-        tasks.close();
-        tasks.wait().await;
-        result
+        self.service
+            .run_beside(shutdown, move |tasks, shutdown| {
+                tasks.spawn(self.clock.run(shutdown.clone()));
+                tasks.spawn(retention::prune_forever(
+                    self.pool.clone(),
+                    self.retention,
+                    self.pruned,
+                    shutdown.clone(),
+                ));
+                for worker in self.workers {
+                    tasks.spawn(worker.run(shutdown.clone()));
+                }
+                tasks.spawn(
+                    self.signal
+                        .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
+                );
+                if let Some(relay) = self.relay {
+                    tasks.spawn(relay.run(shutdown));
+                }
+            })
+            .await
     }
 }
 

@@ -2,11 +2,7 @@
 //! (`/health`, `/ready`, `/metrics`, plus any routes of its own), started
 //! and stopped together, the same way by `main` and by the tests.
 
-use crate::ConsumerConfig;
-use crate::ConsumerMetrics;
-use crate::Handler;
-use crate::Health;
-use crate::Runtime;
+use crate::{ConsumerConfig, ConsumerMetrics, Handler, Health, Runtime};
 use aide::axum::ApiRouter;
 use axum::Router;
 use futures::FutureExt;
@@ -16,11 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_platform::config::Settings;
-use todo_platform::db;
-use todo_platform::kafka;
 use todo_platform::openapi::{self, Docs};
 use todo_platform::ops::{self, Readiness, ReadyCheck};
 use todo_platform::shutdown::{self, Shutdown};
+use todo_platform::{db, kafka};
+use tokio_util::task::TaskTracker;
 
 pub struct ConsumerService<H> {
     name: String,
@@ -123,5 +119,26 @@ impl<H: Handler> ConsumerService<H> {
         consumed?;
         served??;
         Ok(())
+    }
+
+    /// [`run`](Self::run), with the service's own background work (a clock,
+    /// a relay, retention), which `start` spawns into the tracker: that work
+    /// gets a shutdown that also comes when the service ends on its own (its
+    /// consumer could not be set up), and is waited for before returning.
+    /// Without it, a service whose consumer failed would wait for ever on
+    /// work that only a process signal ends.
+    pub async fn run_beside(
+        self,
+        shutdown: Shutdown,
+        start: impl FnOnce(&TaskTracker, Shutdown),
+    ) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let (stop_beside, beside) = shutdown.child();
+        start(&tasks, beside);
+        let result = self.run(shutdown).await;
+        stop_beside.trigger();
+        tasks.close();
+        tasks.wait().await;
+        result
     }
 }

@@ -1358,3 +1358,26 @@ async fn pruning_deletes_only_what_was_done_before_the_retention_in_batches() {
         .collect();
     assert_eq!(left, kept);
 }
+
+/// A consumer that cannot be set up ends the service with its error; the
+/// clock, channel workers, retention and relay beside it end too instead
+/// of keeping the process up, unready, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_cannot_start_ends_the_service_with_its_error() {
+    let stack = Stack::new().await;
+    let mut options = options();
+    // librdkafka refuses a session timeout of 0 when the consumer is made.
+    options.consumer.session_timeout = Duration::ZERO;
+    let app = App::build(&stack.settings(), options, Arc::new(LogDelivery))
+        .await
+        .expect("todo-notifier builds");
+    let (_trigger, shutdown) = shutdown::channel();
+    let ended = tokio::time::timeout(WAIT, app.run(shutdown))
+        .await
+        .expect("todo-notifier ended on its own, without a shutdown");
+    let error = ended.expect_err("the consumer's error");
+    assert!(
+        format!("{error:#}").contains("session.timeout.ms"),
+        "names the bad setting: {error:#}"
+    );
+}

@@ -1321,3 +1321,26 @@ async fn the_scheduler_makes_nothing_for_an_erased_user_and_holds_up_no_one() {
     recurring.stop().await;
     api.stop().await;
 }
+
+/// A consumer that cannot be set up ends the service with its error; the
+/// scheduler, retention and relay beside it end too instead of keeping the
+/// process up, unready, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_cannot_start_ends_the_service_with_its_error() {
+    let stack = Stack::new().await;
+    let mut config = ConsumerConfig::new("todo-recurring", &[Topic::TaskEvents]);
+    // librdkafka refuses a session timeout of 0 when the consumer is made.
+    config.session_timeout = Duration::ZERO;
+    let app = App::build(&stack.settings(), config)
+        .await
+        .expect("todo-recurring builds");
+    let (_trigger, shutdown) = shutdown::channel();
+    let ended = tokio::time::timeout(WAIT, app.run(shutdown))
+        .await
+        .expect("todo-recurring ended on its own, without a shutdown");
+    let error = ended.expect_err("the consumer's error");
+    assert!(
+        format!("{error:#}").contains("session.timeout.ms"),
+        "names the bad setting: {error:#}"
+    );
+}
