@@ -8,8 +8,8 @@ use crate::extract::{CorrelationId, IdempotencyKey, IfMatch, JsonBody, CORRELATI
 use crate::origin::ClientOrigin;
 use aide::generate::GenContext;
 use aide::openapi::{
-    HeaderStyle, MediaType, OpenApi, Operation, Parameter, ParameterData, ParameterSchemaOrContent,
-    ReferenceOr, RequestBody, Response, SchemaObject, StatusCode,
+    HeaderStyle, OpenApi, Operation, Parameter, ParameterData, ParameterSchemaOrContent,
+    ReferenceOr, RequestBody, Response, StatusCode,
 };
 use aide::operation::{add_parameters, set_body};
 use aide::transform::TransformOperation;
@@ -19,7 +19,9 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use todo_contract::domain::Task;
 use todo_platform::http::Problem;
-use todo_platform::openapi::{add_header, operations_mut, problem, problem_response, Docs};
+use todo_platform::openapi::{
+    add_header, content, operations_mut, problem, problem_response, schema_object, Docs,
+};
 
 pub const DOCS: Docs = Docs {
     title: "todo-api",
@@ -46,11 +48,7 @@ fn add_header_parameter(
             name: name.into(),
             description: Some(description.into()),
             required: false,
-            format: ParameterSchemaOrContent::Schema(SchemaObject {
-                json_schema: schema,
-                example: None,
-                external_docs: None,
-            }),
+            format: ParameterSchemaOrContent::Schema(schema_object(schema)),
             extensions: IndexMap::new(),
             deprecated: None,
             example: None,
@@ -163,17 +161,7 @@ impl<T: JsonSchema> OperationInput for JsonBody<T> {
             operation,
             RequestBody {
                 description: None,
-                content: IndexMap::from_iter([(
-                    "application/json".into(),
-                    MediaType {
-                        schema: Some(SchemaObject {
-                            json_schema: schema,
-                            example: None,
-                            external_docs: None,
-                        }),
-                        ..Default::default()
-                    },
-                )]),
+                content: content("application/json", schema),
                 required: true,
                 extensions: IndexMap::new(),
             },

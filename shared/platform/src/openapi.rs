@@ -54,19 +54,29 @@ pub fn problem_response(ctx: &mut GenContext, description: &str) -> Response {
     let schema = ctx.schema.subschema_for::<Problem>();
     Response {
         description: description.into(),
-        content: IndexMap::from_iter([(
-            PROBLEM_CONTENT_TYPE.to_owned(),
-            MediaType {
-                schema: Some(SchemaObject {
-                    json_schema: schema,
-                    example: None,
-                    external_docs: None,
-                }),
-                ..Default::default()
-            },
-        )]),
+        content: content(PROBLEM_CONTENT_TYPE, schema),
         ..Default::default()
     }
+}
+
+/// `schema` as the document holds it (no example, no link to more docs).
+pub fn schema_object(json_schema: schemars::Schema) -> SchemaObject {
+    SchemaObject {
+        json_schema,
+        example: None,
+        external_docs: None,
+    }
+}
+
+/// A body of `content_type` whose shape is `schema`.
+pub fn content(content_type: &str, schema: schemars::Schema) -> IndexMap<String, MediaType> {
+    IndexMap::from_iter([(
+        content_type.to_owned(),
+        MediaType {
+            schema: Some(schema_object(schema)),
+            ..Default::default()
+        },
+    )])
 }
 
 /// Documents a response header (a string) of `response`.
@@ -78,11 +88,9 @@ pub fn add_header(response: &mut Response, name: &str, description: &str) {
             style: HeaderStyle::Simple,
             required: false,
             deprecated: None,
-            format: ParameterSchemaOrContent::Schema(SchemaObject {
-                json_schema: schemars::json_schema!({ "type": "string" }),
-                example: None,
-                external_docs: None,
-            }),
+            format: ParameterSchemaOrContent::Schema(schema_object(schemars::json_schema!({
+                "type": "string"
+            }))),
             example: None,
             examples: IndexMap::new(),
             extensions: IndexMap::new(),
