@@ -158,14 +158,12 @@ impl Application {
     /// the relay (letting its batch in flight be acknowledged) and returns.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
-        if let Some(relay) = self.relay {
-            tasks.spawn(relay.run(shutdown.clone()));
-        }
-        tasks.spawn(
-            self.state
-                .signal
-                .clone()
-                .forward_to_other_processes(self.state.pool.clone(), shutdown.clone()),
+        todo_relay::spawn_publishing(
+            &tasks,
+            self.relay,
+            self.state.signal.clone(),
+            self.state.pool.clone(),
+            shutdown.clone(),
         );
         tasks.spawn(housekeeping(self.state.clone(), shutdown.clone()));
         tracing::info!(

@@ -356,13 +356,13 @@ impl App {
                 for worker in self.workers {
                     tasks.spawn(worker.run(shutdown.clone()));
                 }
-                tasks.spawn(
-                    self.signal
-                        .forward_to_other_processes(self.pool.clone(), shutdown.clone()),
+                todo_relay::spawn_publishing(
+                    tasks,
+                    self.relay,
+                    self.signal,
+                    self.pool.clone(),
+                    shutdown,
                 );
-                if let Some(relay) = self.relay {
-                    tasks.spawn(relay.run(shutdown));
-                }
             })
             .await
     }

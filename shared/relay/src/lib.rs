@@ -50,6 +50,7 @@ use todo_platform::retry::backoff;
 use todo_platform::shutdown::Shutdown;
 use todo_platform::telemetry::{self, TraceParent, TRACEPARENT};
 use todo_store::outbox::{OutboxSignal, CHANNEL};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 use vacuum::Vacuum;
 
@@ -123,6 +124,23 @@ impl RelayConfig {
 /// (a standby, or the leader).
 pub fn enabled_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<bool, ConfigError> {
     env.parse_or("OUTBOX_RELAY_ENABLED", true)
+}
+
+/// What every process that writes outbox rows runs beside its own work
+/// (todo-api, todo-recurring, todo-notifier): its relay, when it runs one,
+/// and the forwarder that wakes the relay leading in another process after
+/// this one's commits.
+pub fn spawn_publishing(
+    tasks: &TaskTracker,
+    relay: Option<Relay>,
+    signal: OutboxSignal,
+    pool: PgPool,
+    shutdown: Shutdown,
+) {
+    if let Some(relay) = relay {
+        tasks.spawn(relay.run(shutdown.clone()));
+    }
+    tasks.spawn(signal.forward_to_other_processes(pool, shutdown));
 }
 
 pub struct Relay {
