@@ -113,8 +113,7 @@ impl Feed {
     /// connections are told to resync, the history restarts after the gap
     /// (what came before it cannot be served to a resume any more), and
     /// what was held is delivered.
-    pub fn skip_gap(&mut self, first: u64, ledger: &Ledger<'_>) -> Delivered {
-        let mut counts = Delivered::default();
+    pub fn skip_gap(&mut self, first: u64, ledger: &Ledger<'_>, counts: &mut Delivered) {
         self.subscribers
             .retain(|s| s.tx.try_send(Live::Resync).is_ok());
         while !self.history.is_empty() {
@@ -122,8 +121,7 @@ impl Feed {
         }
         self.next = first;
         self.start = first;
-        self.drain_held(ledger, &mut counts);
-        counts
+        self.drain_held(ledger, counts);
     }
 
     /// The first sequence missing (before the held events).
@@ -367,7 +365,7 @@ mod tests {
         let (mut feed, mut rx) = after_one(&budget, Some(1));
         let ledger = budget.ledger();
         feed.take(event(4), Instant::now(), &ledger);
-        feed.skip_gap(4, &ledger);
+        feed.skip_gap(4, &ledger, &mut Delivered::default());
         assert_eq!(received(&mut rx), ["resync", "e4"]);
         let (late_tx, _late_rx) = mpsc::channel(16);
         let (start, latest) = feed.subscribe(2, Some(1), late_tx);

@@ -230,9 +230,7 @@ impl Hub {
                     overfull,
                     "events never arrived; connections told to resync"
                 );
-                let delivered = feed.skip_gap(first, &self.ledger());
-                counts.sent += delivered.sent;
-                counts.dropped += delivered.dropped;
+                feed.skip_gap(first, &self.ledger(), &mut counts);
             }
         }
         counts
