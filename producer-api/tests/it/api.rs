@@ -134,6 +134,35 @@ async fn every_route_works_and_publishes_its_event() {
             "corr-delete"
         ]
     );
+
+    // The document tells a client generating from it which event each of
+    // these publishes: the one a consumer just saw.
+    let doc: Value = stack
+        .http
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .expect("GET /openapi.json")
+        .json()
+        .await
+        .expect("the document is JSON");
+    let operations = [
+        ("/tasks", "post"),
+        ("/tasks/{id}", "put"),
+        ("/tasks/{id}", "patch"),
+        ("/tasks/{id}/complete", "post"),
+        ("/tasks/{id}/reopen", "post"),
+        ("/tasks/{id}", "delete"),
+    ];
+    for ((path, method), published) in operations.iter().zip(&types) {
+        let description = doc["paths"][path][method]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.contains(&format!("Publishes {published}")),
+            "{method} {path} publishes {published} but its description says {description:?}"
+        );
+    }
     for e in &events {
         assert_eq!(e.key, "alice");
         assert_eq!(
