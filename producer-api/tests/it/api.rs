@@ -1,36 +1,33 @@
 //! The REST API against a real PostgreSQL and a real broker: each route, its
 //! event as a separate consumer reads it, and every refusal.
 
+use crate::common::{get_anonymously, published, send_with_header, started, task_with_every_field};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
-use todo_api::testing::{assert_per_user_order, assert_schema_valid, Stack};
+use todo_api::testing::{assert_per_user_order, assert_schema_valid};
 use todo_contract::domain::UserId;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_works_and_publishes_its_event() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
 
     // Create, with a correlation id the event must carry.
-    let r = stack
-        .request(&api, Method::POST, "/tasks", &alice)
-        .header("X-Correlation-Id", "corr-create")
-        .json(&json!({
-            "title": "Water the plants",
-            "description": "the ferns too",
-            "priority": "high",
-            "tags": ["home", "garden"],
-            "due_at": "2026-12-01T09:00:00Z",
-            "recurrence": {"rule": "FREQ=WEEKLY;BYDAY=TU", "timezone": "Europe/Berlin", "mode": "on_completion"},
-            "reminders": [{"before": "PT1H"}, {"at": "2026-11-30T18:00:00Z"}]
-        }))
-        .send()
-        .await
-        .unwrap();
+    let task = task_with_every_field();
+    let corr = ("X-Correlation-Id", "corr-create");
+    let r = send_with_header(
+        &stack,
+        &api,
+        Method::POST,
+        "/tasks",
+        &alice,
+        corr,
+        Some(task),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["x-correlation-id"], "corr-create");
     assert_eq!(r.headers()["etag"], "\"1\"");
@@ -86,13 +83,8 @@ async fn every_route_works_and_publishes_its_event() {
     ];
     let mut last = created.clone();
     for (method, p, body, corr) in &changes {
-        let mut req = stack
-            .request(&api, method.clone(), p, &alice)
-            .header("X-Correlation-Id", *corr);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let r = req.send().await.unwrap();
+        let corr = ("X-Correlation-Id", *corr);
+        let r = send_with_header(&stack, &api, method.clone(), p, &alice, corr, body.clone()).await;
         assert!(r.status().is_success(), "{method} {p}: {}", r.status());
         if r.status() != StatusCode::NO_CONTENT {
             last = r.json().await.unwrap();
@@ -137,12 +129,8 @@ async fn every_route_works_and_publishes_its_event() {
 
     // The document tells a client generating from it which event each of
     // these publishes: the one a consumer just saw.
-    let doc: Value = stack
-        .http
-        .get(format!("{}/openapi.json", api.base))
-        .send()
+    let doc: Value = get_anonymously(&stack, &api, "/openapi.json")
         .await
-        .expect("GET /openapi.json")
         .json()
         .await
         .expect("the document is JSON");
@@ -207,8 +195,7 @@ async fn every_route_works_and_publishes_its_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_only_ever_sees_their_own_tasks() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let (alice, bob) = (stack.token("alice"), stack.token("bob"));
     let task = stack
         .create(&api, &alice, json!({"title": "alice's secret"}))
@@ -255,8 +242,7 @@ async fn a_user_only_ever_sees_their_own_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     let url = format!("{}/tasks", api.base);
 
@@ -443,28 +429,16 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
 
     // Bad input on an update changes nothing either.
     let path = format!("/tasks/{}", ok["id"].as_str().unwrap());
-    let (status, problem) = stack
-        .call(
-            &api,
-            Method::PATCH,
-            &path,
-            &alice,
-            Some(json!({"priority": "asap"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(problem["errors"][0]["field"], "priority");
-    let (status, problem) = stack
-        .call(
-            &api,
-            Method::PATCH,
-            &path,
-            &alice,
-            Some(json!({"title": null})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(problem["errors"][0]["field"], "title");
+    for (body, field) in [
+        (json!({"priority": "asap"}), "priority"),
+        (json!({"title": null}), "title"),
+    ] {
+        let (status, problem) = stack
+            .call(&api, Method::PATCH, &path, &alice, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["errors"][0]["field"], field);
+    }
     let (_, same) = stack.call(&api, Method::GET, &path, &alice, None).await;
     assert_eq!(same, ok);
     api.stop().await;
@@ -472,28 +446,32 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_retry_returns_the_first_result() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     let send = |key: &'static str, title: &'static str| {
-        stack
-            .request(&api, Method::POST, "/tasks", &alice)
-            .header("Idempotency-Key", key)
-            .json(&json!({"title": title}))
-            .send()
+        let body = Some(json!({"title": title}));
+        send_with_header(
+            &stack,
+            &api,
+            Method::POST,
+            "/tasks",
+            &alice,
+            ("Idempotency-Key", key),
+            body,
+        )
     };
 
-    let first = send("k-1", "pay rent").await.unwrap();
+    let first = send("k-1", "pay rent").await;
     assert_eq!(first.status(), StatusCode::CREATED);
     let first: Value = first.json().await.unwrap();
-    let retry = send("k-1", "pay rent").await.unwrap();
+    let retry = send("k-1", "pay rent").await;
     assert_eq!(retry.status(), StatusCode::CREATED);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     let retry: Value = retry.json().await.unwrap();
     assert_eq!(retry, first, "the retry returns the first result");
 
     // The same key with another body is a client bug, not a retry.
-    let other = send("k-1", "pay taxes").await.unwrap();
+    let other = send("k-1", "pay taxes").await;
     assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // Concurrent retries of one request create one task.
@@ -501,7 +479,6 @@ async fn an_idempotency_key_retry_returns_the_first_result() {
     let results = futures::future::join_all(racing).await;
     let mut ids = std::collections::HashSet::new();
     for r in results {
-        let r = r.unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
         ids.insert(
             r.json::<Value>().await.unwrap()["id"]
@@ -514,25 +491,17 @@ async fn an_idempotency_key_retry_returns_the_first_result() {
 
     // Keys are per user: bob's k-1 is his own.
     let bob = stack.token("bob");
-    let r = stack
-        .request(&api, Method::POST, "/tasks", &bob)
-        .header("Idempotency-Key", "k-1")
-        .json(&json!({"title": "pay rent"}))
-        .send()
-        .await
-        .unwrap();
+    let key = ("Idempotency-Key", "k-1");
+    let body = Some(json!({"title": "pay rent"}));
+    let r = send_with_header(&stack, &api, Method::POST, "/tasks", &bob, key, body).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_ne!(r.json::<Value>().await.unwrap()["id"], first["id"]);
 
     // Completing with a key twice: one completion event.
     let path = format!("/tasks/{}/complete", first["id"].as_str().unwrap());
     for _ in 0..2 {
-        let r = stack
-            .request(&api, Method::POST, &path, &alice)
-            .header("Idempotency-Key", "k-3")
-            .send()
-            .await
-            .unwrap();
+        let key = ("Idempotency-Key", "k-3");
+        let r = send_with_header(&stack, &api, Method::POST, &path, &alice, key, None).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.json::<Value>().await.unwrap()["version"], 2);
     }
@@ -540,13 +509,8 @@ async fn an_idempotency_key_retry_returns_the_first_result() {
     assert_eq!(stack.count("tasks").await, 3);
     let events = stack.task_events().await.take(4, WAIT).await;
     assert_per_user_order(&events);
-    let more = stack
-        .task_events()
-        .await
-        .drain(Duration::from_secs(2))
-        .await;
     assert_eq!(
-        more.len(),
+        published(&stack).await,
         4,
         "three creations and one completion, nothing twice"
     );
@@ -555,19 +519,13 @@ async fn an_idempotency_key_retry_returns_the_first_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_if_match_answers_412_and_changes_nothing() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     let task = stack.create(&api, &alice, json!({"title": "v1"})).await;
     let path = format!("/tasks/{}", task["id"].as_str().unwrap());
 
-    let r = stack
-        .request(&api, Method::PUT, &path, &alice)
-        .header("If-Match", "\"1\"")
-        .json(&json!({"title": "v2"}))
-        .send()
-        .await
-        .unwrap();
+    let (fresh, body) = (("If-Match", "\"1\""), Some(json!({"title": "v2"})));
+    let r = send_with_header(&stack, &api, Method::PUT, &path, &alice, fresh, body).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["etag"], "\"2\"");
 
@@ -577,13 +535,8 @@ async fn a_stale_if_match_answers_412_and_changes_nothing() {
         (Method::POST, format!("{path}/complete"), None),
         (Method::DELETE, path.clone(), None),
     ] {
-        let mut req = stack
-            .request(&api, method.clone(), &p, &alice)
-            .header("If-Match", "1");
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
+        let stale = ("If-Match", "1");
+        let r = send_with_header(&stack, &api, method.clone(), &p, &alice, stale, body).await;
         assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED, "{method} {p}");
         let problem: Value = r.json().await.unwrap();
         assert!(
@@ -591,13 +544,8 @@ async fn a_stale_if_match_answers_412_and_changes_nothing() {
             "{problem}"
         );
     }
-    let r = stack
-        .request(&api, Method::PATCH, &path, &alice)
-        .header("If-Match", "banana")
-        .json(&json!({"title": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let (bad, body) = (("If-Match", "banana"), Some(json!({"title": "x"})));
+    let r = send_with_header(&stack, &api, Method::PATCH, &path, &alice, bad, body).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     let (_, now) = stack.call(&api, Method::GET, &path, &alice, None).await;
@@ -615,8 +563,7 @@ async fn a_stale_if_match_answers_412_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_filter_sort_and_paginate() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     let specs = [
         json!({"title": "Buy milk", "priority": "low", "tags": ["shop"], "due_at": "2026-12-03T10:00:00Z"}),
@@ -708,21 +655,10 @@ async fn lists_filter_sort_and_paginate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_and_correlation_ids() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let health = stack
-        .http
-        .get(format!("{}/health", api.base))
-        .send()
-        .await
-        .unwrap();
+    let (stack, api) = started().await;
+    let health = get_anonymously(&stack, &api, "/health").await;
     assert_eq!(health.status(), StatusCode::OK);
-    let ready = stack
-        .http
-        .get(format!("{}/ready", api.base))
-        .send()
-        .await
-        .unwrap();
+    let ready = get_anonymously(&stack, &api, "/ready").await;
     assert_eq!(ready.status(), StatusCode::OK);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["database"], true);
@@ -742,15 +678,7 @@ async fn operations_endpoints_and_correlation_ids() {
         .create(&api, &alice, json!({"title": "count me"}))
         .await;
     stack.outbox_drained(WAIT).await;
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics(&api.base).await;
     assert!(
         metrics.contains(r#"todo_events_published_total{type="task.created"} 1"#),
         "{metrics}"
@@ -770,16 +698,21 @@ async fn operations_endpoints_and_correlation_ids() {
 /// Keys older than a day go, in batches; a recent one still replays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_older_than_a_day_are_pruned_in_batches() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let ann = stack.token("ann");
-    let first = stack
-        .request(&api, Method::POST, "/tasks", &ann)
-        .header("idempotency-key", "kept")
-        .json(&json!({"title": "recent"}))
-        .send()
-        .await
-        .expect("POST");
+    let send_kept = || {
+        let body = Some(json!({"title": "recent"}));
+        send_with_header(
+            &stack,
+            &api,
+            Method::POST,
+            "/tasks",
+            &ann,
+            ("idempotency-key", "kept"),
+            body,
+        )
+    };
+    let first = send_kept().await;
     assert_eq!(first.status(), StatusCode::CREATED);
     sqlx::query(
         "INSERT INTO idempotency_keys (user_id, key, request_hash, status, response, created_at)
@@ -795,13 +728,7 @@ async fn idempotency_keys_older_than_a_day_are_pruned_in_batches() {
         .expect("prune");
     assert_eq!(pruned, 23, "three batches of 7 and one of 2");
     assert_eq!(stack.count("idempotency_keys").await, 1);
-    let again = stack
-        .request(&api, Method::POST, "/tasks", &ann)
-        .header("idempotency-key", "kept")
-        .json(&json!({"title": "recent"}))
-        .send()
-        .await
-        .expect("POST");
+    let again = send_kept().await;
     assert_eq!(
         again
             .headers()

@@ -3,6 +3,7 @@
 //! values, every write route and every list parameter. Each is refused with
 //! a 4xx naming what is wrong, and nothing is written or published.
 
+use crate::common::{published, started, started_with_write_burst, writes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
@@ -37,110 +38,114 @@ fn every_second_daily_rule() -> String {
 
 /// (what, body, the field the problem must name)
 fn hostile_bodies() -> Vec<(&'static str, Value, &'static str)> {
+    const DUE: &str = "2030-01-01T09:00:00Z";
+    const YEAR_262142: &str = "+262142-12-31T23:59:59Z";
     let berlin =
         |rule: &str| json!({"rule": rule, "timezone": "Europe/Berlin", "mode": "schedule"});
+    let due = |at: &str| titled(json!({ "due_at": at }));
+    let recurring =
+        |at: &str, recurrence: Value| titled(json!({"due_at": at, "recurrence": recurrence}));
     vec![
         ("NUL in the title", json!({"title": "a\u{0}b"}), "title"),
         (
             "NUL in the description",
-            json!({"title": "t", "description": "a\u{0}b"}),
+            titled(json!({"description": "a\u{0}b"})),
             "description",
         ),
-        (
-            "NUL in a tag",
-            json!({"title": "t", "tags": ["a\u{0}"]}),
-            "tags",
-        ),
+        ("NUL in a tag", titled(json!({"tags": ["a\u{0}"]})), "tags"),
         (
             "NUL after a lead time",
-            json!({"title": "t", "due_at": "2030-01-01T09:00:00Z", "reminders": [{"before": "PT1H\u{0}"}]}),
+            titled(json!({"due_at": DUE, "reminders": [{"before": "PT1H\u{0}"}]})),
             "reminders[0].before",
         ),
         (
             "NUL in the rule",
-            json!({"title": "t", "due_at": "2030-01-01T09:00:00Z", "recurrence": berlin("FREQ=DAILY\u{0}")}),
+            recurring(DUE, berlin("FREQ=DAILY\u{0}")),
             "recurrence.rule",
         ),
         (
             "NUL in the time zone",
-            json!({"title": "t", "due_at": "2030-01-01T09:00:00Z",
-                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "Europe/Berlin\u{0}", "mode": "schedule"}}),
+            recurring(
+                DUE,
+                json!({"rule": "FREQ=DAILY", "timezone": "Europe/Berlin\u{0}", "mode": "schedule"}),
+            ),
             "recurrence.timezone",
         ),
         (
             "due in year 262142, recurring in Berlin",
-            json!({"title": "t", "due_at": "+262142-12-31T23:59:59Z", "recurrence": berlin("FREQ=DAILY")}),
+            recurring(YEAR_262142, berlin("FREQ=DAILY")),
             "due_at",
         ),
         (
             "due in year 262142, recurring at UTC+14",
-            json!({"title": "t", "due_at": "+262142-12-31T23:59:59Z",
-                   "recurrence": {"rule": "FREQ=DAILY", "timezone": "Etc/GMT-14", "mode": "on_completion"}}),
+            recurring(
+                YEAR_262142,
+                json!({"rule": "FREQ=DAILY", "timezone": "Etc/GMT-14", "mode": "on_completion"}),
+            ),
             "due_at",
         ),
-        (
-            "due before 4713 BC",
-            json!({"title": "t", "due_at": "-4714-01-01T00:00:00Z"}),
-            "due_at",
-        ),
-        (
-            "due before 1970",
-            json!({"title": "t", "due_at": "1969-12-31T23:59:59Z"}),
-            "due_at",
-        ),
-        (
-            "due after 9999",
-            json!({"title": "t", "due_at": "+10000-01-01T00:00:00Z"}),
-            "due_at",
-        ),
+        ("due before 4713 BC", due("-4714-01-01T00:00:00Z"), "due_at"),
+        ("due before 1970", due("1969-12-31T23:59:59Z"), "due_at"),
+        ("due after 9999", due("+10000-01-01T00:00:00Z"), "due_at"),
         (
             "a reminder in year 262142",
-            json!({"title": "t", "due_at": "2030-01-01T09:00:00Z",
+            titled(json!({"due_at": DUE,
                    "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "UTC", "mode": "on_completion"},
-                   "reminders": [{"at": "+262142-12-31T23:59:59Z"}]}),
+                   "reminders": [{"at": YEAR_262142}]})),
             "reminders[0].at",
         ),
         (
             "a reminder before 4713 BC",
-            json!({"title": "t", "reminders": [{"at": "-4714-06-01T00:00:00Z"}]}),
+            titled(json!({"reminders": [{"at": "-4714-06-01T00:00:00Z"}]})),
             "reminders[0].at",
         ),
         (
             "a lead time that lands before 1970",
-            json!({"title": "t", "due_at": "1970-01-02T00:00:00Z", "reminders": [{"before": "P7D"}]}),
+            titled(json!({"due_at": "1970-01-02T00:00:00Z", "reminders": [{"before": "P7D"}]})),
             "reminders[0].before",
         ),
         (
             "a yearly rule with every day, hour, minute and second",
-            json!({"title": "t", "due_at": "2030-01-01T09:00:00Z", "recurrence": berlin(&worst_yearly_rule())}),
+            recurring(DUE, berlin(&worst_yearly_rule())),
             "recurrence.rule",
         ),
         (
             "a daily rule firing every second",
-            json!({"title": "t", "due_at": "2030-01-01T09:00:00Z", "recurrence": berlin(&every_second_daily_rule())}),
+            recurring(DUE, berlin(&every_second_daily_rule())),
             "recurrence.rule",
         ),
         (
             "a 10 kB rule",
-            json!({"title": "t", "due_at": "2030-01-01T09:00:00Z", "recurrence": berlin(&format!("FREQ=DAILY;BYHOUR={}", "1,".repeat(5000)))}),
+            recurring(
+                DUE,
+                berlin(&format!("FREQ=DAILY;BYHOUR={}", "1,".repeat(5000))),
+            ),
             "recurrence.rule",
         ),
         (
             "a 20 kB description",
-            json!({"title": "t", "description": "d".repeat(20_000)}),
+            titled(json!({"description": "d".repeat(20_000)})),
             "description",
         ),
         (
             "a 60-character tag",
-            json!({"title": "t", "tags": ["x".repeat(60)]}),
+            titled(json!({"tags": ["x".repeat(60)]})),
             "tags",
         ),
         (
             "eleven reminders",
-            json!({"title": "t", "reminders": (0..11).map(|i| json!({"at": format!("2030-01-01T09:{i:02}:00Z")})).collect::<Vec<_>>()}),
+            titled(
+                json!({"reminders": (0..11).map(|i| json!({"at": format!("2030-01-01T09:{i:02}:00Z")})).collect::<Vec<_>>()}),
+            ),
             "reminders",
         ),
     ]
+}
+
+/// `fields`, and the title "t": a body whose only fault is in `fields`.
+fn titled(mut fields: Value) -> Value {
+    fields["title"] = json!("t");
+    fields
 }
 
 /// Asserts that nothing was written: no task, no event, no sequence.
@@ -152,8 +157,7 @@ async fn nothing_written(stack: &Stack, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_postgresql_or_the_calendar_refuse_answer_422_naming_the_field() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     for (what, body, field) in hostile_bodies() {
         let (status, problem) = stack
@@ -209,31 +213,9 @@ async fn values_postgresql_or_the_calendar_refuse_answer_422_naming_the_field() 
     api.stop().await;
 }
 
-/// Tasks, and events ever appended (the relay empties the outbox meanwhile,
-/// but a user's sequence only grows).
-async fn writes(stack: &Stack) -> (i64, i64) {
-    let events: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
-            .fetch_one(&stack.db.pool)
-            .await
-            .expect("sequences");
-    (stack.count("tasks").await, events)
-}
-
-/// Events on the task topic so far.
-async fn published(stack: &Stack) -> i64 {
-    stack
-        .task_events()
-        .await
-        .drain(Duration::from_secs(2))
-        .await
-        .len() as i64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_parameters_postgresql_would_refuse_answer_422() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     stack.create(&api, &alice, json!({"title": "one"})).await;
     let long_q = "q".repeat(300);
@@ -321,8 +303,7 @@ async fn list_parameters_postgresql_would_refuse_answer_422() {
 /// API never answers 5xx, and a refused body writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_bodies_never_get_a_server_error_and_refusals_write_nothing() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     let target = stack
         .create(
@@ -447,14 +428,7 @@ async fn fuzzed_bodies_never_get_a_server_error_and_refusals_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_writing_without_end_gets_429_and_others_are_unaffected() {
-    use todo_api::limits::WriteQuota;
-    let stack = Stack::new().await;
-    let mut options = stack.api_options();
-    options.writes = WriteQuota {
-        per_second: std::num::NonZeroU32::new(1).expect("nonzero"),
-        burst: std::num::NonZeroU32::new(5).expect("nonzero"),
-    };
-    let api = stack.spawn_api_with(stack.settings(), options).await;
+    let (stack, api) = started_with_write_burst(5).await;
     let (alice, bob) = (stack.token("alice"), stack.token("bob"));
     let mut statuses = Vec::new();
     let mut retry_after = None;
@@ -506,8 +480,7 @@ fn token_not_valid_yet(user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_not_valid_yet_is_refused() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let early = token_not_valid_yet("alice");
     let (status, problem) = stack
         .call(

@@ -2,6 +2,7 @@
 //! test harness are linked once for all of them.
 
 mod api;
+mod common;
 mod erasure;
 mod hostile;
 mod mcp;

@@ -3,13 +3,12 @@
 //! each change publishes, what a user may not touch, every refusal, and the
 //! protocol's edges (token, revisions, unknown tool, no sessions).
 
+use crate::common::{started, started_with_write_burst, task_with_every_field, writes};
 use reqwest::{Method, StatusCode};
 use rmcp::model::ProtocolVersion;
 use rmcp::service::ServiceError;
 use serde_json::{json, Value};
-use std::num::NonZeroU32;
 use std::time::Duration;
-use todo_api::limits::WriteQuota;
 use todo_api::testing::mcp::ToolReply;
 use todo_api::testing::{assert_per_user_order, assert_schema_valid, Api, Stack};
 use todo_contract::domain::UserId;
@@ -26,21 +25,9 @@ async fn rest_get(stack: &Stack, api: &Api, token: &str, id: &str) -> (StatusCod
         .await
 }
 
-/// Tasks, and events ever appended (the relay empties the outbox meanwhile,
-/// but a user's sequence only grows).
-async fn writes(stack: &Stack) -> (i64, i64) {
-    let events: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
-            .fetch_one(&stack.db.pool)
-            .await
-            .expect("sequences");
-    (stack.count("tasks").await, events)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     // One client per step, so that each step's events carry its own
     // correlation id (an assistant's host sets X-Correlation-Id per request).
@@ -78,18 +65,7 @@ async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
 
     let added = client("corr-add")
         .await
-        .call(
-            "add_task",
-            json!({
-                "title": "Water the plants",
-                "description": "the ferns too",
-                "priority": "high",
-                "tags": ["home", "garden"],
-                "due_at": "2026-12-01T09:00:00Z",
-                "recurrence": {"rule": "FREQ=WEEKLY;BYDAY=TU", "timezone": "Europe/Berlin", "mode": "on_completion"},
-                "reminders": [{"before": "PT1H"}, {"at": "2026-11-30T18:00:00Z"}]
-            }),
-        )
+        .call("add_task", task_with_every_field())
         .await;
     let created = added.ok().clone();
     let id = id_of(&created);
@@ -209,8 +185,7 @@ async fn every_tool_works_answers_as_rest_and_publishes_its_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_protocol_revisions_of_the_assistants_are_negotiated() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     for version in [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25] {
         let client = stack
@@ -267,8 +242,7 @@ async fn the_protocol_revisions_of_the_assistants_are_negotiated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_valid_token_every_request_is_refused_with_401() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = UserId::try_from("alice".to_string()).unwrap();
     let forged = todo_platform::auth::JwtKeys::new(
         &todo_platform::config::JwtSettings::with_secret("ffffffffffffffffffffffffffffffff"),
@@ -309,8 +283,7 @@ async fn without_a_valid_token_every_request_is_refused_with_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_task_is_not_found_and_stays_as_it_was() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let bob = stack.token("bob");
     let theirs = stack.create(&api, &bob, json!({"title": "bob's"})).await;
     let id = id_of(&theirs);
@@ -348,8 +321,7 @@ async fn rest_detail(stack: &Stack, api: &Api, token: &str, body: &Value) -> Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_tool_error_naming_the_field_and_writes_nothing() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let token = stack.token("alice");
     let alice = stack.mcp(&api, &token).await;
 
@@ -510,8 +482,7 @@ async fn bad_input_is_a_tool_error_naming_the_field_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_tool_is_a_json_rpc_error() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.mcp(&api, &stack.token("alice")).await;
     match alice.try_call("drop_database", json!({})).await {
         Err(ServiceError::McpError(e)) => {
@@ -525,8 +496,7 @@ async fn an_unknown_tool_is_a_json_rpc_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_call_with_its_idempotency_key_returns_the_first_result() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.mcp(&api, &stack.token("alice")).await;
     let args = json!({"title": "once", "idempotency_key": "add-1"});
     let first = alice.call("add_task", args.clone()).await.ok().clone();
@@ -575,13 +545,7 @@ async fn a_retried_call_with_its_idempotency_key_returns_the_first_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_and_mcp_share_one_write_allowance() {
-    let stack = Stack::new().await;
-    let mut options = stack.api_options();
-    options.writes = WriteQuota {
-        per_second: NonZeroU32::MIN,
-        burst: NonZeroU32::new(2).unwrap(),
-    };
-    let api = stack.spawn_api_with(stack.settings(), options).await;
+    let (stack, api) = started_with_write_burst(2).await;
     let token = stack.token("alice");
     stack.create(&api, &token, json!({"title": "one"})).await;
     stack.create(&api, &token, json!({"title": "two"})).await;

@@ -4,14 +4,14 @@
 //! Ignored by default (it needs that virtualenv); scripts/mcp-interop.sh
 //! makes one and runs it.
 
+use crate::common::started;
 use std::time::Duration;
-use todo_api::testing::{self, Stack};
+use todo_api::testing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a virtualenv with the Python MCP SDK: run scripts/mcp-interop.sh"]
 async fn the_python_sdk_runs_the_scenario() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     testing::run_python_script(
         "MCP_INTEROP_PYTHON",
         "mcp_interop.py",

@@ -1,6 +1,7 @@
 //! The outbox relay against a real broker: per-user order under concurrent
 //! writers, a broker outage, and several relays on one database.
 
+use crate::common::started;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
@@ -34,8 +35,7 @@ async fn churn(stack: &Stack, api: &Api, user: &str, n: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_changes_of_many_users_arrive_in_order_per_user() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let users: Vec<String> = (0..6).map(|i| format!("user-{i}")).collect();
     let work = users.iter().map(|u| churn(&stack, &api, u, 40));
     let total: usize = futures::future::join_all(work).await.into_iter().sum();
@@ -50,8 +50,7 @@ async fn interleaved_changes_of_many_users_arrive_in_order_per_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_fails_no_request_and_loses_no_event() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     // The relay is up and publishing before the outage.
     stack.create(&api, &alice, json!({"title": "before"})).await;
@@ -181,8 +180,7 @@ async fn terminate_connections(stack: &Stack) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_database_connections_never_answer_500() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let alice = stack.token("alice");
     let task = stack
         .create(&api, &alice, json!({"title": "warm the pool"}))
@@ -451,8 +449,7 @@ async fn the_first_change_after_a_quiet_spell_is_not_taken_for_a_stall() {
 /// a connection of its own: publishing goes on meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_vacuums_the_outbox_it_empties() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let ann = stack.token("ann");
     let vacuums = || async {
         sqlx::query_scalar::<_, i64>(

@@ -2,10 +2,11 @@
 //! refused with nothing written, the webhook secret shown once and never
 //! carried in the event.
 
+use crate::common::{get_anonymously, started};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
-use todo_api::testing::Stack;
+use todo_api::testing::{Api, Stack};
 
 fn subscription(p256dh: &str) -> Value {
     json!({
@@ -21,25 +22,33 @@ fn subscription(p256dh: &str) -> Value {
 const P256DH: &str =
     "BLn9b-VR0ca83knDNZ32dCHGyjJp-1riX9ZTN40MqV8K_LpQmLqxC_DoHvqvFXO_nGdAB4W9dogZb_sM-uV4JbY";
 
+const PREFERENCES: &str = "/me/notifications";
+
+async fn get_preferences(stack: &Stack, api: &Api, token: &str) -> (StatusCode, Value) {
+    stack.call(api, Method::GET, PREFERENCES, token, None).await
+}
+
+async fn put_preferences(
+    stack: &Stack,
+    api: &Api,
+    token: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    stack
+        .call(api, Method::PUT, PREFERENCES, token, Some(body))
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preferences_are_the_callers_own_and_their_secret_is_shown_once() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let (ann, bob) = (stack.token("ann"), stack.token("bob"));
     let body = json!({
         "email": {"address": "ann@example.com", "enabled": true},
         "webhook": {"url": "https://hooks.example/ann", "enabled": true},
         "webpush": {"subscriptions": [subscription(P256DH)]},
     });
-    let (status, put) = stack
-        .call(
-            &api,
-            Method::PUT,
-            "/me/notifications",
-            &ann,
-            Some(body.clone()),
-        )
-        .await;
+    let (status, put) = put_preferences(&stack, &api, &ann, body.clone()).await;
     assert_eq!(status, StatusCode::OK, "{put}");
     let secret = put["webhook"]["secret"]
         .as_str()
@@ -53,47 +62,28 @@ async fn preferences_are_the_callers_own_and_their_secret_is_shown_once() {
     );
 
     // Read back: the same channels, and no secret.
-    let (status, got) = stack
-        .call(&api, Method::GET, "/me/notifications", &ann, None)
-        .await;
+    let (status, got) = get_preferences(&stack, &api, &ann).await;
     assert_eq!(status, StatusCode::OK);
     assert!(got["webhook"].get("secret").is_none(), "{got}");
     assert_eq!(got["webhook"]["url"], "https://hooks.example/ann");
     // The same body again: the secret is kept, so not shown again.
-    let (_, again) = stack
-        .call(
-            &api,
-            Method::PUT,
-            "/me/notifications",
-            &ann,
-            Some(body.clone()),
-        )
-        .await;
+    let (_, again) = put_preferences(&stack, &api, &ann, body.clone()).await;
     assert!(again["webhook"].get("secret").is_none(), "{again}");
     // A rotation makes a new one.
     let mut rotate = body.clone();
     rotate["webhook"]["rotate_secret"] = json!(true);
-    let (_, rotated) = stack
-        .call(&api, Method::PUT, "/me/notifications", &ann, Some(rotate))
-        .await;
+    let (_, rotated) = put_preferences(&stack, &api, &ann, rotate).await;
     let new_secret = rotated["webhook"]["secret"].as_str().expect("a new secret");
     assert_ne!(new_secret, secret);
 
     // bob sees his own (none), not ann's.
-    let (status, bobs) = stack
-        .call(&api, Method::GET, "/me/notifications", &bob, None)
-        .await;
+    let (status, bobs) = get_preferences(&stack, &api, &bob).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(bobs["email"], Value::Null, "{bobs}");
     assert_eq!(bobs["webhook"], Value::Null);
     assert_eq!(bobs["webpush"]["subscriptions"], json!([]));
     // Without a token: 401.
-    let r = stack
-        .http
-        .get(format!("{}/me/notifications", api.base))
-        .send()
-        .await
-        .expect("GET");
+    let r = get_anonymously(&stack, &api, PREFERENCES).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // Two changes (the first PUT and the rotation), each an event on ann's
@@ -127,8 +117,7 @@ async fn preferences_are_the_callers_own_and_their_secret_is_shown_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_preferences_are_refused_naming_the_field_and_change_nothing() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let (stack, api) = started().await;
     let ann = stack.token("ann");
     let eleven: Vec<Value> = (0..11).map(|_| subscription(P256DH)).collect();
     for (body, field) in [
@@ -166,15 +155,7 @@ async fn bad_preferences_are_refused_naming_the_field_and_change_nothing() {
             "email.enabled",
         ),
     ] {
-        let (status, problem) = stack
-            .call(
-                &api,
-                Method::PUT,
-                "/me/notifications",
-                &ann,
-                Some(body.clone()),
-            )
-            .await;
+        let (status, problem) = put_preferences(&stack, &api, &ann, body.clone()).await;
         assert_eq!(
             status,
             StatusCode::UNPROCESSABLE_ENTITY,
