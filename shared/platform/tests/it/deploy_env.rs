@@ -216,6 +216,19 @@ struct Deployed {
     vars: BTreeSet<String>,
 }
 
+impl Deployed {
+    /// `command` is the container's command: the binary, then its
+    /// subcommand if any.
+    fn new(manifest: String, command: &[String], vars: BTreeSet<String>) -> Deployed {
+        Deployed {
+            manifest,
+            binary: command[0].clone(),
+            subcommand: command.get(1).cloned(),
+            vars,
+        }
+    }
+}
+
 fn yaml_docs(path: &Path) -> Vec<Value> {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)
@@ -272,12 +285,8 @@ fn compose() -> Vec<Deployed> {
                 .collect(),
             _ => BTreeSet::new(),
         };
-        out.push(Deployed {
-            manifest: format!("docker-compose.yml service {name}"),
-            binary: command[0].clone(),
-            subcommand: command.get(1).cloned(),
-            vars,
-        });
+        let manifest = format!("docker-compose.yml service {name}");
+        out.push(Deployed::new(manifest, &command, vars));
     }
     out
 }
@@ -315,12 +324,8 @@ fn render() -> Vec<Deployed> {
                 vars.extend(keys.iter().cloned());
             }
         }
-        out.push(Deployed {
-            manifest: format!("render.yaml service {name}"),
-            binary: command[0].clone(),
-            subcommand: command.get(1).cloned(),
-            vars,
-        });
+        let manifest = format!("render.yaml service {name}");
+        out.push(Deployed::new(manifest, &command, vars));
     }
     out
 }
@@ -405,12 +410,8 @@ fn civo() -> Vec<Deployed> {
                     }
                 }
             }
-            out.push(Deployed {
-                manifest: format!("{file} {kind} {name}"),
-                binary: command[0].clone(),
-                subcommand: command.get(1).cloned(),
-                vars,
-            });
+            let manifest = format!("{file} {kind} {name}");
+            out.push(Deployed::new(manifest, &command, vars));
         }
     }
     out
