@@ -1,11 +1,11 @@
 //! The one application state every handler shares.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, Registry};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use std::sync::Arc;
 use todo_platform::auth::JwtKeys;
-use todo_platform::metrics::registered;
+use todo_platform::metrics::{counter_vec, histogram_vec};
 use todo_store::outbox::OutboxSignal;
 
 #[derive(Clone)]
@@ -35,20 +35,18 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = registered(
+        let requests = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new("http_requests_total", "HTTP requests by route and status"),
-                &["method", "route", "status"],
-            )?,
+            "http_requests_total",
+            "HTTP requests by route and status",
+            &["method", "route", "status"],
         )?;
-        let duration = registered(
+        let duration = histogram_vec(
             registry,
-            HistogramVec::new(
-                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                    .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16)?),
-                &["method", "route"],
-            )?,
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            prometheus::exponential_buckets(0.0002, 2.0, 16)?,
+            &["method", "route"],
         )?;
         Ok(Self { requests, duration })
     }

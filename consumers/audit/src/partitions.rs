@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 use todo_platform::config::{ConfigError, Env};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::counter;
 use todo_platform::shutdown::Shutdown;
 
 /// How many whole months the log keeps (`AUDIT_RETENTION_MONTHS`; unset:
@@ -83,19 +83,15 @@ pub struct PartitionMetrics {
 impl PartitionMetrics {
     /// `todo_audit_partitions_dropped_total`, `todo_audit_events_expired_total`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let dropped = registered(
+        let dropped = counter(
             registry,
-            IntCounter::new(
-                "todo_audit_partitions_dropped_total",
-                "Months of the audit log dropped after AUDIT_RETENTION_MONTHS",
-            )?,
+            "todo_audit_partitions_dropped_total",
+            "Months of the audit log dropped after AUDIT_RETENTION_MONTHS",
         )?;
-        let expired = registered(
+        let expired = counter(
             registry,
-            IntCounter::new(
-                "todo_audit_events_expired_total",
-                "Events not stored because their time is already past AUDIT_RETENTION_MONTHS",
-            )?,
+            "todo_audit_events_expired_total",
+            "Events not stored because their time is already past AUDIT_RETENTION_MONTHS",
         )?;
         Ok(Self { dropped, expired })
     }

@@ -31,13 +31,13 @@ use crate::delivery::{Delivery, Due};
 use crate::schedule::{publish, Cause};
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, IntCounter, Registry};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use todo_consumer::{HandlerError, Progress};
 use todo_contract::envelope::{EventType, ReminderEventData};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::{counter, histogram};
 use todo_platform::preferences::Preferences;
 use todo_platform::retry::{backoff, run_rounds};
 use todo_platform::shutdown::Shutdown;
@@ -83,22 +83,16 @@ pub struct ClockMetrics {
 
 impl ClockMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let rounds = registered(
+        let rounds = counter(
             registry,
-            IntCounter::new(
-                "todo_reminder_clock_rounds_total",
-                "Rounds of the reminder clock (each fires, delivers and computes its next sleep)",
-            )?,
+            "todo_reminder_clock_rounds_total",
+            "Rounds of the reminder clock (each fires, delivers and computes its next sleep)",
         )?;
-        let lateness = registered(
+        let lateness = histogram(
             registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "todo_reminder_lateness_seconds",
-                    "From a reminder's time to the commit of its firing (reminder.triggered)",
-                )
-                .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
-            )?,
+            "todo_reminder_lateness_seconds",
+            "From a reminder's time to the commit of its firing (reminder.triggered)",
+            prometheus::exponential_buckets(0.01, 2.0, 16)?,
         )?;
         Ok(Self { rounds, lateness })
     }
@@ -126,12 +120,7 @@ impl Delivering {
             remind_at: self.remind_at,
             due_at: self.due_at,
             title: self.title.clone(),
-            reason: None,
-            fired_at: None,
-            late_ms: None,
-            sent_at: None,
-            channel: None,
-            attempts: None,
+            ..Default::default()
         }
     }
 }
@@ -217,10 +206,7 @@ impl Clock {
         .bind(&partitions)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(next
-            .map(|secs| Duration::try_from_secs_f64(secs).unwrap_or(MAX_SLEEP))
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP))
+        Ok(todo_platform::wake::after(next, MAX_SLEEP))
     }
 
     /// Fires `user`'s due reminders: `delivering`, with their

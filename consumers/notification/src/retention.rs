@@ -12,11 +12,11 @@
 //! retention after the deletion: that task is never saved again.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use sqlx::PgPool;
 use std::time::Duration;
 use todo_platform::db::delete_in_batches;
-use todo_platform::metrics::registered;
+use todo_platform::metrics::counter_vec;
 
 /// Most rows one statement deletes: short transactions, little to vacuum.
 pub const BATCH: i64 = 5_000;
@@ -97,15 +97,11 @@ pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, 
 
 /// `todo_reminders_pruned_total{table}`.
 pub fn pruned_metric(registry: &Registry) -> prometheus::Result<IntCounterVec> {
-    let pruned = registered(
+    let pruned = counter_vec(
         registry,
-        IntCounterVec::new(
-            Opts::new(
-                "todo_reminders_pruned_total",
-                "Done reminders and deliveries deleted after REMINDER_RETENTION_DAYS, by table",
-            ),
-            &["table"],
-        )?,
+        "todo_reminders_pruned_total",
+        "Done reminders and deliveries deleted after REMINDER_RETENTION_DAYS, by table",
+        &["table"],
     )?;
     Ok(pruned)
 }

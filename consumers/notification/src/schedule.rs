@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use todo_consumer::{Event, Handler, HandlerError};
 use todo_contract::domain::{in_time_range, Reminder, Task};
-use todo_contract::envelope::{EventDraft, EventKind, EventType, ReminderEventData};
+use todo_contract::envelope::{EventKind, EventType, ReminderEventData};
 use todo_platform::preferences::Preferences;
 use todo_platform::telemetry::TraceParent;
-use todo_store::outbox::{self, OutboxSignal};
+use todo_store::outbox::OutboxSignal;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -43,33 +43,19 @@ pub struct Schedule {
     pub retention: Retention,
 }
 
-/// Where a reminder.* event comes from: the task event that caused it.
-pub struct Cause<'a> {
-    pub user: &'a str,
-    pub correlation_id: std::borrow::Cow<'a, str>,
-    pub causation_id: Option<String>,
-}
+pub use todo_store::outbox::Cause;
 
+/// Appends a reminder event to the outbox; its subject is the reminder.
 pub async fn publish(
     conn: &mut PgConnection,
     cause: &Cause<'_>,
     event_type: EventType,
     data: ReminderEventData,
 ) -> Result<(), HandlerError> {
-    outbox::append(
-        conn,
-        EventDraft {
-            event_type,
-            source: SOURCE,
-            subject: data.reminder_id.to_string(),
-            userid: cause.user.to_owned(),
-            correlationid: cause.correlation_id.clone().into_owned(),
-            causationid: cause.causation_id.clone(),
-            origin: Default::default(),
-            data,
-        },
-    )
-    .await?;
+    let subject = data.reminder_id.to_string();
+    cause
+        .append(conn, SOURCE, event_type, subject, data)
+        .await?;
     Ok(())
 }
 
@@ -80,12 +66,7 @@ fn data(task: &Task, id: Uuid, remind_at: DateTime<Utc>) -> ReminderEventData {
         remind_at,
         due_at: task.due_at,
         title: task.title.clone(),
-        reason: None,
-        fired_at: None,
-        late_ms: None,
-        sent_at: None,
-        channel: None,
-        attempts: None,
+        ..Default::default()
     }
 }
 

@@ -6,17 +6,9 @@
 use crate::series::SOURCE;
 use sqlx::PgConnection;
 use todo_consumer::HandlerError;
-use todo_contract::envelope::{EventDraft, EventType, RecurringEventData};
-use todo_store::outbox;
+use todo_contract::envelope::{EventType, RecurringEventData};
 
-/// Whose series changed, and what the event continues: the event that
-/// caused it (a task change) or nothing (the schedule).
-#[derive(Debug, Clone)]
-pub struct Cause<'a> {
-    pub user: &'a str,
-    pub correlation_id: &'a str,
-    pub causation_id: Option<String>,
-}
+pub use todo_store::outbox::Cause;
 
 /// Appends a series event to the outbox; its subject is the task it is
 /// about, so that the task's history shows it.
@@ -26,19 +18,9 @@ pub async fn publish(
     event_type: EventType,
     data: RecurringEventData,
 ) -> Result<(), HandlerError> {
-    outbox::append(
-        conn,
-        EventDraft {
-            event_type,
-            source: SOURCE,
-            subject: data.task_id.to_string(),
-            userid: cause.user.to_owned(),
-            correlationid: cause.correlation_id.to_owned(),
-            causationid: cause.causation_id.clone(),
-            origin: Default::default(),
-            data,
-        },
-    )
-    .await?;
+    let subject = data.task_id.to_string();
+    cause
+        .append(conn, SOURCE, event_type, subject, data)
+        .await?;
     Ok(())
 }

@@ -47,7 +47,7 @@ impl Handler for Recurring {
         // What this event causes continues its correlation.
         let cause = Cause {
             user: &event.envelope.userid,
-            correlation_id: &event.envelope.correlationid,
+            correlation_id: std::borrow::Cow::Borrowed(&event.envelope.correlationid),
             causation_id: Some(event.envelope.id.to_string()),
         };
         let task = &data.task;

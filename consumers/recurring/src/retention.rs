@@ -10,7 +10,7 @@ use prometheus::{IntCounter, Registry};
 use sqlx::PgPool;
 use std::time::Duration;
 use todo_platform::config::{ConfigError, Env};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::counter;
 use todo_platform::shutdown::Shutdown;
 
 /// Most rows one statement deletes.
@@ -79,19 +79,15 @@ pub struct PrunedMetrics {
 
 impl PrunedMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let instances = registered(
+        let instances = counter(
             registry,
-            IntCounter::new(
-                "todo_recurring_instances_pruned_total",
-                "Instance records of ended series deleted after RECURRING_RETENTION_DAYS",
-            )?,
+            "todo_recurring_instances_pruned_total",
+            "Instance records of ended series deleted after RECURRING_RETENTION_DAYS",
         )?;
-        let series = registered(
+        let series = counter(
             registry,
-            IntCounter::new(
-                "todo_recurring_series_pruned_total",
-                "Ended series deleted after RECURRING_RETENTION_DAYS",
-            )?,
+            "todo_recurring_series_pruned_total",
+            "Ended series deleted after RECURRING_RETENTION_DAYS",
         )?;
         Ok(Self { instances, series })
     }

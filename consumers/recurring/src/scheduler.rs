@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use todo_consumer::HandlerError;
 use todo_contract::envelope::{InstanceCause, SeriesEnd};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::counter;
 use todo_platform::retry::run_rounds;
 use todo_platform::shutdown::Shutdown;
 use todo_platform::telemetry::{self, TraceParent};
@@ -42,13 +42,7 @@ pub struct Scheduler {
 
 /// `todo_recurring_scheduler_rounds_total`.
 pub fn rounds_metric(registry: &Registry) -> prometheus::Result<IntCounter> {
-    let rounds = registered(
-        registry,
-        IntCounter::new(
-            "todo_recurring_scheduler_rounds_total",
-            "Rounds of the schedule-mode scheduler (each creates what is due and computes its next sleep)",
-        )?,
-    )?;
+    let rounds = counter(registry, "todo_recurring_scheduler_rounds_total", "Rounds of the schedule-mode scheduler (each creates what is due and computes its next sleep)")?;
     Ok(rounds)
 }
 
@@ -92,10 +86,7 @@ impl Scheduler {
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(next
-            .map(|secs| Duration::try_from_secs_f64(secs).unwrap_or(MAX_SLEEP))
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP))
+        Ok(todo_platform::wake::after(next, MAX_SLEEP))
     }
 
     /// Creates the due instance of one series and moves it to its next
@@ -143,10 +134,9 @@ impl Scheduler {
         let parent = traceparent.as_deref().and_then(TraceParent::parse);
         telemetry::continue_trace(&span, parent.as_ref());
         // A schedule's events start a correlation of their own.
-        let correlation = Uuid::new_v4().to_string();
         let cause = Cause {
             user: &s.user_id,
-            correlation_id: &correlation,
+            correlation_id: std::borrow::Cow::Owned(Uuid::new_v4().to_string()),
             causation_id: None,
         };
         let mut latest = s.template.0.id;

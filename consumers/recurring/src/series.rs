@@ -248,7 +248,7 @@ pub async fn create_instance(
     }
     let actor = Actor {
         user: &user,
-        correlation_id: cause.correlation_id,
+        correlation_id: &cause.correlation_id,
         causation_id: cause.causation_id.clone(),
         source: SOURCE,
         origin: Origin::none(),

@@ -10,13 +10,13 @@ use axum::extract::{FromRef, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use todo_platform::auth::{AuthError, JwtKeys, Verified};
 use todo_platform::http::{Problem, Unauthorized};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::{counter, counter_vec, gauge, registered};
 use todo_platform::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
@@ -59,40 +59,31 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
-        let connections = registered(
+        let connections = gauge(
             registry,
-            IntGauge::new("realtime_connections", "Open WebSocket connections")?,
+            "realtime_connections",
+            "Open WebSocket connections",
         )?;
-        let sent = registered(
+        let sent = counter(
             registry,
-            IntCounter::new(
-                "realtime_frames_sent_total",
-                "Event frames queued for connections",
-            )?,
+            "realtime_frames_sent_total",
+            "Event frames queued for connections",
         )?;
-        let closed = registered(
+        let closed = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "realtime_connections_closed_total",
-                    "Connections closed, by reason",
-                ),
-                &["reason"],
-            )?,
+            "realtime_connections_closed_total",
+            "Connections closed, by reason",
+            &["reason"],
         )?;
-        let resyncs = registered(
+        let resyncs = counter(
             registry,
-            IntCounter::new(
-                "realtime_resyncs_total",
-                "Resync frames sent (resume too old, or events lost)",
-            )?,
+            "realtime_resyncs_total",
+            "Resync frames sent (resume too old, or events lost)",
         )?;
-        let buffered = registered(
+        let buffered = gauge(
             registry,
-            IntGauge::new(
-                "realtime_resume_buffer_bytes",
-                "Bytes of frames kept for resumes, all users",
-            )?,
+            "realtime_resume_buffer_bytes",
+            "Bytes of frames kept for resumes, all users",
         )?;
         let window = registered(
             registry,

@@ -1,7 +1,7 @@
 //! The consumer runtime's Prometheus metrics, labelled by consumer.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use todo_platform::metrics::{registered, EVENT_AGE_BUCKETS};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use todo_platform::metrics::{counter_vec, gauge_vec, histogram_vec, EVENT_AGE_BUCKETS};
 
 #[derive(Clone)]
 pub struct ConsumerMetrics {
@@ -21,127 +21,69 @@ pub struct ConsumerMetrics {
 
 impl ConsumerMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let consumed = registered(
+        let consumed = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_consumed_total",
-                    "Events whose effect was committed, by consumer and type",
-                ),
-                &["consumer", "type"],
-            )?,
+            "todo_events_consumed_total",
+            "Events whose effect was committed, by consumer and type",
+            &["consumer", "type"],
         )?;
-        let duplicates = registered(
+        let duplicates = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_duplicate_total",
-                    "Redelivered events recognised as already processed",
-                ),
-                &["consumer"],
-            )?,
+            "todo_events_duplicate_total",
+            "Redelivered events recognised as already processed",
+            &["consumer"],
         )?;
-        let failed = registered(
+        let failed = counter_vec(registry, "todo_events_failed_total", "Failed attempts to process an event, by consumer and type (unparsable: type=\"unknown\")", &["consumer", "type"])?;
+        let dead_lettered = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_failed_total",
-                    "Failed attempts to process an event, by consumer and type (unparsable: type=\"unknown\")",
-                ),
-                &["consumer", "type"],
-            )?,
+            "todo_events_dead_lettered_total",
+            "Events sent to a dead-letter topic, by consumer and origin topic",
+            &["consumer", "topic"],
         )?;
-        let dead_lettered = registered(
+        let dead_letter_failures = counter_vec(registry, "todo_dead_letter_failures_total", "Attempts to write a dead letter that the broker refused (the consumer waits meanwhile)", &["consumer"])?;
+        let unknown_types = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_dead_lettered_total",
-                    "Events sent to a dead-letter topic, by consumer and origin topic",
-                ),
-                &["consumer", "topic"],
-            )?,
+            "todo_events_unknown_type_total",
+            "Events skipped because this version does not know their type",
+            &["consumer", "type"],
         )?;
-        let dead_letter_failures = registered(
+        let processing = histogram_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_dead_letter_failures_total",
-                    "Attempts to write a dead letter that the broker refused (the consumer waits meanwhile)",
-                ),
-                &["consumer"],
-            )?,
+            "todo_event_processing_duration_seconds",
+            "Time to process one batch of events, database commit included",
+            prometheus::exponential_buckets(0.0002, 2.0, 16)?,
+            &["consumer"],
         )?;
-        let unknown_types = registered(
+        let end_to_end = histogram_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_unknown_type_total",
-                    "Events skipped because this version does not know their type",
-                ),
-                &["consumer", "type"],
-            )?,
+            "todo_event_end_to_end_seconds",
+            "From the event's time (its commit in the producer) to its effect's commit here",
+            EVENT_AGE_BUCKETS.to_vec(),
+            &["consumer"],
         )?;
-        let processing = registered(
+        let lag = gauge_vec(
             registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "todo_event_processing_duration_seconds",
-                    "Time to process one batch of events, database commit included",
-                )
-                .buckets(prometheus::exponential_buckets(0.0002, 2.0, 16)?),
-                &["consumer"],
-            )?,
+            "todo_consumer_lag",
+            "Messages between this consumer's position and the partition's end",
+            &["consumer", "topic", "partition"],
         )?;
-        let end_to_end = registered(
+        let assigned = gauge_vec(
             registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "todo_event_end_to_end_seconds",
-                    "From the event's time (its commit in the producer) to its effect's commit here",
-                )
-                .buckets(EVENT_AGE_BUCKETS.to_vec()),
-                &["consumer"],
-            )?,
+            "todo_consumer_assigned_partitions",
+            "Partitions currently assigned to this consumer",
+            &["consumer"],
         )?;
-        let lag = registered(
+        let pruned = counter_vec(
             registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "todo_consumer_lag",
-                    "Messages between this consumer's position and the partition's end",
-                ),
-                &["consumer", "topic", "partition"],
-            )?,
+            "todo_processed_events_pruned_total",
+            "Processed-event records forgotten after CONSUMER_DEDUP_RETENTION_HOURS",
+            &["consumer"],
         )?;
-        let assigned = registered(
+        let erased = counter_vec(
             registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "todo_consumer_assigned_partitions",
-                    "Partitions currently assigned to this consumer",
-                ),
-                &["consumer"],
-            )?,
-        )?;
-        let pruned = registered(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_processed_events_pruned_total",
-                    "Processed-event records forgotten after CONSUMER_DEDUP_RETENTION_HOURS",
-                ),
-                &["consumer"],
-            )?,
-        )?;
-        let erased = registered(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_skipped_erased_user_total",
-                    "Events skipped because their user has been erased (late or repeated deliveries)",
-                ),
-                &["consumer"],
-            )?,
+            "todo_events_skipped_erased_user_total",
+            "Events skipped because their user has been erased (late or repeated deliveries)",
+            &["consumer"],
         )?;
         Ok(Self {
             consumed,

@@ -328,8 +328,10 @@ pub struct TaskEventData {
 
 /// The payload of every `reminder.*` event. Which optional fields are set
 /// depends on the type: `reason` (cancelled, failed), `fired_at` and
-/// `late_ms` (triggered), `sent_at` (sent).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `late_ms` (triggered), `sent_at` (sent). `Default` is there for struct
+/// update syntax (`..Default::default()` after the reminder's own fields),
+/// not as a reminder of its own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReminderEventData {
     pub task_id: Uuid,
     pub reminder_id: Uuid,

@@ -17,3 +17,4 @@ pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wake;

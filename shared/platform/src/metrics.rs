@@ -1,11 +1,15 @@
-//! Registering a Prometheus metric in one expression.
+//! Registering a Prometheus metric in one expression: [`registered`] for
+//! any metric, and one function for each kind the services use.
 //!
 //! prometheus's `register_*_with_registry!` macros do the same but unwrap
 //! the metric's construction; this keeps a bad name or label set an error
 //! the service reports at startup.
 
 use prometheus::core::Collector;
-use prometheus::Registry;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// Buckets for how old an event is when something happens to it (its
 /// publishing, its effect), from a millisecond up to five minutes (a
@@ -22,4 +26,61 @@ pub fn registered<M: Collector + Clone + 'static>(
 ) -> prometheus::Result<M> {
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
+}
+
+/// An integer counter, registered.
+pub fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    registered(registry, IntCounter::new(name, help)?)
+}
+
+/// Integer counters by `labels`, registered.
+pub fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// An integer gauge, registered.
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    registered(registry, IntGauge::new(name, help)?)
+}
+
+/// Integer gauges by `labels`, registered.
+pub fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+/// A histogram with `buckets`, registered.
+pub fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> prometheus::Result<Histogram> {
+    registered(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?,
+    )
+}
+
+/// Histograms with `buckets` by `labels`, registered.
+pub fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    registered(
+        registry,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?,
+    )
 }

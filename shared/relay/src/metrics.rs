@@ -1,7 +1,7 @@
 //! The relay's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use todo_platform::metrics::{registered, EVENT_AGE_BUCKETS};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use todo_platform::metrics::{counter, counter_vec, gauge, histogram, EVENT_AGE_BUCKETS};
 
 #[derive(Clone)]
 pub struct RelayMetrics {
@@ -18,81 +18,52 @@ pub struct RelayMetrics {
 
 impl RelayMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let published = registered(
+        let published = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_published_total",
-                    "Events acknowledged by the broker",
-                ),
-                &["type"],
-            )?,
+            "todo_events_published_total",
+            "Events acknowledged by the broker",
+            &["type"],
         )?;
-        let failed = registered(
+        let failed = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_events_publish_failed_total",
-                    "Deliveries the broker refused (sent again, or set aside when refused for good)",
-                ),
-                &["type"],
-            )?,
+            "todo_events_publish_failed_total",
+            "Deliveries the broker refused (sent again, or set aside when refused for good)",
+            &["type"],
         )?;
-        let set_aside = registered(
+        let set_aside = counter_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_outbox_set_aside_total",
-                    "Outbox rows the broker refused for good, moved to outbox_dead_letters",
-                ),
-                &["type"],
-            )?,
+            "todo_outbox_set_aside_total",
+            "Outbox rows the broker refused for good, moved to outbox_dead_letters",
+            &["type"],
         )?;
-        let latency = registered(
+        let latency = histogram(
             registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "todo_outbox_publish_latency_seconds",
-                    "From the outbox row's commit to the broker's acknowledgement",
-                )
-                .buckets(EVENT_AGE_BUCKETS.to_vec()),
-            )?,
+            "todo_outbox_publish_latency_seconds",
+            "From the outbox row's commit to the broker's acknowledgement",
+            EVENT_AGE_BUCKETS.to_vec(),
         )?;
-        let batch_duration = registered(
+        let batch_duration = histogram(
             registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "todo_outbox_batch_duration_seconds",
-                    "Time to read a round of outbox rows and hand them to the producer",
-                )
-                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
-            )?,
+            "todo_outbox_batch_duration_seconds",
+            "Time to read a round of outbox rows and hand them to the producer",
+            prometheus::exponential_buckets(0.0005, 2.0, 16)?,
         )?;
-        let backlog = registered(
+        let backlog = gauge(
             registry,
-            IntGauge::new("todo_outbox_backlog", "Outbox rows not yet acknowledged")?,
+            "todo_outbox_backlog",
+            "Outbox rows not yet acknowledged",
         )?;
-        let in_flight = registered(
+        let in_flight = gauge(
             registry,
-            IntGauge::new(
-                "todo_outbox_in_flight",
-                "Outbox rows sent to the broker and not yet acknowledged",
-            )?,
+            "todo_outbox_in_flight",
+            "Outbox rows sent to the broker and not yet acknowledged",
         )?;
-        let leader = registered(
+        let leader = gauge(
             registry,
-            IntGauge::new(
-                "todo_outbox_relay_leader",
-                "1 while this process's relay leads",
-            )?,
+            "todo_outbox_relay_leader",
+            "1 while this process's relay leads",
         )?;
-        let stalls = registered(
-            registry,
-            IntCounter::new(
-                "todo_outbox_stalls_total",
-                "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced",
-            )?,
-        )?;
+        let stalls = counter(registry, "todo_outbox_stalls_total", "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced")?;
         // Every type's series exists from the start at 0: a first failure
         // is then an increase that rate() and the alert rules can see, and
         // the dashboard shows 0 instead of no data.

@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryScalar;
 use sqlx::{PgConnection, PgPool, Postgres};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use todo_contract::envelope::{Envelope, EventDraft};
@@ -29,6 +30,41 @@ pub async fn append<D: Serialize>(
         .fetch_one(conn)
         .await?;
     Ok(pending.into_envelope(sequence))
+}
+
+/// Whose event a service's own change publishes, and what it continues:
+/// the event that caused it, or a correlation of the service's own (a
+/// clock's, a worker's) with no cause.
+#[derive(Debug, Clone)]
+pub struct Cause<'a> {
+    pub user: &'a str,
+    pub correlation_id: Cow<'a, str>,
+    pub causation_id: Option<String>,
+}
+
+impl Cause<'_> {
+    /// [`append`]s an event of `source` about `subject`; a service's own
+    /// event came through no client, so it has no origin.
+    pub async fn append<D: Serialize>(
+        &self,
+        conn: &mut PgConnection,
+        source: &'static str,
+        event_type: todo_contract::envelope::EventType,
+        subject: String,
+        data: D,
+    ) -> Result<Envelope<D>, OutboxError> {
+        let draft = EventDraft {
+            event_type,
+            source,
+            subject,
+            userid: self.user.to_owned(),
+            correlationid: self.correlation_id.clone().into_owned(),
+            causationid: self.causation_id.clone(),
+            origin: Default::default(),
+            data,
+        };
+        append(conn, draft).await
+    }
 }
 
 /// Locks `user`'s sequence row until the transaction ends (creating it if

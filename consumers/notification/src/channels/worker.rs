@@ -11,12 +11,12 @@ use super::breaker::{self, Admit, Breaker, BreakerConfig, State, Verdict};
 use super::{Attempt, Channel, Failure, Message};
 use crate::schedule::{publish, Cause};
 use chrono::{DateTime, TimeDelta, Utc};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use todo_contract::envelope::{EventType, ReminderEventData};
-use todo_platform::metrics::registered;
+use todo_platform::metrics::{counter_vec, gauge_vec, histogram_vec};
 use todo_platform::retry::{backoff, run_rounds};
 use todo_platform::shutdown::Shutdown;
 use todo_platform::telemetry::{self, TraceParent};
@@ -55,77 +55,39 @@ pub struct ChannelMetrics {
 
 impl ChannelMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let queue = registered(
+        let queue = gauge_vec(
             registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "todo_reminder_channel_queue_depth",
-                    "Deliveries waiting for an attempt (due now or retrying later), by channel",
-                ),
-                &["channel"],
-            )?,
+            "todo_reminder_channel_queue_depth",
+            "Deliveries waiting for an attempt (due now or retrying later), by channel",
+            &["channel"],
         )?;
-        let in_flight = registered(
+        let in_flight = gauge_vec(
             registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "todo_reminder_channel_in_flight",
-                    "Attempts running now, by channel",
-                ),
-                &["channel"],
-            )?,
+            "todo_reminder_channel_in_flight",
+            "Attempts running now, by channel",
+            &["channel"],
         )?;
-        let attempts = registered(
+        let attempts = counter_vec(registry, "todo_reminder_channel_attempts_total", "Delivery attempts by channel and outcome (sent, retry, failed; held: failed while the channel's breaker was open, not counted against the reminder)", &["channel", "outcome"])?;
+        let attempt_seconds = histogram_vec(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_reminder_channel_attempts_total",
-                    "Delivery attempts by channel and outcome (sent, retry, failed; held: failed while the channel's breaker was open, not counted against the reminder)",
-                ),
-                &["channel", "outcome"],
-            )?,
+            "todo_reminder_channel_attempt_duration_seconds",
+            "How long one delivery attempt took, by channel",
+            prometheus::exponential_buckets(0.001, 2.0, 16)?,
+            &["channel"],
         )?;
-        let attempt_seconds = registered(
+        let latency = histogram_vec(
             registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "todo_reminder_channel_attempt_duration_seconds",
-                    "How long one delivery attempt took, by channel",
-                )
-                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
-                &["channel"],
-            )?,
+            "todo_reminder_channel_latency_seconds",
+            "From the reminder's time to its delivery, by channel",
+            prometheus::exponential_buckets(0.01, 2.0, 16)?,
+            &["channel"],
         )?;
-        let latency = registered(
+        let breaker_state = gauge_vec(registry, "todo_reminder_channel_breaker_state", "The channel's circuit breaker in this process: 0 closed, 1 open (attempts paused), 2 half-open (one probe in flight)", &["channel"])?;
+        let breaker_opened = counter_vec(
             registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "todo_reminder_channel_latency_seconds",
-                    "From the reminder's time to its delivery, by channel",
-                )
-                .buckets(prometheus::exponential_buckets(0.01, 2.0, 16)?),
-                &["channel"],
-            )?,
-        )?;
-        let breaker_state = registered(
-            registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "todo_reminder_channel_breaker_state",
-                    "The channel's circuit breaker in this process: 0 closed, 1 open (attempts paused), 2 half-open (one probe in flight)",
-                ),
-                &["channel"],
-            )?,
-        )?;
-        let breaker_opened = registered(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "todo_reminder_channel_breaker_opened_total",
-                    "Times the channel's breaker opened (from closed, or after a failed probe)",
-                ),
-                &["channel"],
-            )?,
+            "todo_reminder_channel_breaker_opened_total",
+            "Times the channel's breaker opened (from closed, or after a failed probe)",
+            &["channel"],
         )?;
         Ok(Self {
             queue,
@@ -329,10 +291,7 @@ impl Inner {
             // A finished attempt wakes the worker.
             return Ok(MAX_SLEEP);
         }
-        Ok(next
-            .map(|secs| Duration::try_from_secs_f64(secs).unwrap_or(MAX_SLEEP))
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP))
+        Ok(todo_platform::wake::after(next, MAX_SLEEP))
     }
 
     fn show_breaker(&self) {
@@ -490,11 +449,9 @@ impl Inner {
             due_at: m.due_at,
             title: m.title.clone(),
             reason: error.map(str::to_owned),
-            fired_at: None,
-            late_ms: None,
-            sent_at: None,
             channel: Some(kind.to_owned()),
             attempts: Some(row.attempts),
+            ..Default::default()
         };
         let cause = Cause {
             user: &row.user_id,
