@@ -3,7 +3,7 @@
 # tasks: created, two updates, completed; every tenth deleted; 5,000
 # reminders sent) among 400,000 events of other users, over 90 days. Prints
 # each statement's median time of 7 runs and its plan. The statements are
-# those of consumers/audit/src/stats.rs with the parameters filled in.
+# consumers/audit/src/stats/*.sql, the files todo-audit runs.
 #   benches/stats.sh            (needs PostgreSQL at 127.0.0.1:5432, user postgres)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,38 +37,21 @@ SELECT gen_random_uuid(), 'u' || u, n, kind, task,
                          ELSE 'task.updated' END AS kind) AS k;
 ANALYZE audit_events;
 SQL
-days="SELECT (time AT TIME ZONE 'Europe/Berlin')::date AS day,
-        count(*) FILTER (WHERE event_type = 'task.created'),
-        count(*) FILTER (WHERE event_type = 'task.completed'),
-        count(*) FILTER (WHERE event_type = 'reminder.sent')
-   FROM audit_events
-  WHERE user_id = 'u0'
-    AND event_type IN ('task.created', 'task.completed', 'reminder.sent')
-    AND time >= ((current_date - 29)::timestamp AT TIME ZONE 'Europe/Berlin')
-    AND time < ((current_date + 1)::timestamp AT TIME ZONE 'Europe/Berlin')
-  GROUP BY 1"
-state="WITH latest AS (
-    SELECT DISTINCT ON (task_id) event_type, envelope->'data'->'task' AS task
-      FROM audit_events
-     WHERE user_id = 'u0' AND task_id IS NOT NULL AND event_type LIKE 'task.%'
-     ORDER BY task_id, sequence DESC
- ), live AS (
-    SELECT (task->>'completed')::boolean AS completed,
-           (task->>'due_at')::timestamptz AS due_at,
-           (task->>'created_at')::timestamptz AS created_at
-      FROM latest WHERE event_type <> 'task.deleted'
- )
- SELECT count(*) FILTER (WHERE NOT completed AND due_at < now()),
-        count(*) FILTER (WHERE created_at >= now() - interval '30 days'),
-        count(*) FILTER (WHERE completed AND created_at >= now() - interval '30 days')
-   FROM live"
+# The statements themselves, with the parameters GET /stats binds for the
+# last 30 days in Europe/Berlin.
+days="PREPARE q(text, text, date, date) AS $(cat consumers/audit/src/stats/days.sql);"
+days_args="('u0', 'Europe/Berlin', current_date - 29, current_date)"
+state="PREPARE q(text, timestamptz, timestamptz) AS $(cat consumers/audit/src/stats/state.sql);"
+state_args="('u0', now() - interval '30 days', now())"
 for name in days state; do
-  sql="${!name}"
+  prepare="${!name}"
+  args_name="${name}_args"
+  execute="EXECUTE q${!args_name}"
   times=()
   for _ in 1 2 3 4 5 6 7; do
-    times+=("$("${psql[@]}" -d "$db" -c "EXPLAIN (ANALYZE, FORMAT JSON) $sql" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Execution Time"])')")
+    times+=("$("${psql[@]}" -d "$db" -c "$prepare EXPLAIN (ANALYZE, FORMAT JSON) $execute" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Execution Time"])')")
   done
   median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n 4p)
   echo "$name: median ${median} ms of 7 runs"
-  "${psql[@]}" -d "$db" -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) $sql" | sed 's/^/    /'
+  "${psql[@]}" -d "$db" -c "$prepare EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) $execute" | sed 's/^/    /'
 done

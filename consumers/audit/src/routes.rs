@@ -205,6 +205,21 @@ struct HistoryQuery {
     limit: Option<i64>,
 }
 
+/// A page's query string, or a 400 naming `position`, the parameter a
+/// client most likely got wrong (the other is the limit).
+fn parsed<T>(
+    query: Result<Query<T>, QueryRejection>,
+    position: &'static str,
+) -> Result<T, AuditError> {
+    let Query(q) = query.map_err(|e| {
+        AuditError::BadQuery(FieldError::new(
+            position,
+            format!("{e}; expected ?{position}=<sequence>&limit=<1..{MAX_LIMIT}>"),
+        ))
+    })?;
+    Ok(q)
+}
+
 /// A page of the task's history: events after sequence `after` (default:
 /// from the start), at most `limit` ([`DEFAULT_LIMIT`], up to
 /// [`MAX_LIMIT`]).
@@ -214,12 +229,7 @@ async fn history(
     Path(TaskPath { id }): Path<TaskPath>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<History>, AuditError> {
-    let Query(q) = query.map_err(|e| {
-        AuditError::BadQuery(FieldError::new(
-            "after",
-            format!("{e}; expected ?after=<sequence>&limit=<1..{MAX_LIMIT}>"),
-        ))
-    })?;
+    let q = parsed(query, "after")?;
     // A string that is not a UUID names no task.
     let task_id = Uuid::parse_str(&id).map_err(|_| AuditError::NotFound)?;
     let after = q.after.unwrap_or(0);
@@ -301,12 +311,7 @@ async fn events(
     AuthUser(user): AuthUser,
     query: Result<Query<Since>, QueryRejection>,
 ) -> Result<Json<Log>, AuditError> {
-    let Query(q) = query.map_err(|e| {
-        AuditError::BadQuery(FieldError::new(
-            "since",
-            format!("{e}; expected ?since=<sequence>&limit=<1..{MAX_LIMIT}>"),
-        ))
-    })?;
+    let q = parsed(query, "since")?;
     let since = q.since.unwrap_or(0);
     if since < 0 {
         return Err(AuditError::BadQuery(FieldError::new(

@@ -105,23 +105,12 @@ pub async fn stats(
     // The day boundaries are the zone's local midnights, resolved by
     // PostgreSQL in the same zone it groups by.
     let counts: Vec<(NaiveDate, i64, i64, i64)> = todo_platform::db::read(&state.pool, || {
-        sqlx::query_as(
-            "SELECT (time AT TIME ZONE $2)::date AS day,
-                    count(*) FILTER (WHERE event_type = 'task.created'),
-                    count(*) FILTER (WHERE event_type = 'task.completed'),
-                    count(*) FILTER (WHERE event_type = 'reminder.sent')
-               FROM audit_events
-              WHERE user_id = $1
-                AND event_type IN ('task.created', 'task.completed', 'reminder.sent')
-                AND time >= ($3::date::timestamp AT TIME ZONE $2)
-                AND time < (($4::date + 1)::timestamp AT TIME ZONE $2)
-              GROUP BY 1",
-        )
-        .bind(user.as_str())
-        .bind(tz_name)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&state.pool)
+        sqlx::query_as(include_str!("stats/days.sql"))
+            .bind(user.as_str())
+            .bind(tz_name)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&state.pool)
     })
     .await
     .map_err(unknown_zone)?;
@@ -129,27 +118,11 @@ pub async fn stats(
     // task.deleted). This reads all of the user's events (170-210 ms at 100,000:
     // benches/stats.sh); a per-task state table would make it one row each.
     let (overdue, made, done): (i64, i64, i64) = todo_platform::db::read(&state.pool, || {
-        sqlx::query_as(
-            "WITH latest AS (
-                SELECT DISTINCT ON (task_id) event_type, envelope->'data'->'task' AS task
-                  FROM audit_events
-                 WHERE user_id = $1 AND task_id IS NOT NULL AND event_type LIKE 'task.%'
-                 ORDER BY task_id, sequence DESC
-             ), live AS (
-                SELECT (task->>'completed')::boolean AS completed,
-                       (task->>'due_at')::timestamptz AS due_at,
-                       (task->>'created_at')::timestamptz AS created_at
-                  FROM latest WHERE event_type <> 'task.deleted'
-             )
-             SELECT count(*) FILTER (WHERE NOT completed AND due_at < now()),
-                    count(*) FILTER (WHERE created_at >= $2 AND created_at < $3),
-                    count(*) FILTER (WHERE completed AND created_at >= $2 AND created_at < $3)
-               FROM live",
-        )
-        .bind(user.as_str())
-        .bind(local_midnight(tz, from))
-        .bind(local_midnight(tz, to + Duration::days(1)))
-        .fetch_one(&state.pool)
+        sqlx::query_as(include_str!("stats/state.sql"))
+            .bind(user.as_str())
+            .bind(local_midnight(tz, from))
+            .bind(local_midnight(tz, to + Duration::days(1)))
+            .fetch_one(&state.pool)
     })
     .await?;
     let by_day: HashMap<NaiveDate, (i64, i64, i64)> = counts
