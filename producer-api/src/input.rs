@@ -13,6 +13,47 @@ use todo_contract::domain::{
 };
 use todo_store::tasks::{ListQuery, SortField, StatusFilter};
 
+/// Declares a body of writable task fields that also accepts, and ignores,
+/// a task's read-only fields: a task fetched, edited and sent back must not
+/// be refused. One list for every such body, since serde's
+/// `deny_unknown_fields` does not combine with a flattened struct.
+macro_rules! accepting_read_only_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($fields)*
+            #[serde(default, rename = "id")]
+            #[schemars(skip)]
+            _id: Option<IgnoredAny>,
+            #[serde(default, rename = "completed")]
+            #[schemars(skip)]
+            _completed: Option<IgnoredAny>,
+            #[serde(default, rename = "completed_at")]
+            #[schemars(skip)]
+            _completed_at: Option<IgnoredAny>,
+            #[serde(default, rename = "series_id")]
+            #[schemars(skip)]
+            _series_id: Option<IgnoredAny>,
+            #[serde(default, rename = "series_start")]
+            #[schemars(skip)]
+            _series_start: Option<IgnoredAny>,
+            #[serde(default, rename = "next_occurrence")]
+            #[schemars(skip)]
+            _next_occurrence: Option<IgnoredAny>,
+            #[serde(default, rename = "version")]
+            #[schemars(skip)]
+            _version: Option<IgnoredAny>,
+            #[serde(default, rename = "created_at")]
+            #[schemars(skip)]
+            _created_at: Option<IgnoredAny>,
+            #[serde(default, rename = "updated_at")]
+            #[schemars(skip)]
+            _updated_at: Option<IgnoredAny>,
+        }
+    };
+}
+
+accepting_read_only_fields! {
 /// The writable fields of a task, for `POST /tasks`, `PUT /tasks/{id}` and
 /// `add_task`. Read-only fields (a task fetched, edited and sent back) are
 /// accepted and ignored; any other unknown field is refused.
@@ -43,33 +84,7 @@ pub struct TaskBody {
     /// such as PT1H} or {"at": an RFC 3339 time}.
     #[serde(default)]
     reminders: Option<Reminders>,
-    #[serde(default, rename = "id")]
-    #[schemars(skip)]
-    _id: Option<IgnoredAny>,
-    #[serde(default, rename = "completed")]
-    #[schemars(skip)]
-    _completed: Option<IgnoredAny>,
-    #[serde(default, rename = "completed_at")]
-    #[schemars(skip)]
-    _completed_at: Option<IgnoredAny>,
-    #[serde(default, rename = "series_id")]
-    #[schemars(skip)]
-    _series_id: Option<IgnoredAny>,
-    #[serde(default, rename = "series_start")]
-    #[schemars(skip)]
-    _series_start: Option<IgnoredAny>,
-    #[serde(default, rename = "next_occurrence")]
-    #[schemars(skip)]
-    _next_occurrence: Option<IgnoredAny>,
-    #[serde(default, rename = "version")]
-    #[schemars(skip)]
-    _version: Option<IgnoredAny>,
-    #[serde(default, rename = "created_at")]
-    #[schemars(skip)]
-    _created_at: Option<IgnoredAny>,
-    #[serde(default, rename = "updated_at")]
-    #[schemars(skip)]
-    _updated_at: Option<IgnoredAny>,
+}
 }
 
 impl TaskBody {
@@ -97,6 +112,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+accepting_read_only_fields! {
 /// A JSON merge patch (RFC 7396) of the writable fields, for
 /// `PATCH /tasks/{id}` and `update_task`: absent leaves a field alone,
 /// `null` clears it.
@@ -131,33 +147,7 @@ pub struct TaskPatch {
     /// (null or [] clears them).
     #[serde(default, deserialize_with = "present")]
     reminders: Option<Option<Reminders>>,
-    #[serde(default, rename = "id")]
-    #[schemars(skip)]
-    _id: Option<IgnoredAny>,
-    #[serde(default, rename = "completed")]
-    #[schemars(skip)]
-    _completed: Option<IgnoredAny>,
-    #[serde(default, rename = "completed_at")]
-    #[schemars(skip)]
-    _completed_at: Option<IgnoredAny>,
-    #[serde(default, rename = "series_id")]
-    #[schemars(skip)]
-    _series_id: Option<IgnoredAny>,
-    #[serde(default, rename = "series_start")]
-    #[schemars(skip)]
-    _series_start: Option<IgnoredAny>,
-    #[serde(default, rename = "next_occurrence")]
-    #[schemars(skip)]
-    _next_occurrence: Option<IgnoredAny>,
-    #[serde(default, rename = "version")]
-    #[schemars(skip)]
-    _version: Option<IgnoredAny>,
-    #[serde(default, rename = "created_at")]
-    #[schemars(skip)]
-    _created_at: Option<IgnoredAny>,
-    #[serde(default, rename = "updated_at")]
-    #[schemars(skip)]
-    _updated_at: Option<IgnoredAny>,
+}
 }
 
 impl TaskPatch {
@@ -268,59 +258,59 @@ pub fn parse_list_query<'a>(
     for (name, value) in params {
         let mut bad = |msg: String| errors.push(FieldError::new(name.clone(), msg));
         match name.as_str() {
-            "status" => match value.as_str() {
-                "all" => q.status = StatusFilter::All,
-                "open" => q.status = StatusFilter::Open,
-                "completed" => q.status = StatusFilter::Completed,
-                _ => bad("expected open, completed or all".into()),
-            },
-            "priority" => match value.parse() {
-                Ok(p) => q.priority = Some(p),
-                Err(e) => bad(e),
-            },
-            "tag" => match Tags::try_from(vec![value.clone()]) {
-                Ok(_) => q.tag = Some(value.clone()),
-                Err(e) => bad(e.replace("tag 0", "a tag")),
-            },
-            "q" => match search_text(value) {
-                Ok(text) => q.text = text,
-                Err(e) => bad(e),
-            },
-            "due_after" | "due_before" => match value.parse::<Timestamp>() {
-                Ok(t) if name == "due_after" => q.due_after = Some(t.get()),
-                Ok(t) => q.due_before = Some(t.get()),
-                Err(e) => bad(e),
-            },
-            "sort" => {
-                let (desc, field) = match value.strip_prefix('-') {
-                    Some(f) => (true, f),
-                    None => (false, value.as_str()),
-                };
-                q.descending = desc;
-                q.sort = match field {
-                    "created_at" => SortField::CreatedAt,
-                    "updated_at" => SortField::UpdatedAt,
-                    "due_at" => SortField::DueAt,
-                    "priority" => SortField::Priority,
-                    "title" => SortField::Title,
-                    _ => {
-                        bad("expected created_at, updated_at, due_at, priority or title, with - for descending".into());
-                        q.sort
-                    }
-                };
+                "status" => match value.as_str() {
+                    "all" => q.status = StatusFilter::All,
+                    "open" => q.status = StatusFilter::Open,
+                    "completed" => q.status = StatusFilter::Completed,
+                    _ => bad("expected open, completed or all".into()),
+                },
+                "priority" => match value.parse() {
+                    Ok(p) => q.priority = Some(p),
+                    Err(e) => bad(e),
+                },
+                "tag" => match Tags::try_from(vec![value.clone()]) {
+                    Ok(_) => q.tag = Some(value.clone()),
+                    Err(e) => bad(e.replace("tag 0", "a tag")),
+                },
+                "q" => match search_text(value) {
+                    Ok(text) => q.text = text,
+                    Err(e) => bad(e),
+                },
+                "due_after" | "due_before" => match value.parse::<Timestamp>() {
+                    Ok(t) if name == "due_after" => q.due_after = Some(t.get()),
+                    Ok(t) => q.due_before = Some(t.get()),
+                    Err(e) => bad(e),
+                },
+                "sort" => {
+                    let (desc, field) = match value.strip_prefix('-') {
+                        Some(f) => (true, f),
+                        None => (false, value.as_str()),
+                    };
+                    q.descending = desc;
+                    q.sort = match field {
+                        "created_at" => SortField::CreatedAt,
+                        "updated_at" => SortField::UpdatedAt,
+                        "due_at" => SortField::DueAt,
+                        "priority" => SortField::Priority,
+                        "title" => SortField::Title,
+                        _ => {
+                            bad("expected created_at, updated_at, due_at, priority or title, with - for descending".into());
+                            q.sort
+                        }
+                    };
+                }
+                "limit" => match value.parse::<i64>() {
+                    Ok(n) if (1..=MAX_PAGE).contains(&n) => q.limit = n,
+                    _ => bad(format!("expected a number from 1 to {MAX_PAGE}")),
+                },
+                "offset" => match value.parse::<i64>() {
+                    Ok(n) if (0..=MAX_OFFSET).contains(&n) => q.offset = n,
+                    _ => bad(format!(
+                        "expected a number from 0 to {MAX_OFFSET} (narrow the list with filters to reach further)"
+                    )),
+                },
+                _ => bad("unknown query parameter".into()),
             }
-            "limit" => match value.parse::<i64>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => q.limit = n,
-                _ => bad(format!("expected a number from 1 to {MAX_PAGE}")),
-            },
-            "offset" => match value.parse::<i64>() {
-                Ok(n) if (0..=MAX_OFFSET).contains(&n) => q.offset = n,
-                _ => bad(format!(
-                    "expected a number from 0 to {MAX_OFFSET} (narrow the list with filters to reach further)"
-                )),
-            },
-            _ => bad("unknown query parameter".into()),
-        }
     }
     errors.sort_by(|a, b| a.field.cmp(&b.field));
     if errors.is_empty() {
