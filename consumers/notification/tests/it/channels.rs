@@ -3,46 +3,37 @@
 //! endpoint that decrypts the payload and verifies the VAPID token; each
 //! through todo-api's preferences, the broker and todo-notifier.
 
+use crate::harness::{at, free_port, options, read_until, reminders, rfc3339, wait_for, Notifier};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{post, MethodRouter};
 use axum::Router;
 use base64::Engine as _;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use hmac::{Hmac, Mac};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use todo_api::testing::{Api, Stack};
-use todo_consumer::ConsumerConfig;
-use todo_contract::envelope::Topic;
-use todo_notifier::app::{App, ChannelOptions, Options};
 use todo_notifier::delivery::LogDelivery;
 use todo_platform::config::Env;
-use todo_platform::shutdown::{self, ShutdownTrigger};
 use todo_testing::{EventReader, Received, WEBHOOK_SECRET_KEY};
-use tokio::task::JoinHandle;
 use web_push_native::jwt_simple::algorithms::{
     ECDSAP256PublicKeyLike, ES256KeyPair, ES256PublicKey,
 };
 use web_push_native::jwt_simple::claims::NoCustomClaims;
 use web_push_native::p256;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Notifier {
-    base: String,
-    trigger: ShutdownTrigger,
-    handle: JoinHandle<anyhow::Result<()>>,
-}
-
 impl Notifier {
-    async fn spawn(stack: &Stack, env: &[(&str, String)]) -> Notifier {
+    /// A notifier whose channels `env` configures (on top of the webhook
+    /// key, private networks allowed, and a 2 s channel timeout).
+    async fn with_channels(stack: &Stack, env: &[(&str, String)]) -> Notifier {
         let mut vars: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -53,94 +44,87 @@ impl Notifier {
         vars.entry("REMINDER_CHANNEL_TIMEOUT_MS".into())
             .or_insert_with(|| "2000".into());
         let lookup = Env::new(move |k: &str| vars.get(k).cloned());
-        let mut consumer = ConsumerConfig::new(todo_notifier::NAME, &[Topic::TaskEvents]);
-        consumer.session_timeout = Duration::from_secs(6);
-        let options = Options {
-            consumer,
-            max_attempts: 3,
-            delivery_lease: Duration::from_secs(5),
-            retention: Default::default(),
-            channels: ChannelOptions::from_lookup(&lookup, 3).expect("channel settings"),
-        };
-        let app = App::build(&stack.settings(), options, Arc::new(LogDelivery))
-            .await
-            .expect("todo-notifier starts");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let (trigger, shutdown) = shutdown::channel();
-        Notifier {
-            base,
-            trigger,
-            handle: tokio::spawn(app.run(shutdown)),
+        let options = options(&lookup, Duration::from_secs(5));
+        Self::spawn_with_options(stack.settings(), options, Arc::new(LogDelivery)).await
+    }
+}
+
+/// What every test here runs on: a stack of its own with a todo-api, a
+/// todo-notifier with the channel settings `env`, and a reader of the
+/// reminders topic.
+struct Fixture {
+    stack: Stack,
+    api: Api,
+    notifier: Notifier,
+    reader: EventReader,
+}
+
+impl Fixture {
+    async fn start(env: &[(&str, String)]) -> Fixture {
+        let stack = Stack::new().await;
+        let api = stack.spawn_api().await;
+        let notifier = Notifier::with_channels(&stack, env).await;
+        let reader = reminders(&stack).await;
+        Fixture {
+            stack,
+            api,
+            notifier,
+            reader,
         }
     }
 
-    /// Gone at once, as with kill -9: nothing in flight is recorded.
-    async fn crash(self) {
-        self.handle.abort();
-        let _ = self.handle.await;
+    /// Sets `token`'s user's channels: the answer.
+    async fn set_channels(&self, token: &str, body: Value) -> Value {
+        let (status, answer) = self
+            .stack
+            .call(
+                &self.api,
+                Method::PUT,
+                "/me/notifications",
+                token,
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+
+    /// Points `token`'s user's webhook at `url`, on or off: the answer.
+    async fn webhook(&self, token: &str, url: &str, enabled: bool) -> Value {
+        self.set_channels(token, json!({"webhook": {"url": url, "enabled": enabled}}))
+            .await
+    }
+
+    /// A task of `token`'s user with one reminder at `in_secs` from now.
+    async fn remind(&self, token: &str, title: &str, in_secs: i64) -> Value {
+        let at = Utc::now() + TimeDelta::seconds(in_secs);
+        self.stack
+            .create(
+                &self.api,
+                token,
+                json!({
+                    "title": title,
+                    "due_at": rfc3339(at + TimeDelta::hours(1)),
+                    "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "Europe/Berlin", "mode": "on_completion"},
+                    "reminders": [{"at": rfc3339(at)}],
+                }),
+            )
+            .await
+    }
+
+    /// Reads reminder events until each of `tasks` has its outcome on
+    /// `channel`.
+    async fn outcomes(&self, tasks: &[&Value], channel: &str) -> Vec<Received> {
+        read_until(&self.reader, |got| {
+            tasks.iter().all(|t| outcome(got, t, channel).is_some())
+        })
+        .await
     }
 
     async fn stop(self) {
-        self.trigger.trigger();
-        self.handle
-            .await
-            .expect("task")
-            .expect("todo-notifier ran cleanly");
+        self.notifier.stop().await;
+        self.api.stop().await;
     }
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn time(v: &Value) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(v.as_str().expect("time"))
-        .expect("RFC 3339")
-        .with_timezone(&Utc)
-}
-
-async fn set_channels(stack: &Stack, api: &Api, token: &str, body: Value) -> Value {
-    let (status, answer) = stack
-        .call(api, Method::PUT, "/me/notifications", token, Some(body))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    answer
-}
-
-/// A task of `token`'s user with one reminder at `in_secs` from now.
-async fn remind(stack: &Stack, api: &Api, token: &str, title: &str, in_secs: i64) -> Value {
-    let at = Utc::now() + TimeDelta::seconds(in_secs);
-    stack
-        .create(
-            api,
-            token,
-            json!({
-                "title": title,
-                "due_at": rfc3339(at + TimeDelta::hours(1)),
-                "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "Europe/Berlin", "mode": "on_completion"},
-                "reminders": [{"at": rfc3339(at)}],
-            }),
-        )
-        .await
-}
-
-/// Reads reminder events until `done` holds for those read so far.
-async fn read_until(reader: &EventReader, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut got = Vec::new();
-    while !done(&got) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match reader.next(left).await {
-            Some(e) => got.push(e),
-            None => panic!(
-                "reminder events so far: {:?}",
-                got.iter()
-                    .map(|e| (e.event_type().to_owned(), e.value["data"].clone()))
-                    .collect::<Vec<_>>()
-            ),
-        }
-    }
-    got
 }
 
 fn outcome<'a>(events: &'a [Received], task: &Value, channel: &str) -> Option<&'a Received> {
@@ -252,29 +236,21 @@ fn header(raw: &str, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_arrives_once_with_its_message_id_after_a_transient_refusal() {
-    let stack = Stack::new().await;
     let smtp = SmtpServer::start(1);
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(
-        &stack,
-        &[
-            ("SMTP_URL", format!("smtp://127.0.0.1:{}", smtp.port)),
-            ("SMTP_FROM", "Reminders <reminders@todo.test>".into()),
-        ],
-    )
+    let t = Fixture::start(&[
+        ("SMTP_URL", format!("smtp://127.0.0.1:{}", smtp.port)),
+        ("SMTP_FROM", "Reminders <reminders@todo.test>".into()),
+    ])
     .await;
-    let ann = stack.token("ann");
-    let reader = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
-    set_channels(
-        &stack,
-        &api,
+    let ann = t.stack.token("ann");
+    t.set_channels(
         &ann,
         json!({"email": {"address": "ann@example.com", "enabled": true}}),
     )
     .await;
-    let task = remind(&stack, &api, &ann, "Water <the> plants", 4).await;
+    let task = t.remind(&ann, "Water <the> plants", 4).await;
 
-    let events = read_until(&reader, |got| outcome(got, &task, "email").is_some()).await;
+    let events = t.outcomes(&[&task], "email").await;
     let sent = outcome(&events, &task, "email").expect("outcome");
     assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
     assert_eq!(
@@ -304,79 +280,49 @@ async fn an_email_arrives_once_with_its_message_id_after_a_transient_refusal() {
     assert!(raw.contains(task["id"].as_str().expect("id")), "{raw}");
     // The HTML part escapes the title.
     assert!(raw.contains("Water &lt;the&gt; plants"), "{raw}");
-    notifier.stop().await;
-    api.stop().await;
-}
-
-/// A port nothing listens on (until a test starts something there).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Waits until `check` holds, polling (a condition, not a fixed sleep).
-async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_smtp_is_down_the_breaker_holds_every_reminder_and_delivers_each_once_it_is_up() {
     const USERS: usize = 6;
-    let stack = Stack::new().await;
-    let port = closed_port();
-    let api = stack.spawn_api().await;
+    let port = free_port();
     // Three attempts each (the harness's REMINDER_MAX_ATTEMPTS): without the
     // breaker, every reminder would fail for good within a second or two.
-    let notifier = Notifier::spawn(
-        &stack,
-        &[
-            ("SMTP_URL", format!("smtp://127.0.0.1:{port}")),
-            ("REMINDER_BREAKER_OPEN_MS", "300".into()),
-        ],
-    )
+    let t = Fixture::start(&[
+        ("SMTP_URL", format!("smtp://127.0.0.1:{port}")),
+        ("REMINDER_BREAKER_OPEN_MS", "300".into()),
+    ])
     .await;
-    let state = || stack.metric_sum(&notifier.base, "todo_reminder_channel_breaker_state");
+    let metric = |name: &'static str| t.notifier.metric(&t.stack, name);
+    let state = || metric("todo_reminder_channel_breaker_state");
+    let opened = || metric("todo_reminder_channel_breaker_opened_total");
     assert_eq!(state().await, 0.0, "closed (and shown) from the start");
-    let reader = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
     // One moment for all: the attempts of many users fail together, as in
     // an outage (not one user's three attempts before the next has one).
     let at = rfc3339(Utc::now() + TimeDelta::seconds(4));
     let mut tasks = Vec::new();
     for n in 0..USERS {
-        let token = stack.token(&format!("user{n}"));
-        set_channels(
-            &stack,
-            &api,
+        let token = t.stack.token(&format!("user{n}"));
+        t.set_channels(
             &token,
             json!({"email": {"address": format!("user{n}@example.com"), "enabled": true}}),
         )
         .await;
         let task = json!({"title": format!("Task of user {n}"), "reminders": [{"at": at}]});
-        tasks.push(stack.create(&api, &token, task).await);
+        tasks.push(t.stack.create(&t.api, &token, task).await);
     }
 
     // Most users' attempts fail: the breaker opens, and stays open (or
     // probing) while the server is down.
     wait_for("the e-mail breaker opens", || async {
-        stack
-            .metric_sum(&notifier.base, "todo_reminder_channel_breaker_opened_total")
-            .await
-            >= 1.0
+        opened().await >= 1.0
     })
     .await;
     // Several failed probes later (300 ms, 600 ms, 1.2 s...) nothing has
     // failed for good, though each reminder had only three attempts.
     wait_for("probes fail while the server is down", || async {
-        stack
-            .metric_sum(&notifier.base, "todo_reminder_channel_breaker_opened_total")
-            .await
-            >= 4.0
+        opened().await >= 4.0
     })
     .await;
     assert!(state().await > 0.0, "still open");
@@ -384,16 +330,13 @@ async fn while_smtp_is_down_the_breaker_holds_every_reminder_and_delivers_each_o
         "SELECT count(*) FILTER (WHERE state = 'failed'), count(*) FILTER (WHERE state = 'pending')
            FROM reminder_deliveries WHERE channel = 'email'",
     )
-    .fetch_one(&stack.db.pool)
+    .fetch_one(&t.stack.db.pool)
     .await
     .expect("deliveries");
     assert_eq!((failed, held), (0, USERS as i64), "all held, none failed");
 
     let smtp = SmtpServer::start_on(0, port);
-    let events = read_until(&reader, |got| {
-        tasks.iter().all(|t| outcome(got, t, "email").is_some())
-    })
-    .await;
+    let events = t.outcomes(&tasks.iter().collect::<Vec<_>>(), "email").await;
     for task in &tasks {
         let sent = outcome(&events, task, "email").expect("outcome");
         assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
@@ -409,8 +352,7 @@ async fn while_smtp_is_down_the_breaker_holds_every_reminder_and_delivers_each_o
     let expected: Vec<String> = (0..USERS).map(|n| format!("user{n}@example.com")).collect();
     assert_eq!(to, expected, "each reminder delivered once");
     wait_for("the breaker closes", || async { state().await == 0.0 }).await;
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 // -------------------------------------------------------------- webhooks
@@ -451,91 +393,57 @@ async fn serve(router: Router) -> String {
     base
 }
 
-fn webhook_receiver(receiver: Receiver) -> Router {
-    Router::new()
+/// A POST route that records each request under `path`, then answers as
+/// `answer` says for the how-manieth request there it is.
+fn recording<A, F>(path: &'static str, answer: A) -> MethodRouter<Receiver>
+where
+    A: Fn(usize) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = StatusCode> + Send + 'static,
+{
+    post(
+        move |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+            answer(r.record(path, headers, body)).await
+        },
+    )
+}
+
+/// A webhook receiver, served: it and its base URL.
+async fn webhooks() -> (Receiver, String) {
+    let receiver = Receiver::default();
+    let router = Router::new()
         .route(
             "/ok",
-            post(
-                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
-                    r.record("/ok", headers, body);
-                    StatusCode::NO_CONTENT
-                },
-            ),
+            recording("/ok", |_| async { StatusCode::NO_CONTENT }),
         )
         .route(
             "/flaky",
-            post(
-                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
-                    if r.record("/flaky", headers, body) <= 2 {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::OK
-                    }
-                },
-            ),
+            recording("/flaky", |n| async move {
+                if n <= 2 {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }),
         )
         .route(
             "/hang",
-            post(
-                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
-                    r.record("/hang", headers, body);
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    StatusCode::OK
-                },
-            ),
+            recording("/hang", |_| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                StatusCode::OK
+            }),
         )
         .route(
             "/first-hangs",
-            post(
-                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
-                    if r.record("/first-hangs", headers, body) == 1 {
-                        tokio::time::sleep(Duration::from_secs(600)).await;
-                    }
-                    StatusCode::OK
-                },
-            ),
+            recording("/first-hangs", |n| async move {
+                if n == 1 {
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
+                StatusCode::OK
+            }),
         )
-        .route(
-            "/gone",
-            post(
-                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
-                    r.record("/gone", headers, body);
-                    StatusCode::GONE
-                },
-            ),
-        )
-        .with_state(receiver)
-}
-
-/// A stack with todo-api, todo-notifier (with `env`), a webhook receiver
-/// at `base` and a reader of the reminders topic.
-struct Hooks {
-    stack: Stack,
-    receiver: Receiver,
-    base: String,
-    api: Api,
-    notifier: Notifier,
-    reader: EventReader,
-}
-
-impl Hooks {
-    async fn start(env: &[(&str, String)]) -> Hooks {
-        let stack = Stack::new().await;
-        let receiver = Receiver::default();
-        let base = serve(webhook_receiver(receiver.clone())).await;
-        let api = stack.spawn_api().await;
-        let notifier = Notifier::spawn(&stack, env).await;
-        let reader =
-            EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
-        Hooks {
-            stack,
-            receiver,
-            base,
-            api,
-            notifier,
-            reader,
-        }
-    }
+        .route("/gone", recording("/gone", |_| async { StatusCode::GONE }))
+        .with_state(receiver.clone());
+    (receiver, serve(router).await)
 }
 
 /// Checks a delivery as a Standard Webhooks receiver does, with the secret
@@ -564,23 +472,17 @@ fn signature_valid(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_retried_on_5xx_and_one_that_hangs_delays_nobody_else() {
     // An attempt may take 3 s: bob's receiver holds each of his for that long.
-    let Hooks {
-        stack,
-        receiver,
-        base,
-        api,
-        notifier,
-        reader,
-    } = Hooks::start(&[
+    let (receiver, base) = webhooks().await;
+    let t = Fixture::start(&[
         ("REMINDER_CHANNEL_TIMEOUT_MS", "3000".into()),
         ("REMINDER_CHANNEL_CONCURRENCY", "32".into()),
     ])
     .await;
     let (ann, bob, cat, dan) = (
-        stack.token("ann"),
-        stack.token("bob"),
-        stack.token("cat"),
-        stack.token("dan"),
+        t.stack.token("ann"),
+        t.stack.token("bob"),
+        t.stack.token("cat"),
+        t.stack.token("dan"),
     );
     let mut secrets = HashMap::new();
     for (user, token, path) in [
@@ -589,13 +491,7 @@ async fn webhooks_are_signed_retried_on_5xx_and_one_that_hangs_delays_nobody_els
         ("cat", &cat, "/ok"),
         ("dan", &dan, "/gone"),
     ] {
-        let answer = set_channels(
-            &stack,
-            &api,
-            token,
-            json!({"webhook": {"url": format!("{base}{path}"), "enabled": true}}),
-        )
-        .await;
+        let answer = t.webhook(token, &format!("{base}{path}"), true).await;
         let secret = answer["webhook"]["secret"]
             .as_str()
             .expect("the secret, shown once");
@@ -603,17 +499,12 @@ async fn webhooks_are_signed_retried_on_5xx_and_one_that_hangs_delays_nobody_els
         secrets.insert(user, secret.to_owned());
     }
     // bob's hangs first; cat's, due a moment later, must not wait for it.
-    let hanging = remind(&stack, &api, &bob, "bob's", 4).await;
-    let flaky = remind(&stack, &api, &ann, "ann's", 5).await;
-    let ok = remind(&stack, &api, &cat, "cat's", 5).await;
-    let gone = remind(&stack, &api, &dan, "dan's", 5).await;
+    let hanging = t.remind(&bob, "bob's", 4).await;
+    let flaky = t.remind(&ann, "ann's", 5).await;
+    let ok = t.remind(&cat, "cat's", 5).await;
+    let gone = t.remind(&dan, "dan's", 5).await;
 
-    let events = read_until(&reader, |got| {
-        [&hanging, &flaky, &ok, &gone]
-            .iter()
-            .all(|t| outcome(got, t, "webhook").is_some())
-    })
-    .await;
+    let events = t.outcomes(&[&hanging, &flaky, &ok, &gone], "webhook").await;
 
     // cat's: signed with the secret cat was shown, the delivery id as
     // webhook-id, on time.
@@ -636,7 +527,7 @@ async fn webhooks_are_signed_retried_on_5xx_and_one_that_hangs_delays_nobody_els
     );
     let payload: Value = serde_json::from_slice(body).expect("json");
     assert_eq!(payload["data"]["title"], "cat's");
-    let late = time(&sent.value["data"]["sent_at"]) - time(&sent.value["data"]["remind_at"]);
+    let late = at(&sent.value["data"]["sent_at"]) - at(&sent.value["data"]["remind_at"]);
     assert!(
         late < TimeDelta::milliseconds(1500),
         "cat's webhook waited {late} behind bob's"
@@ -670,47 +561,28 @@ async fn webhooks_are_signed_retried_on_5xx_and_one_that_hangs_delays_nobody_els
     assert_eq!(failed.event_type(), "reminder.failed", "{}", failed.value);
     assert_eq!(failed.value["data"]["attempts"], 1);
     assert_eq!(receiver.seen("/gone").len(), 1);
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_turned_off_stops_its_deliveries() {
-    let Hooks {
-        stack,
-        receiver,
-        base,
-        api,
-        notifier,
-        reader,
-    } = Hooks::start(&[]).await;
-    let ann = stack.token("ann");
+    let (receiver, base) = webhooks().await;
+    let t = Fixture::start(&[]).await;
+    let ann = t.stack.token("ann");
     let url = format!("{base}/ok");
-    set_channels(
-        &stack,
-        &api,
-        &ann,
-        json!({"webhook": {"url": url, "enabled": true}}),
-    )
-    .await;
-    let first = remind(&stack, &api, &ann, "first", 3).await;
-    read_until(&reader, |got| outcome(got, &first, "webhook").is_some()).await;
+    t.webhook(&ann, &url, true).await;
+    let first = t.remind(&ann, "first", 3).await;
+    t.outcomes(&[&first], "webhook").await;
     assert_eq!(receiver.seen("/ok").len(), 1);
 
-    let answer = set_channels(
-        &stack,
-        &api,
-        &ann,
-        json!({"webhook": {"url": url, "enabled": false}}),
-    )
-    .await;
+    let answer = t.webhook(&ann, &url, false).await;
     assert!(
         answer["webhook"].get("secret").is_none(),
         "same URL, same secret: not shown again"
     );
-    let second = remind(&stack, &api, &ann, "second", 3).await;
+    let second = t.remind(&ann, "second", 3).await;
     // The platform's own delivery (log line, open pages) still happens...
-    let events = read_until(&reader, |got| {
+    let events = read_until(&t.reader, |got| {
         got.iter().any(|e| {
             e.event_type() == "reminder.sent"
                 && e.value["data"]["task_id"] == second["id"]
@@ -726,52 +598,35 @@ async fn a_channel_turned_off_stops_its_deliveries() {
           WHERE r.task_id = $1",
     )
     .bind(uuid::Uuid::parse_str(second["id"].as_str().expect("id")).expect("uuid"))
-    .fetch_one(&stack.db.pool)
+    .fetch_one(&t.stack.db.pool)
     .await
     .expect("count");
     assert_eq!(deliveries, 0);
     assert_eq!(receiver.seen("/ok").len(), 1);
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_cut_off_by_a_crash_is_made_again_with_the_same_id() {
-    let Hooks {
-        stack,
-        receiver,
-        base,
-        api,
-        notifier,
-        reader,
-    } = Hooks::start(&[]).await;
-    let ann = stack.token("ann");
-    let answer = set_channels(
-        &stack,
-        &api,
-        &ann,
-        json!({"webhook": {"url": format!("{base}/first-hangs"), "enabled": true}}),
-    )
-    .await;
+    let (receiver, base) = webhooks().await;
+    let mut t = Fixture::start(&[]).await;
+    let ann = t.stack.token("ann");
+    let answer = t.webhook(&ann, &format!("{base}/first-hangs"), true).await;
     let secret = answer["webhook"]["secret"]
         .as_str()
         .expect("secret")
         .to_owned();
-    let task = remind(&stack, &api, &ann, "ann's", 3).await;
+    let task = t.remind(&ann, "ann's", 3).await;
     // The first attempt is under way (the receiver holds it)...
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while receiver.seen("/first-hangs").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no attempt was made"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("an attempt is made", || async {
+        !receiver.seen("/first-hangs").is_empty()
+    })
+    .await;
     // ...when the notifier dies. Its successor makes it again once the
     // lease is over, with the same webhook-id, and records it once.
-    notifier.crash().await;
-    let notifier = Notifier::spawn(&stack, &[]).await;
-    let events = read_until(&reader, |got| outcome(got, &task, "webhook").is_some()).await;
+    t.notifier.crash().await;
+    t.notifier = Notifier::with_channels(&t.stack, &[]).await;
+    let events = t.outcomes(&[&task], "webhook").await;
     let sent = outcome(&events, &task, "webhook").expect("outcome");
     assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
     assert_eq!(sent.value["data"]["attempts"], 2);
@@ -779,45 +634,22 @@ async fn a_delivery_cut_off_by_a_crash_is_made_again_with_the_same_id() {
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].0.get("webhook-id"), seen[1].0.get("webhook-id"));
     assert!(signature_valid(&secret, &seen[1].0, &seen[1].1));
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_to_an_internal_address_is_refused_without_a_request() {
-    let Hooks {
-        stack,
-        receiver,
-        base,
-        api,
-        notifier,
-        reader,
-    } = Hooks::start(&[("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "false".into())]).await;
+    let (receiver, base) = webhooks().await;
+    let t = Fixture::start(&[("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "false".into())]).await;
     let port = base.rsplit(':').next().expect("port");
-    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let (ann, bob) = (t.stack.token("ann"), t.stack.token("bob"));
     // A name that resolves to loopback, and the cloud metadata address.
-    set_channels(
-        &stack,
-        &api,
-        &ann,
-        json!({"webhook": {"url": format!("https://localhost:{port}/ok"), "enabled": true}}),
-    )
-    .await;
-    set_channels(
-        &stack,
-        &api,
-        &bob,
-        json!({"webhook": {"url": "https://169.254.169.254/latest/meta-data", "enabled": true}}),
-    )
-    .await;
-    let (a, b) = (
-        remind(&stack, &api, &ann, "a", 3).await,
-        remind(&stack, &api, &bob, "b", 3).await,
-    );
-    let events = read_until(&reader, |got| {
-        outcome(got, &a, "webhook").is_some() && outcome(got, &b, "webhook").is_some()
-    })
-    .await;
+    t.webhook(&ann, &format!("https://localhost:{port}/ok"), true)
+        .await;
+    t.webhook(&bob, "https://169.254.169.254/latest/meta-data", true)
+        .await;
+    let (a, b) = (t.remind(&ann, "a", 3).await, t.remind(&bob, "b", 3).await);
+    let events = t.outcomes(&[&a, &b], "webhook").await;
     for task in [&a, &b] {
         let failed = outcome(&events, task, "webhook").expect("outcome");
         assert_eq!(failed.event_type(), "reminder.failed", "{}", failed.value);
@@ -831,8 +663,7 @@ async fn a_webhook_to_an_internal_address_is_refused_without_a_request() {
         );
     }
     assert!(receiver.seen("/ok").is_empty());
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 // -------------------------------------------------------------- Web Push
@@ -870,43 +701,30 @@ impl Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_message_decrypts_to_the_reminder_and_is_signed_with_the_servers_vapid_key() {
-    let stack = Stack::new().await;
     let receiver = Receiver::default();
     let push_service = Router::new()
         .route(
             "/push/{device}",
-            post(
-                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
-                    r.record("/push", headers, body);
-                    StatusCode::CREATED
-                },
-            ),
+            recording("/push", |_| async { StatusCode::CREATED }),
         )
         .with_state(receiver.clone());
     let base = serve(push_service).await;
     let vapid = ES256KeyPair::generate();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(
-        &stack,
-        &[
-            ("VAPID_PRIVATE_KEY", b64.encode(vapid.to_bytes())),
-            ("VAPID_SUBJECT", "mailto:ops@todo.test".into()),
-        ],
-    )
+    let t = Fixture::start(&[
+        ("VAPID_PRIVATE_KEY", b64.encode(vapid.to_bytes())),
+        ("VAPID_SUBJECT", "mailto:ops@todo.test".into()),
+    ])
     .await;
-    let reader = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
-    let ann = stack.token("ann");
+    let ann = t.stack.token("ann");
     let browser = Browser::new();
-    set_channels(
-        &stack,
-        &api,
+    t.set_channels(
         &ann,
         json!({"webpush": {"subscriptions": [browser.subscription(&format!("{base}/push/phone"))]}}),
     )
     .await;
-    let task = remind(&stack, &api, &ann, "Call the dentist", 3).await;
-    let events = read_until(&reader, |got| outcome(got, &task, "webpush").is_some()).await;
+    let task = t.remind(&ann, "Call the dentist", 3).await;
+    let events = t.outcomes(&[&task], "webpush").await;
     let sent = outcome(&events, &task, "webpush").expect("outcome");
     assert_eq!(sent.event_type(), "reminder.sent", "{}", sent.value);
 
@@ -948,6 +766,5 @@ async fn a_push_message_decrypts_to_the_reminder_and_is_signed_with_the_servers_
     let audience = format!("{:?}", claims.audiences);
     assert!(audience.contains("http://127.0.0.1"), "{audience}");
     assert_eq!(claims.subject.as_deref(), Some("mailto:ops@todo.test"));
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }

@@ -2,4 +2,5 @@
 //! test harness are linked once for all of them.
 
 mod channels;
+mod harness;
 mod notifier;

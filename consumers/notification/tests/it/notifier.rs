@@ -1,5 +1,8 @@
 //! todo-notifier end to end: through todo-api and a real broker.
 
+use crate::harness::{
+    at, free_port, options, read_until, reminders, rfc3339, wait_for, Notifier, WAIT,
+};
 use chrono::{DateTime, TimeDelta, Utc};
 use rdkafka::producer::FutureRecord;
 use reqwest::{Method, StatusCode};
@@ -10,124 +13,190 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use todo_api::testing::{assert_schema_valid, Api, Stack};
-use todo_consumer::ConsumerConfig;
 use todo_contract::envelope::Topic;
-use todo_notifier::app::{App, ChannelOptions, Options};
+use todo_notifier::app::{App, Options};
 use todo_notifier::delivery::{Delivery, Due, LogDelivery};
 use todo_notifier::retention::{self, Retention};
-use todo_platform::config::Env;
-use todo_platform::shutdown::{self, ShutdownTrigger};
+use todo_platform::config::{Env, Settings};
+use todo_platform::shutdown;
 use todo_testing::{EventReader, Received};
-use tokio::task::JoinHandle;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Notifier {
-    base: String,
-    trigger: ShutdownTrigger,
-    handle: JoinHandle<anyhow::Result<()>>,
-}
-
-fn options() -> Options {
-    let mut consumer = ConsumerConfig::new(todo_notifier::NAME, &[Topic::TaskEvents]);
-    consumer.session_timeout = Duration::from_secs(6);
-    Options {
-        consumer,
-        max_attempts: 3,
-        delivery_lease: Duration::from_secs(2),
-        retention: Default::default(),
-        channels: ChannelOptions::from_lookup(&Env::new(|_: &str| None), 3)
-            .expect("no channels configured"),
-    }
-}
 
 impl Notifier {
     async fn spawn(stack: &Stack, delivery: Arc<dyn Delivery>) -> Notifier {
         Self::spawn_with(stack.settings(), delivery).await
     }
 
-    async fn spawn_with(
-        settings: todo_platform::config::Settings,
-        delivery: Arc<dyn Delivery>,
-    ) -> Notifier {
-        Self::spawn_with_options(settings, options(), delivery).await
-    }
-
-    async fn spawn_with_options(
-        settings: todo_platform::config::Settings,
-        options: Options,
-        delivery: Arc<dyn Delivery>,
-    ) -> Notifier {
-        let app = App::build(&settings, options, delivery)
-            .await
-            .expect("todo-notifier starts");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let (trigger, shutdown) = shutdown::channel();
-        Notifier {
-            base,
-            trigger,
-            handle: tokio::spawn(app.run(shutdown)),
-        }
+    async fn spawn_with(settings: Settings, delivery: Arc<dyn Delivery>) -> Notifier {
+        Self::spawn_with_options(settings, no_channels(), delivery).await
     }
 
     /// A notifier that keeps done reminders only `keep` (logged deliveries).
     async fn spawn_keeping(stack: &Stack, keep: Duration) -> Notifier {
         let options = Options {
             retention: Retention { keep },
-            ..options()
+            ..no_channels()
         };
         Self::spawn_with_options(stack.settings(), options, Arc::new(LogDelivery)).await
     }
+}
 
-    /// The sum of a metric's samples in this notifier's /metrics.
-    async fn metric(&self, stack: &Stack, name: &str) -> f64 {
-        stack.metric_sum(&self.base, name).await
+/// The options of a notifier that delivers only by its [`Delivery`].
+fn no_channels() -> Options {
+    options(&Env::new(|_: &str| None), Duration::from_secs(2))
+}
+
+/// What most tests run on: a stack of their own with a todo-api, one
+/// todo-notifier, and ann, who owns the reminders.
+struct Fixture {
+    stack: Stack,
+    api: Api,
+    notifier: Notifier,
+    ann: String,
+}
+
+impl Fixture {
+    /// Delivering by logging.
+    async fn start() -> Fixture {
+        Self::delivering(Arc::new(LogDelivery)).await
+    }
+
+    async fn delivering(delivery: Arc<dyn Delivery>) -> Fixture {
+        let stack = Stack::new().await;
+        let api = stack.spawn_api().await;
+        let notifier = Notifier::spawn(&stack, delivery).await;
+        Self::around(stack, api, notifier)
+    }
+
+    /// Keeping done reminders only `keep`.
+    async fn keeping(keep: Duration) -> Fixture {
+        let stack = Stack::new().await;
+        let api = stack.spawn_api().await;
+        let notifier = Notifier::spawn_keeping(&stack, keep).await;
+        Self::around(stack, api, notifier)
+    }
+
+    fn around(stack: Stack, api: Api, notifier: Notifier) -> Fixture {
+        let ann = stack.token("ann");
+        Fixture {
+            stack,
+            api,
+            notifier,
+            ann,
+        }
+    }
+
+    async fn create(&self, token: &str, body: Value) -> Value {
+        self.stack.create(&self.api, token, body).await
+    }
+
+    /// A task of `token`'s user, due at `due` if any, with `reminders`.
+    async fn task(
+        &self,
+        token: &str,
+        title: &str,
+        due: Option<DateTime<Utc>>,
+        reminders: Value,
+    ) -> Value {
+        let mut body = json!({"title": title, "reminders": reminders});
+        if let Some(due) = due {
+            body["due_at"] = json!(rfc3339(due));
+        }
+        self.create(token, body).await
+    }
+
+    /// A change that must succeed with 200.
+    async fn ok(&self, method: Method, path: &str, token: &str, body: Option<Value>) {
+        let (status, body) = self.stack.call(&self.api, method, path, token, body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+
+    async fn complete(&self, token: &str, task: &Value) {
+        complete(&self.stack, &self.api, token, task).await;
+    }
+
+    async fn reminders(&self) -> EventReader {
+        reminders(&self.stack).await
+    }
+
+    /// How many rounds the clock makes in `window` from now.
+    async fn clock_rounds_in(&self, window: Duration) -> f64 {
+        let before = self.clock_rounds().await;
+        tokio::time::sleep(window).await;
+        self.clock_rounds().await - before
+    }
+
+    async fn clock_rounds(&self) -> f64 {
+        self.notifier
+            .metric(&self.stack, "todo_reminder_clock_rounds_total")
+            .await
+    }
+
+    /// The reminder rows of `task`.
+    async fn rows_of(&self, task: &Value) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM reminders WHERE task_id = $1::uuid")
+            .bind(task["id"].as_str())
+            .fetch_one(&self.stack.db.pool)
+            .await
+            .expect("count")
     }
 
     async fn stop(self) {
-        self.trigger.trigger();
-        self.handle
-            .await
-            .expect("task")
-            .expect("todo-notifier ran cleanly");
+        self.notifier.stop().await;
+        self.api.stop().await;
     }
 }
 
-fn secs(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+async fn complete(stack: &Stack, api: &Api, token: &str, task: &Value) {
+    let id = task["id"].as_str().unwrap_or_default();
+    let path = format!("/tasks/{id}/complete");
+    let (status, body) = stack.call(api, Method::POST, &path, token, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-fn at(v: &Value) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(v.as_str().expect("time"))
-        .expect("RFC 3339")
-        .with_timezone(&Utc)
+/// `events`, and what `reader` is sent within `window` after them.
+async fn with_the_rest(
+    reader: &EventReader,
+    events: Vec<Received>,
+    window: Duration,
+) -> Vec<Received> {
+    let rest = reader.drain(window).await;
+    events.into_iter().chain(rest).collect()
 }
 
-async fn reminders(stack: &Stack) -> EventReader {
-    EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await
+/// What todo-notifier has set aside from task-events, read until nothing
+/// more comes for `window`.
+async fn set_aside(stack: &Stack, window: Duration) -> Vec<Received> {
+    EventReader::new(
+        stack.broker.bootstrap(),
+        &todo_consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
+    )
+    .await
+    .drain(window)
+    .await
 }
 
-/// Reads reminder events until `done` says the list is complete.
-async fn read_until(reader: &EventReader, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut got = Vec::new();
-    while !done(&got) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match reader.next(left).await {
-            Some(e) => got.push(e),
-            None => panic!(
-                "reminder events so far: {:?}",
-                got.iter()
-                    .map(|e| e.event_type().to_owned())
-                    .collect::<Vec<_>>()
-            ),
-        }
-    }
-    got
+/// Publishes `envelope` to task-events as if a producer had written it,
+/// past todo-api's checks.
+async fn inject(stack: &Stack, user: &str, envelope: &Value) {
+    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
+    let raw = serde_json::to_vec(envelope).expect("json");
+    producer
+        .send(
+            FutureRecord::to(&stack.topic(Topic::TaskEvents))
+                .key(user)
+                .payload(&raw),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
 }
 
-fn count(events: &[Received], kind: &str) -> usize {
-    events.iter().filter(|e| e.event_type() == kind).count()
+fn count<'a>(events: impl IntoIterator<Item = &'a Received>, kind: &str) -> usize {
+    events
+        .into_iter()
+        .filter(|e| e.event_type() == kind)
+        .count()
 }
 
 fn of_task<'a>(events: &'a [Received], task: &Value) -> Vec<&'a Received> {
@@ -137,30 +206,34 @@ fn of_task<'a>(events: &'a [Received], task: &Value) -> Vec<&'a Received> {
         .collect()
 }
 
+/// `t` to the millisecond, as a task's times are kept.
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    at(&json!(rfc3339(t)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reminders_fire_in_order_for_their_owner_only() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let t = Fixture::start().await;
+    let bob = t.stack.token("bob");
     let now = Utc::now();
     // Due in 8 s: 2 s before it, 4 s before it, and at +5 s.
-    let task = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "call the bank", "due_at": secs(now + TimeDelta::seconds(8)),
-                   "reminders": [{"before": "PT2S"}, {"before": "PT4S"}, {"at": secs(now + TimeDelta::seconds(5))}]}),
+    let task = t
+        .task(
+            &t.ann,
+            "call the bank",
+            Some(now + TimeDelta::seconds(8)),
+            json!([{"before": "PT2S"}, {"before": "PT4S"}, {"at": rfc3339(now + TimeDelta::seconds(5))}]),
         )
         .await;
-    let bobs = stack
-        .create(
-            &api,
+    let bobs = t
+        .task(
             &bob,
-            json!({"title": "bob's", "due_at": secs(now + TimeDelta::seconds(7)), "reminders": [{"before": "PT1S"}]}),
+            "bob's",
+            Some(now + TimeDelta::seconds(7)),
+            json!([{"before": "PT1S"}]),
         )
         .await;
-    let reader = reminders(&stack).await;
+    let reader = t.reminders().await;
     let events = read_until(&reader, |got| count(got, "reminder.sent") == 4).await;
     assert_schema_valid(&events);
 
@@ -172,9 +245,7 @@ async fn reminders_fire_in_order_for_their_owner_only() {
         .collect();
     assert_eq!(
         fired,
-        [4, 5, 6]
-            .map(|s| now + TimeDelta::seconds(s))
-            .map(|t| at(&json!(secs(t)))),
+        [4, 5, 6].map(|s| millis(now + TimeDelta::seconds(s))),
         "ann's reminders fire in time order"
     );
     for e in anns
@@ -188,16 +259,7 @@ async fn reminders_fire_in_order_for_their_owner_only() {
         );
         assert_eq!(e.value["data"]["title"], "call the bank");
     }
-    assert_eq!(
-        count(
-            &of_task(&events, &task)
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>(),
-            "reminder.scheduled"
-        ),
-        3
-    );
+    assert_eq!(count(of_task(&events, &task), "reminder.scheduled"), 3);
     // Every reminder event goes to its task's owner, keyed by them.
     for e in &events {
         let owner = if e.value["data"]["task_id"] == bobs["id"] {
@@ -208,62 +270,45 @@ async fn reminders_fire_in_order_for_their_owner_only() {
         assert_eq!(e.key, owner, "{}", e.value);
         assert_eq!(e.value["userid"], owner);
     }
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completion_cancels_and_a_moved_due_time_moves_the_reminder() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let ann = stack.token("ann");
+    let t = Fixture::start().await;
+    let ann = &t.ann;
     let now = Utc::now();
-    let done = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "done early", "due_at": secs(now + TimeDelta::seconds(6)), "reminders": [{"before": "PT2S"}]}),
+    let done = t
+        .task(
+            ann,
+            "done early",
+            Some(now + TimeDelta::seconds(6)),
+            json!([{"before": "PT2S"}]),
         )
         .await;
-    let (status, body) = stack
-        .call(
-            &api,
-            Method::POST,
-            &format!(
-                "/tasks/{}/complete",
-                done["id"].as_str().unwrap_or_default()
-            ),
-            &ann,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let moved = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "moved", "due_at": secs(now + TimeDelta::days(1)), "reminders": [{"before": "PT1H"}]}),
+    t.complete(ann, &done).await;
+    let moved = t
+        .task(
+            ann,
+            "moved",
+            Some(now + TimeDelta::days(1)),
+            json!([{"before": "PT1H"}]),
         )
         .await;
     let new_due = now + TimeDelta::hours(1) + TimeDelta::seconds(6);
-    let (status, body) = stack
-        .call(
-            &api,
-            Method::PATCH,
-            &format!("/tasks/{}", moved["id"].as_str().unwrap_or_default()),
-            &ann,
-            Some(json!({"due_at": secs(new_due)})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    t.ok(
+        Method::PATCH,
+        &format!("/tasks/{}", moved["id"].as_str().unwrap_or_default()),
+        ann,
+        Some(json!({"due_at": rfc3339(new_due)})),
+    )
+    .await;
 
-    let reader = reminders(&stack).await;
+    let reader = t.reminders().await;
     let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
     // Let the completed task's reminder time pass too.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = reader.drain(Duration::from_secs(1)).await;
-    let all: Vec<Received> = events.into_iter().chain(later).collect();
+    let all = with_the_rest(&reader, events, Duration::from_secs(1)).await;
 
     let done_events: Vec<&str> = of_task(&all, &done)
         .iter()
@@ -284,78 +329,52 @@ async fn completion_cancels_and_a_moved_due_time_moves_the_reminder() {
             "reminder.sent"
         ]
     );
-    let target = now + TimeDelta::seconds(6);
-    assert_eq!(
-        at(&moved_events[1].value["data"]["remind_at"]),
-        at(&json!(secs(target)))
-    );
-    assert_eq!(
-        at(&moved_events[3].value["data"]["remind_at"]),
-        at(&json!(secs(target)))
-    );
-    notifier.stop().await;
-    api.stop().await;
+    let target = millis(now + TimeDelta::seconds(6));
+    assert_eq!(at(&moved_events[1].value["data"]["remind_at"]), target);
+    assert_eq!(at(&moved_events[3].value["data"]["remind_at"]), target);
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_task_events_schedule_nothing_twice() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let ann = stack.token("ann");
-    let task = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "far away", "due_at": secs(Utc::now() + TimeDelta::days(30)),
-                   "reminders": [{"before": "P1D"}, {"before": "PT1H"}]}),
+    let t = Fixture::start().await;
+    let month = Some(Utc::now() + TimeDelta::days(30));
+    let task = t
+        .task(
+            &t.ann,
+            "far away",
+            month,
+            json!([{"before": "P1D"}, {"before": "PT1H"}]),
         )
         .await;
-    let created = stack.task_events().await.take(1, WAIT).await;
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
-    let raw = serde_json::to_vec(&created[0].value).expect("json");
+    let created = t.stack.task_events().await.take(1, WAIT).await;
     for _ in 0..2 {
-        producer
-            .send(
-                FutureRecord::to(&stack.topic(Topic::TaskEvents))
-                    .key("ann")
-                    .payload(&raw),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produce");
+        inject(&t.stack, "ann", &created[0].value).await;
     }
     // A later change of the same user: once its reminder is scheduled, the
     // copies before it have been read.
-    let marker = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "marker", "due_at": secs(Utc::now() + TimeDelta::days(30)), "reminders": [{"before": "PT1M"}]}),
+    let marker = t
+        .task(
+            &t.ann,
+            "marker",
+            Some(Utc::now() + TimeDelta::days(30)),
+            json!([{"before": "PT1M"}]),
         )
         .await;
-    let reader = reminders(&stack).await;
+    let reader = t.reminders().await;
     let events = read_until(&reader, |got| {
         got.iter()
             .any(|e| e.value["data"]["task_id"] == marker["id"])
     })
     .await;
-    let extra = reader.drain(Duration::from_secs(1)).await;
-    let all: Vec<Received> = events.into_iter().chain(extra).collect();
+    let all = with_the_rest(&reader, events, Duration::from_secs(1)).await;
     assert_eq!(
         of_task(&all, &task).len(),
         2,
         "two reminders, scheduled once each"
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM reminders WHERE task_id = $1::uuid")
-        .bind(task["id"].as_str())
-        .fetch_one(&stack.db.pool)
-        .await
-        .expect("count");
-    assert_eq!(rows, 2);
-    notifier.stop().await;
-    api.stop().await;
+    assert_eq!(t.rows_of(&task).await, 2);
+    t.stop().await;
 }
 
 /// Changes that each leave a reminder due in `from`..`to` seconds.
@@ -369,7 +388,7 @@ async fn reminders_due(stack: &Stack, api: &Api, n: usize, from: i64, to: i64) -
             .create(
                 api,
                 &stack.token(user),
-                json!({"title": format!("r{i}"), "reminders": [{"at": secs(now + TimeDelta::milliseconds(offset))}]}),
+                json!({"title": format!("r{i}"), "reminders": [{"at": rfc3339(now + TimeDelta::milliseconds(offset))}]}),
             )
             .await;
         ids.push(task["id"].as_str().expect("id").to_owned());
@@ -392,30 +411,40 @@ fn sent_per_task(events: &[Received]) -> HashMap<String, usize> {
     sent
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_notifiers_send_each_reminder_once() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let a = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let b = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let tasks = reminders_due(&stack, &api, 40, 3, 6).await;
-    let reader = reminders(&stack).await;
-    let events = read_until(&reader, |got| count(got, "reminder.sent") >= tasks.len()).await;
-    let more = reader.drain(Duration::from_secs(2)).await;
-    let all: Vec<Received> = events.into_iter().chain(more).collect();
-    let sent = sent_per_task(&all);
+/// Every one of `tasks` sent once and triggered once, in `events`.
+fn assert_each_sent_once(events: &[Received], tasks: &[String]) {
+    let sent = sent_per_task(events);
     assert_eq!(sent.len(), tasks.len());
     assert!(sent.values().all(|&n| n == 1), "{sent:?}");
-    assert_eq!(count(&all, "reminder.triggered"), tasks.len());
-    a.stop().await;
+    assert_eq!(count(events, "reminder.triggered"), tasks.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_notifiers_send_each_reminder_once() {
+    let t = Fixture::start().await;
+    let b = Notifier::spawn(&t.stack, Arc::new(LogDelivery)).await;
+    let tasks = reminders_due(&t.stack, &t.api, 40, 3, 6).await;
+    let reader = t.reminders().await;
+    let events = read_until(&reader, |got| count(got, "reminder.sent") >= tasks.len()).await;
+    let all = with_the_rest(&reader, events, Duration::from_secs(2)).await;
+    assert_each_sent_once(&all, &tasks);
     b.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 /// Fails the first `failures` attempts of every reminder, or all of them.
 struct Flaky {
     failures: i32,
     calls: AtomicU32,
+}
+
+impl Flaky {
+    fn new(failures: i32) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            failures,
+            calls: AtomicU32::new(0),
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -432,16 +461,11 @@ impl Delivery for Flaky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_deliveries_are_retried_then_reported() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
     // Fails twice, then works (max_attempts is 3).
-    let flaky = Arc::new(Flaky {
-        failures: 2,
-        calls: AtomicU32::new(0),
-    });
-    let notifier = Notifier::spawn(&stack, flaky.clone()).await;
-    let ok = reminders_due(&stack, &api, 1, 2, 2).await;
-    let reader = reminders(&stack).await;
+    let flaky = Flaky::new(2);
+    let t = Fixture::delivering(flaky.clone()).await;
+    let ok = reminders_due(&t.stack, &t.api, 1, 2, 2).await;
+    let reader = t.reminders().await;
     let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
     assert_eq!(
         count(&events, "reminder.triggered"),
@@ -453,15 +477,12 @@ async fn failed_deliveries_are_retried_then_reported() {
         events.last().map(|e| e.value["data"]["task_id"].clone()),
         Some(json!(ok[0]))
     );
-    notifier.stop().await;
+    t.notifier.stop().await;
 
     // Always fails: three attempts, then reminder.failed with the reason.
-    let hopeless = Arc::new(Flaky {
-        failures: i32::MAX,
-        calls: AtomicU32::new(0),
-    });
-    let notifier = Notifier::spawn(&stack, hopeless.clone()).await;
-    let bad = reminders_due(&stack, &api, 1, 2, 2).await;
+    let hopeless = Flaky::new(i32::MAX);
+    let notifier = Notifier::spawn(&t.stack, hopeless.clone()).await;
+    let bad = reminders_due(&t.stack, &t.api, 1, 2, 2).await;
     let events = read_until(&reader, |got| count(got, "reminder.failed") == 1).await;
     let failed = events
         .iter()
@@ -474,7 +495,7 @@ async fn failed_deliveries_are_retried_then_reported() {
     );
     assert_eq!(hopeless.calls.load(Ordering::Relaxed), 3);
     notifier.stop().await;
-    api.stop().await;
+    t.api.stop().await;
 }
 
 struct Killed(Option<Child>);
@@ -494,36 +515,32 @@ impl Drop for Killed {
     }
 }
 
-fn spawn_binary(stack: &Stack) -> Killed {
-    Killed(Some(
-        stack
-            .service_command(env!("CARGO_BIN_EXE_todo-notifier"))
-            .spawn()
-            .expect("todo-notifier binary starts"),
-    ))
+/// A todo-notifier binary, on `port` if given.
+fn spawn_binary(stack: &Stack, port: Option<u16>) -> Killed {
+    let mut command = stack.service_command(env!("CARGO_BIN_EXE_todo-notifier"));
+    if let Some(port) = port {
+        command.env("PORT", port.to_string());
+    }
+    Killed(Some(command.spawn().expect("todo-notifier binary starts")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_nine_and_restart_fires_every_pending_reminder_once() {
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
-    let mut notifier = spawn_binary(&stack);
+    let mut notifier = spawn_binary(&stack, None);
     let tasks = reminders_due(&stack, &api, 30, 3, 9).await;
     let reader = reminders(&stack).await;
     // Kill it once some have been sent, mid-stream; it is down for 3 s.
     read_until(&reader, |got| count(got, "reminder.sent") >= 5).await;
     notifier.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    notifier = spawn_binary(&stack);
+    notifier = spawn_binary(&stack, None);
 
-    let all = EventReader::new(stack.broker.bootstrap(), &stack.topic(Topic::Reminders)).await;
+    let all = reminders(&stack).await;
     let events = read_until(&all, |got| count(got, "reminder.sent") >= tasks.len()).await;
-    let more = all.drain(Duration::from_secs(2)).await;
-    let events: Vec<Received> = events.into_iter().chain(more).collect();
-    let sent = sent_per_task(&events);
-    assert_eq!(sent.len(), tasks.len());
-    assert!(sent.values().all(|&n| n == 1), "{sent:?}");
-    assert_eq!(count(&events, "reminder.triggered"), tasks.len());
+    let events = with_the_rest(&all, events, Duration::from_secs(2)).await;
+    assert_each_sent_once(&events, &tasks);
     // Those that came due during the downtime fired late, and say so.
     let late = events
         .iter()
@@ -537,12 +554,10 @@ async fn kill_minus_nine_and_restart_fires_every_pending_reminder_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_accepts_are_kept() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let mallory = stack.token("mallory");
-    let seed_task = stack.create(&api, &mallory, json!({"title": "seed"})).await;
-    let seed = stack.task_events().await.take(1, WAIT).await.remove(0);
+    let t = Fixture::start().await;
+    let mallory = t.stack.token("mallory");
+    let seed_task = t.create(&mallory, json!({"title": "seed"})).await;
+    let seed = t.stack.task_events().await.take(1, WAIT).await.remove(0);
     assert_eq!(seed.value["data"]["task"]["id"], seed_task["id"]);
 
     // Past todo-api's checks, onto the topic: a lead time before a due time
@@ -550,7 +565,6 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
     // reminder before 4713 BC (PostgreSQL cannot store it).
     let start_of_time =
         serde_json::to_value(DateTime::<Utc>::MIN_UTC + TimeDelta::days(1)).expect("time");
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let mut poison = Vec::new();
     for (due, reminders) in [
         (start_of_time, json!([{"before": "P7D"}])),
@@ -560,17 +574,7 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
         event["id"] = json!(uuid::Uuid::new_v4());
         event["data"]["task"]["due_at"] = due;
         event["data"]["task"]["reminders"] = reminders;
-        let raw = serde_json::to_vec(&event).expect("json");
-        producer
-            .send(
-                FutureRecord::to(&stack.topic(Topic::TaskEvents))
-                    .key("mallory")
-                    .payload(&raw),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produce");
+        inject(&t.stack, "mallory", &event).await;
         poison.push(event);
     }
 
@@ -578,58 +582,37 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
     // none dead-lettered. Those ahead are scheduled, one a day past fires
     // at once, and the start of the range, further back than
     // REMINDER_RETENTION_DAYS, is passed over.
-    let ann = stack.token("ann");
     let soon = Utc::now() + TimeDelta::seconds(2);
     let yesterday = Utc::now() - TimeDelta::days(1);
-    let extreme = stack
+    let extreme = t
         .create(
-            &api,
-            &ann,
+            &t.ann,
             json!({"title": "end of time", "due_at": "9999-12-31T23:59:59Z",
                    "reminders": [{"before": "P366D"}, {"at": "9999-12-31T23:59:59Z"},
-                                 {"at": secs(yesterday)}, {"at": "1970-01-01T00:00:00Z"}]}),
+                                 {"at": rfc3339(yesterday)}, {"at": "1970-01-01T00:00:00Z"}]}),
         )
         .await;
-    let normal = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "soon", "reminders": [{"at": secs(soon)}]}),
-        )
+    let normal = t
+        .task(&t.ann, "soon", None, json!([{"at": rfc3339(soon)}]))
         .await;
-    let reader = reminders(&stack).await;
-    let events = read_until(&reader, |got| {
-        got.iter().any(|e| {
-            e.event_type() == "reminder.sent" && e.value["data"]["task_id"] == normal["id"]
-        }) && got.iter().any(|e| {
-            e.event_type() == "reminder.sent" && e.value["data"]["task_id"] == extreme["id"]
-        })
-    })
-    .await;
+    let reader = t.reminders().await;
+    let sent = |got: &[Received], task: &Value| {
+        got.iter()
+            .any(|e| e.event_type() == "reminder.sent" && e.value["data"]["task_id"] == task["id"])
+    };
+    let events = read_until(&reader, |got| sent(got, &normal) && sent(got, &extreme)).await;
     assert_eq!(
-        count(
-            &of_task(&events, &extreme)
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>(),
-            "reminder.scheduled"
-        ),
+        count(of_task(&events, &extreme), "reminder.scheduled"),
         3,
         "every reminder the API accepted is scheduled, but one from 1970"
     );
-    let dlq = EventReader::new(
-        stack.broker.bootstrap(),
-        &todo_consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
-    )
-    .await;
-    let letters = dlq.drain(Duration::from_secs(3)).await;
+    let letters = set_aside(&t.stack, Duration::from_secs(3)).await;
     assert!(
         letters.iter().all(|l| l.key == "mallory"),
         "only the impossible events may be set aside: {:?}",
         letters.iter().map(|l| &l.value).collect::<Vec<_>>()
     );
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 /// Counts deliveries (by delivery id); the first one cuts the notifier's
@@ -673,8 +656,8 @@ impl Delivery for Counting {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reminder_is_delivered_only_after_its_firing_commits() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
+    let counting = Arc::new(Counting(AtomicU32::new(0)));
+    let t = Fixture::delivering(counting.clone()).await;
     // The commit of a firing fails, for as long as the flag is set (a
     // deferred trigger: the failure comes at COMMIT, after the firing's
     // statements all went through).
@@ -693,39 +676,27 @@ async fn a_reminder_is_delivered_only_after_its_firing_commits() {
          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_fail_firing()",
     ] {
         sqlx::query(statement)
-            .execute(&stack.db.pool)
+            .execute(&t.stack.db.pool)
             .await
             .expect(statement);
     }
-    let counting = Arc::new(Counting(AtomicU32::new(0)));
-    let notifier = Notifier::spawn(&stack, counting.clone()).await;
-    reminders_due(&stack, &api, 1, 1, 1).await;
+    reminders_due(&t.stack, &t.api, 1, 1, 1).await;
     // Let the clock try (and fail) to fire it a few times.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let start = notifier
-        .metric(&stack, "todo_reminder_clock_rounds_total")
-        .await;
-    while notifier
-        .metric(&stack, "todo_reminder_clock_rounds_total")
-        .await
-        < start + 3.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the clock never came round"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let start = t.clock_rounds().await;
+    wait_for("the clock comes round three times", || async {
+        t.clock_rounds().await >= start + 3.0
+    })
+    .await;
     assert_eq!(
         counting.0.load(Ordering::SeqCst),
         0,
         "a rolled-back firing delivered nothing"
     );
     sqlx::query("UPDATE test_fail_firing SET fail = false")
-        .execute(&stack.db.pool)
+        .execute(&t.stack.db.pool)
         .await
         .expect("stop failing");
-    let reader = reminders(&stack).await;
+    let reader = t.reminders().await;
     let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
     assert_eq!(count(&events, "reminder.triggered"), 1);
     assert_eq!(
@@ -733,8 +704,7 @@ async fn a_reminder_is_delivered_only_after_its_firing_commits() {
         1,
         "delivered once, once committed"
     );
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,7 +716,7 @@ async fn a_delivery_whose_record_is_lost_is_delivered_again_with_the_same_id() {
         proxy: proxy.clone(),
         delivered: Default::default(),
     });
-    let settings = todo_platform::config::Settings {
+    let settings = Settings {
         database: stack.db.settings_via(proxy.port()),
         ..stack.settings()
     };
@@ -754,8 +724,7 @@ async fn a_delivery_whose_record_is_lost_is_delivered_again_with_the_same_id() {
     reminders_due(&stack, &api, 1, 1, 1).await;
     let reader = reminders(&stack).await;
     let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
-    let more = reader.drain(Duration::from_secs(2)).await;
-    let events: Vec<Received> = events.into_iter().chain(more).collect();
+    let events = with_the_rest(&reader, events, Duration::from_secs(2)).await;
     assert_eq!(count(&events, "reminder.triggered"), 1);
     assert_eq!(count(&events, "reminder.sent"), 1);
     let delivered = delivery
@@ -783,27 +752,25 @@ async fn deadlocks(stack: &Stack) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clock_and_a_burst_of_task_events_never_deadlock() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
+    let t = Fixture::start().await;
     let users = ["ann", "ben", "cat", "dan", "eve", "fay"];
     let due = Utc::now() + TimeDelta::seconds(8);
     // Each user's tasks alternate: one whose reminder fires at `due`, one
     // whose reminder is an hour later.
     let mut tasks = Vec::new();
     for (i, user) in users.iter().cycle().take(users.len() * 40).enumerate() {
-        let token = stack.token(user);
+        let token = t.stack.token(user);
         let at = if (i / users.len()).is_multiple_of(2) {
             due
         } else {
             due + TimeDelta::hours(1)
         };
-        let task = stack
-            .create(
-                &api,
+        let task = t
+            .task(
                 &token,
-                json!({"title": format!("t{i}"), "due_at": secs(at + TimeDelta::minutes(10)),
-                       "reminders": [{"before": "PT10M"}]}),
+                &format!("t{i}"),
+                Some(at + TimeDelta::minutes(10)),
+                json!([{"before": "PT10M"}]),
             )
             .await;
         tasks.push((
@@ -812,15 +779,15 @@ async fn the_clock_and_a_burst_of_task_events_never_deadlock() {
             at,
         ));
     }
-    let before = deadlocks(&stack).await;
+    let before = deadlocks(&t.stack).await;
     // Just as the reminders fire, every task moves by a minute: the later
     // ones' reminders move (the consumer takes the user's sequence row),
     // the firing ones' rows are the clock's (the consumer waits for them).
     let start = due - TimeDelta::milliseconds(150);
     tokio::time::sleep((start - Utc::now()).to_std().unwrap_or_default()).await;
-    let (stack_ref, api_ref) = (&stack, &api);
+    let (stack_ref, api_ref) = (&t.stack, &t.api);
     let burst = tasks.iter().map(|(token, id, at)| {
-        let body = json!({"due_at": secs(*at + TimeDelta::minutes(11))});
+        let body = json!({"due_at": rfc3339(*at + TimeDelta::minutes(11))});
         let path = format!("/tasks/{id}");
         async move {
             stack_ref
@@ -840,7 +807,7 @@ async fn the_clock_and_a_burst_of_task_events_never_deadlock() {
                     (SELECT count(*) FROM reminders
                       WHERE state IN ('scheduled', 'delivering') AND attempt_at <= now())",
         )
-        .fetch_one(&stack.db.pool)
+        .fetch_one(&t.stack.db.pool)
         .await
         .expect("progress");
         if applied >= 2 * tasks.len() as i64 && pending == 0 {
@@ -853,109 +820,75 @@ async fn the_clock_and_a_burst_of_task_events_never_deadlock() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        deadlocks(&stack).await,
+        deadlocks(&t.stack).await,
         before,
         "deadlocks between clock and consumer"
     );
-    let dlq = EventReader::new(
-        stack.broker.bootstrap(),
-        &todo_consumer::dlq_topic(&stack.topic(Topic::TaskEvents)),
-    )
-    .await;
     assert!(
-        dlq.drain(Duration::from_secs(2)).await.is_empty(),
+        set_aside(&t.stack, Duration::from_secs(2)).await.is_empty(),
         "nothing set aside"
     );
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reminder_locked_elsewhere_does_not_make_the_clock_spin() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let ann = stack.token("ann");
-    let far = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "far", "reminders": [{"at": secs(Utc::now() + TimeDelta::hours(1))}]}),
-        )
-        .await;
+    let t = Fixture::start().await;
+    let ann = &t.ann;
+    let ahead = |by: TimeDelta| json!([{"at": rfc3339(Utc::now() + by)}]);
+    let far = t.task(ann, "far", None, ahead(TimeDelta::hours(1))).await;
     let due = Utc::now() + TimeDelta::seconds(2);
-    let task = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "held", "reminders": [{"at": secs(due)}]}),
-        )
+    let task = t
+        .task(ann, "held", None, json!([{"at": rfc3339(due)}]))
         .await;
-    // Another replica holds the due reminder (here: the test's transaction).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut holder = stack.db.pool.begin().await.expect("begin");
-    loop {
-        let held: Option<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT reminder_id FROM reminders WHERE task_id = $1::uuid AND state = 'scheduled' FOR UPDATE",
-        )
+    // Another replica holds the due reminder (here: the test's transaction),
+    // once todo-notifier has scheduled it.
+    const SCHEDULED: &str =
+        "SELECT reminder_id FROM reminders WHERE task_id = $1::uuid AND state = 'scheduled'";
+    let pool = &t.stack.db.pool;
+    wait_for("the reminder is scheduled", || async {
+        sqlx::query(SCHEDULED)
+            .bind(task["id"].as_str())
+            .fetch_optional(pool)
+            .await
+            .expect("reminder")
+            .is_some()
+    })
+    .await;
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query(&format!("{SCHEDULED} FOR UPDATE"))
         .bind(task["id"].as_str())
-        .fetch_optional(&mut *holder)
+        .fetch_one(&mut *holder)
         .await
         .expect("lock");
-        if held.is_some() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never scheduled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Past its time: the clock has the reminder due now.
     tokio::time::sleep(
         (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(500),
     )
     .await;
-    let before = notifier
-        .metric(&stack, "todo_reminder_clock_rounds_total")
-        .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rounds = notifier
-        .metric(&stack, "todo_reminder_clock_rounds_total")
-        .await
-        - before;
+    let rounds = t.clock_rounds_in(Duration::from_secs(3)).await;
     assert!(
         rounds <= 5.0,
         "{rounds} rounds in 3 s while the due reminder was held elsewhere"
     );
     holder.rollback().await.expect("release");
     // Once released, it fires (a schedule change wakes the clock).
-    let reader = reminders(&stack).await;
-    stack
-        .call(&api, Method::PATCH, &format!("/tasks/{}", far["id"].as_str().unwrap_or_default()), &ann,
-              Some(json!({"title": "far, renamed", "reminders": [{"at": secs(Utc::now() + TimeDelta::hours(2))}]})))
+    let reader = t.reminders().await;
+    t.stack
+        .call(
+            &t.api,
+            Method::PATCH,
+            &format!("/tasks/{}", far["id"].as_str().unwrap_or_default()),
+            ann,
+            Some(json!({"title": "far, renamed", "reminders": ahead(TimeDelta::hours(2))})),
+        )
         .await;
     read_until(&reader, |got| {
         got.iter()
             .any(|e| e.event_type() == "reminder.sent" && e.value["data"]["task_id"] == task["id"])
     })
     .await;
-    notifier.stop().await;
-    api.stop().await;
-}
-
-/// A todo-notifier binary on a port of its own.
-fn spawn_binary_on(stack: &Stack, port: u16) -> Killed {
-    Killed(Some(
-        stack
-            .service_command(env!("CARGO_BIN_EXE_todo-notifier"))
-            .env("PORT", port.to_string())
-            .spawn()
-            .expect("todo-notifier binary starts"),
-    ))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    t.stop().await;
 }
 
 async fn assigned_partitions(stack: &Stack, port: u16) -> f64 {
@@ -967,13 +900,10 @@ async fn assigned_partitions(stack: &Stack, port: u16) -> f64 {
     else {
         return 0.0;
     };
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("todo_consumer_assigned_partitions"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    todo_api::testing::sum_of(
+        &r.text().await.unwrap_or_default(),
+        "todo_consumer_assigned_partitions",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,18 +911,13 @@ async fn after_a_replica_dies_its_partitions_reminders_wait_for_their_completion
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = spawn_binary_on(&stack, port_a);
-    let mut b = spawn_binary_on(&stack, port_b);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while assigned_partitions(&stack, port_a).await == 0.0
-        || assigned_partitions(&stack, port_b).await == 0.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the replicas never shared the partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut a = spawn_binary(&stack, Some(port_a));
+    let mut b = spawn_binary(&stack, Some(port_b));
+    wait_for("the replicas share the partitions", || async {
+        assigned_partitions(&stack, port_a).await != 0.0
+            && assigned_partitions(&stack, port_b).await != 0.0
+    })
+    .await;
     // Users spread over both replicas' partitions, each with a reminder
     // due shortly after the crash below.
     let reader = reminders(&stack).await;
@@ -1004,7 +929,7 @@ async fn after_a_replica_dies_its_partitions_reminders_wait_for_their_completion
             .create(
                 &api,
                 &token,
-                json!({"title": "call back", "reminders": [{"at": secs(due)}]}),
+                json!({"title": "call back", "reminders": [{"at": rfc3339(due)}]}),
             )
             .await;
         tasks.push((token, task));
@@ -1018,26 +943,13 @@ async fn after_a_replica_dies_its_partitions_reminders_wait_for_their_completion
     // session timeout, 6 s), after the reminders are due.
     b.kill();
     for (token, task) in &tasks {
-        let (status, body) = stack
-            .call(
-                &api,
-                Method::POST,
-                &format!(
-                    "/tasks/{}/complete",
-                    task["id"].as_str().unwrap_or_default()
-                ),
-                token,
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        complete(&stack, &api, token, task).await;
     }
     let events = read_until(&reader, |got| {
         count(got, "reminder.cancelled") == tasks.len()
     })
     .await;
-    let more = reader.drain(Duration::from_secs(2)).await;
-    let events: Vec<Received> = events.into_iter().chain(more).collect();
+    let events = with_the_rest(&reader, events, Duration::from_secs(2)).await;
     assert_eq!(
         count(&events, "reminder.triggered"),
         0,
@@ -1049,23 +961,21 @@ async fn after_a_replica_dies_its_partitions_reminders_wait_for_their_completion
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_todo_api_down_the_notifiers_own_relay_publishes_its_reminders() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let ann = stack.token("ann");
-    let task = stack
-        .create(&api, &ann, json!({"title": "later", "reminders": [{"at": secs(Utc::now() + TimeDelta::seconds(4))}]}))
+    let t = Fixture::start().await;
+    let soon = Utc::now() + TimeDelta::seconds(4);
+    let task = t
+        .task(&t.ann, "later", None, json!([{"at": rfc3339(soon)}]))
         .await;
-    let reader = reminders(&stack).await;
+    let reader = t.reminders().await;
     read_until(&reader, |got| count(got, "reminder.scheduled") == 1).await;
     // No todo-api any more: only the notifier's relay can publish.
-    api.stop().await;
+    t.api.stop().await;
     let events = read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
     assert_eq!(count(&events, "reminder.triggered"), 1);
     assert!(events
         .iter()
         .all(|e| e.value["data"]["task_id"] == task["id"]));
-    notifier.stop().await;
+    t.notifier.stop().await;
 }
 
 /// The window between an erasure's commit and todo-notifier reading its
@@ -1074,32 +984,18 @@ async fn with_todo_api_down_the_notifiers_own_relay_publishes_its_reminders() {
 /// fire on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_users_reminders_never_fire_even_before_user_erased_arrives() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let notifier = Notifier::spawn(&stack, Arc::new(LogDelivery)).await;
-    let (ann, bob) = (stack.token("ann"), stack.token("bob"));
+    let t = Fixture::start().await;
+    let (ann, bob) = (&t.ann, t.stack.token("bob"));
     let now = Utc::now();
-    let anns = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "ann's", "due_at": secs(now + TimeDelta::seconds(60)),
-                   "reminders": [{"at": secs(now + TimeDelta::seconds(3))}]}),
-        )
-        .await;
-    stack
-        .create(
-            &api,
-            &bob,
-            json!({"title": "bob's", "due_at": secs(now + TimeDelta::seconds(60)),
-                   "reminders": [{"at": secs(now + TimeDelta::seconds(5))}]}),
-        )
-        .await;
-    let reader = reminders(&stack).await;
+    let due = Some(now + TimeDelta::seconds(60));
+    let in_secs = |s: i64| json!([{"at": rfc3339(now + TimeDelta::seconds(s))}]);
+    let anns = t.task(ann, "ann's", due, in_secs(3)).await;
+    t.task(&bob, "bob's", due, in_secs(5)).await;
+    let reader = t.reminders().await;
     read_until(&reader, |got| count(got, "reminder.scheduled") == 2).await;
     // As todo-api's erasure leaves it, without the event.
     sqlx::query("UPDATE event_sequences SET erased_at = now() WHERE user_id = 'ann'")
-        .execute(&stack.db.pool)
+        .execute(&t.stack.db.pool)
         .await
         .expect("tombstone");
 
@@ -1110,11 +1006,12 @@ async fn an_erased_users_reminders_never_fire_even_before_user_erased_arrives() 
         .collect();
     assert_eq!(sent[0].key, "bob");
     // Ann's came due 2 s before bob's, and a round fires in time order.
-    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM reminders WHERE task_id = $1")
-        .bind(uuid::Uuid::parse_str(anns["id"].as_str().expect("id")).expect("uuid"))
-        .fetch_all(&stack.db.pool)
-        .await
-        .expect("ann's reminders");
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM reminders WHERE task_id = $1::uuid")
+            .bind(anns["id"].as_str())
+            .fetch_all(&t.stack.db.pool)
+            .await
+            .expect("ann's reminders");
     assert!(
         states.iter().all(|s| s == "scheduled"),
         "ann's reminder must not fire: {states:?}"
@@ -1122,87 +1019,69 @@ async fn an_erased_users_reminders_never_fire_even_before_user_erased_arrives() 
     assert!(of_task(&events, &anns)
         .iter()
         .all(|e| e.event_type() == "reminder.scheduled"));
-    let refused = stack
-        .request(&api, Method::POST, "/tasks", &ann)
+    let refused = t
+        .stack
+        .request(&t.api, Method::POST, "/tasks", ann)
         .json(&json!({"title": "again"}))
         .send()
         .await
         .expect("POST /tasks");
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 /// A reminder that fired and was deleted after REMINDER_RETENTION_DAYS is
 /// not fired again when its task is saved once more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pruned_reminder_does_not_come_back_when_its_task_is_saved_again() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
     let keep = Duration::from_secs(2);
-    let notifier = Notifier::spawn_keeping(&stack, keep).await;
-    let ann = stack.token("ann");
+    let t = Fixture::keeping(keep).await;
     let now = Utc::now();
-    let task = stack
-        .create(
-            &api,
-            &ann,
-            json!({"title": "ann's", "due_at": secs(now + TimeDelta::seconds(60)),
-                   "reminders": [{"at": secs(now + TimeDelta::seconds(1))}]}),
+    let task = t
+        .task(
+            &t.ann,
+            "ann's",
+            Some(now + TimeDelta::seconds(60)),
+            json!([{"at": rfc3339(now + TimeDelta::seconds(1))}]),
         )
         .await;
-    let task_id = uuid::Uuid::parse_str(task["id"].as_str().expect("id")).expect("uuid");
-    let reader = reminders(&stack).await;
+    let reader = t.reminders().await;
     read_until(&reader, |got| count(got, "reminder.sent") == 1).await;
-    let rows = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM reminders WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_one(&stack.db.pool)
+    assert_eq!(t.rows_of(&task).await, 1);
+    let pool = &t.stack.db.pool;
+    wait_for("the sent reminder is pruned", || async {
+        retention::prune(pool, keep, 1)
             .await
-            .expect("count");
-        n
-    };
-    assert_eq!(rows().await, 1);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while retention::prune(&stack.db.pool, keep, 1)
-        .await
-        .expect("prune")
-        .reminders
-        == 0
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never pruned");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(rows().await, 0);
+            .expect("prune")
+            .reminders
+            > 0
+    })
+    .await;
+    assert_eq!(t.rows_of(&task).await, 0);
 
-    let (status, body) = stack
-        .call(
-            &api,
-            Method::PATCH,
-            &format!("/tasks/{task_id}"),
-            &ann,
-            Some(json!({"title": "ann's, renamed"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while notifier
-        .metric(
-            &stack,
-            "todo_events_consumed_total{consumer=\"todo-notifier\",type=\"task.updated\"}",
-        )
-        .await
-        < 1.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task.updated never consumed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rows().await, 0, "the reminder was scheduled again");
-    notifier.stop().await;
-    api.stop().await;
+    t.ok(
+        Method::PATCH,
+        &format!("/tasks/{}", task["id"].as_str().unwrap_or_default()),
+        &t.ann,
+        Some(json!({"title": "ann's, renamed"})),
+    )
+    .await;
+    wait_for("task.updated is consumed", || async {
+        t.notifier
+            .metric(
+                &t.stack,
+                "todo_events_consumed_total{consumer=\"todo-notifier\",type=\"task.updated\"}",
+            )
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(
+        t.rows_of(&task).await,
+        0,
+        "the reminder was scheduled again"
+    );
+    t.stop().await;
 }
 
 /// A deleted task's reminders are never wanted again (the task cannot come
@@ -1211,25 +1090,23 @@ async fn a_pruned_reminder_does_not_come_back_when_its_task_is_saved_again() {
 /// reminder whose time is still ahead stays: the task may be reopened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_tasks_reminders_go_after_the_retention_though_their_time_is_ahead() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
     let keep = Duration::from_secs(2);
-    let notifier = Notifier::spawn_keeping(&stack, keep).await;
-    let ann = stack.token("ann");
+    let t = Fixture::keeping(keep).await;
+    let ann = &t.ann;
     let tomorrow = Utc::now() + TimeDelta::days(1);
     let mut ids = Vec::new();
     for title in ["deleted", "completed", "completed, then deleted"] {
-        let task = stack
-            .create(
-                &api,
-                &ann,
-                json!({"title": title, "due_at": secs(tomorrow + TimeDelta::hours(1)),
-                       "reminders": [{"at": secs(tomorrow)}]}),
+        let task = t
+            .task(
+                ann,
+                title,
+                Some(tomorrow + TimeDelta::hours(1)),
+                json!([{"at": rfc3339(tomorrow)}]),
             )
             .await;
         ids.push(task["id"].as_str().expect("id").to_owned());
     }
-    let reader = reminders(&stack).await;
+    let reader = t.reminders().await;
     read_until(&reader, |got| count(got, "reminder.scheduled") == 3).await;
     for (method, path) in [
         (Method::DELETE, format!("/tasks/{}", ids[0])),
@@ -1237,14 +1114,14 @@ async fn a_deleted_tasks_reminders_go_after_the_retention_though_their_time_is_a
         (Method::POST, format!("/tasks/{}/complete", ids[2])),
         (Method::DELETE, format!("/tasks/{}", ids[2])),
     ] {
-        let (status, body) = stack.call(&api, method, &path, &ann, None).await;
+        let (status, body) = t.stack.call(&t.api, method, &path, ann, None).await;
         assert!(status.is_success(), "{path}: {status} {body}");
     }
     read_until(&reader, |got| count(got, "reminder.cancelled") == 3).await;
 
     let titles = || async {
         let t: Vec<String> = sqlx::query_scalar("SELECT title FROM reminders ORDER BY title")
-            .fetch_all(&stack.db.pool)
+            .fetch_all(&t.stack.db.pool)
             .await
             .expect("reminders");
         t
@@ -1259,15 +1136,14 @@ async fn a_deleted_tasks_reminders_go_after_the_retention_though_their_time_is_a
             titles().await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        pruned += retention::prune(&stack.db.pool, keep, 10)
+        pruned += retention::prune(&t.stack.db.pool, keep, 10)
             .await
             .expect("prune")
             .reminders;
     }
     assert_eq!(pruned, 2);
     assert_eq!(titles().await, ["completed"]);
-    notifier.stop().await;
-    api.stop().await;
+    t.stop().await;
 }
 
 /// What the pruning deletes, and what it leaves, over real rows, a few
@@ -1334,29 +1210,30 @@ async fn pruning_deletes_only_what_was_done_before_the_retention_in_batches() {
             deliveries: 3
         }
     );
-    let left: Vec<String> = sqlx::query_scalar("SELECT title FROM reminders ORDER BY title")
-        .fetch_all(&db.pool)
-        .await
-        .expect("left");
-    let kept: Vec<String> = reminders
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.3)
-        .map(|(i, _)| format!("r{i}"))
-        .collect();
-    assert_eq!(left, kept);
-    let left: Vec<String> =
-        sqlx::query_scalar("SELECT target FROM reminder_deliveries ORDER BY target")
+    let left = |sql: &'static str| async {
+        let labels: Vec<String> = sqlx::query_scalar(sql)
             .fetch_all(&db.pool)
             .await
             .expect("left");
-    let kept: Vec<String> = deliveries
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| !d.2)
-        .map(|(i, _)| format!("t{i}"))
-        .collect();
-    assert_eq!(left, kept);
+        labels
+    };
+    // The labels `prefix{i}` of the rows that were to stay.
+    let kept = |prefix: &str, pruned: &[bool]| -> Vec<String> {
+        pruned
+            .iter()
+            .enumerate()
+            .filter(|(_, &gone)| !gone)
+            .map(|(i, _)| format!("{prefix}{i}"))
+            .collect()
+    };
+    assert_eq!(
+        left("SELECT title FROM reminders ORDER BY title").await,
+        kept("r", &reminders.map(|r| r.3))
+    );
+    assert_eq!(
+        left("SELECT target FROM reminder_deliveries ORDER BY target").await,
+        kept("t", &deliveries.map(|d| d.2))
+    );
 }
 
 /// A consumer that cannot be set up ends the service with its error; the
@@ -1365,7 +1242,7 @@ async fn pruning_deletes_only_what_was_done_before_the_retention_in_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_cannot_start_ends_the_service_with_its_error() {
     let stack = Stack::new().await;
-    let mut options = options();
+    let mut options = no_channels();
     // librdkafka refuses a session timeout of 0 when the consumer is made.
     options.consumer.session_timeout = Duration::ZERO;
     let app = App::build(&stack.settings(), options, Arc::new(LogDelivery))
