@@ -17,6 +17,32 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// A stack, its todo-api, and todo-realtime (with `vars`) beside them: where
+/// most tests start.
+pub async fn start(vars: &[(&str, &str)]) -> (Stack, Api, Realtime) {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let rt = Realtime::spawn(&stack, &api, vars).await;
+    (stack, api, rt)
+}
+
+/// Polls `check` every `every` until it gives a value; past `within`, fails
+/// with what its last try said was still missing.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(missing) => assert!(tokio::time::Instant::now() < deadline, "{missing}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 pub struct Realtime {
     pub base: String,
     trigger: ShutdownTrigger,
@@ -51,23 +77,15 @@ impl Realtime {
         let (trigger, shutdown) = shutdown::channel();
         let handle = tokio::spawn(app.run(shutdown));
         let ready = format!("http://{base}/ready");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let ok = stack
-                .http
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                break;
+        eventually(WAIT, Duration::from_millis(100), async || {
+            let r = stack.http.get(&ready).send().await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                Ok(())
+            } else {
+                Err("todo-realtime never became ready".to_owned())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "todo-realtime never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
         Realtime {
             base,
             trigger,
@@ -75,11 +93,26 @@ impl Realtime {
         }
     }
 
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
     pub fn url(&self, token: &str, since: Option<u64>) -> String {
         match since {
             Some(s) => format!("ws://{}/ws?token={token}&since={s}", self.base),
             None => format!("ws://{}/ws?token={token}", self.base),
         }
+    }
+
+    /// A connection of `token`'s, past the frames of its start.
+    pub async fn connected(&self, token: &str, since: Option<u64>) -> Client {
+        let mut client = Client::connect(&self.url(token, since)).await;
+        client.start().await;
+        client
     }
 
     pub async fn stop(self) {

@@ -6,10 +6,12 @@
 
 use crate::common;
 
-use common::Realtime;
+use common::{eventually, Realtime};
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use todo_api::testing::Stack;
@@ -49,7 +51,7 @@ impl Driver {
         panic!("chromedriver did not answer on port {port}");
     }
 
-    async fn browser(&self, profile: &std::path::Path) -> Client {
+    async fn session(&self, profile: &std::path::Path) -> Client {
         let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -79,29 +81,79 @@ impl Drop for Driver {
     }
 }
 
-/// Opens the page in the current tab and connects with `token`.
-async fn open(browser: &Client, url: &str, token: &str) {
-    browser.goto(url).await.expect("page loads");
-    let field = browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Id("token"))
-        .await
-        .expect("token field");
-    field.send_keys(token).await.expect("type the token");
-    browser
-        .find(Locator::Id("connect"))
-        .await
-        .expect("connect button")
-        .click()
-        .await
-        .expect("click connect");
-    browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#status.live"))
-        .await
-        .expect("the page goes live");
+/// A Chromium session with a profile of its own, under a chromedriver of
+/// its own.
+struct Browser {
+    client: Client,
+    driver: Driver,
+    profile: PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let driver = Driver::start().await;
+        let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
+        let client = driver.session(&profile).await;
+        Browser {
+            client,
+            driver,
+            profile,
+        }
+    }
+
+    /// The element at `locator`, once the page shows it.
+    async fn shown(&self, locator: Locator<'_>, what: &str) -> Element {
+        self.wait()
+            .at_most(WAIT)
+            .for_element(locator)
+            .await
+            .expect(what)
+    }
+
+    /// The row of the task titled `title`, once it shows (done or not).
+    async fn task(&self, title: &str, done: bool, what: &str) -> Element {
+        self.shown(Locator::XPath(&task_titled(title, done)), what)
+            .await
+    }
+
+    async fn click(&self, locator: Locator<'_>, what: &str) {
+        self.find(locator)
+            .await
+            .expect(what)
+            .click()
+            .await
+            .expect(what);
+    }
+
+    /// Opens the page in the current tab and connects with `token`.
+    async fn open(&self, url: &str, token: &str) {
+        self.goto(url).await.expect("page loads");
+        let field = self.shown(Locator::Id("token"), "token field").await;
+        field.send_keys(token).await.expect("type the token");
+        self.click(Locator::Id("connect"), "click connect").await;
+        self.shown(Locator::Css("#status.live"), "the page goes live")
+            .await;
+    }
+
+    async fn close(self) {
+        let Browser {
+            client,
+            driver,
+            profile,
+        } = self;
+        client.close().await.expect("browser closes");
+        drop(driver);
+        let _ = std::fs::remove_dir_all(&profile);
+    }
+}
+
+/// The session's own commands (`goto`, `find`, ...) on the browser itself.
+impl std::ops::Deref for Browser {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 fn task_titled(title: &str, done: bool) -> String {
@@ -116,33 +168,26 @@ fn task_titled(title: &str, done: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_added_in_one_tab_appears_in_the_other() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (stack, api, rt) = common::start(&[]).await;
     let ann = stack.token("ann");
     // A task from before the page opens is loaded over REST.
     stack
         .create(&api, &ann, json!({"title": "already there"}))
         .await;
 
-    let driver = Driver::start().await;
-    let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
-    let browser = driver.browser(&profile).await;
+    let browser = Browser::start().await;
     let page = format!("http://{}/", rt.base);
-    open(&browser, &page, &ann).await;
+    browser.open(&page, &ann).await;
     let first = browser.window().await.expect("first tab");
     let second = browser.new_window(true).await.expect("second tab").handle;
     browser
         .switch_to_window(second.clone())
         .await
         .expect("switch");
-    open(&browser, &page, &ann).await;
+    browser.open(&page, &ann).await;
     browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(&task_titled("already there", false)))
-        .await
-        .expect("the existing task is listed");
+        .task("already there", false, "the existing task is listed")
+        .await;
 
     // Add in the second tab...
     browser
@@ -152,21 +197,16 @@ async fn a_task_added_in_one_tab_appears_in_the_other() {
         .send_keys("buy oat milk")
         .await
         .expect("type");
-    browser
-        .find(Locator::Id("add"))
-        .await
-        .expect("add button")
-        .click()
-        .await
-        .expect("click add");
+    browser.click(Locator::Id("add"), "click add").await;
     // ...it shows in the first, pushed over its socket.
     browser.switch_to_window(first).await.expect("switch back");
     let added = browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(&task_titled("buy oat milk", false)))
-        .await
-        .expect("the task added in the other tab appears");
+        .task(
+            "buy oat milk",
+            false,
+            "the task added in the other tab appears",
+        )
+        .await;
 
     // Complete it here; the second tab shows it done.
     added
@@ -178,11 +218,12 @@ async fn a_task_added_in_one_tab_appears_in_the_other() {
         .expect("complete");
     browser.switch_to_window(second).await.expect("switch");
     browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(&task_titled("buy oat milk", true)))
-        .await
-        .expect("the completion shows in the other tab");
+        .task(
+            "buy oat milk",
+            true,
+            "the completion shows in the other tab",
+        )
+        .await;
 
     let (status, tasks) = stack
         .call(&api, reqwest::Method::GET, "/tasks", &ann, None)
@@ -201,9 +242,7 @@ async fn a_task_added_in_one_tab_appears_in_the_other() {
         let png = browser.screenshot().await.expect("screenshot");
         std::fs::write(&path, png).expect("write the screenshot");
     }
-    browser.close().await.expect("browser closes");
-    drop(driver);
-    let _ = std::fs::remove_dir_all(&profile);
+    browser.close().await;
     rt.stop().await;
     api.stop().await;
 }
@@ -215,9 +254,7 @@ async fn a_task_added_in_one_tab_appears_in_the_other() {
 async fn the_api_documentation_page_lists_the_operations() {
     let stack = Stack::new().await;
     let api = stack.spawn_api().await;
-    let driver = Driver::start().await;
-    let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
-    let browser = driver.browser(&profile).await;
+    let browser = Browser::start().await;
     // Wide enough for Redoc's side menu (narrower, it folds it away).
     browser
         .set_window_size(1400, 1000)
@@ -242,34 +279,32 @@ async fn the_api_documentation_page_lists_the_operations() {
         ),
         ("notifications", &["Set the caller's reminder channels"][..]),
     ] {
+        let menu_item = format!("//*[@role='menuitem'][.//*[text()='{tag}']]");
         browser
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::XPath(&format!(
-                "//*[@role='menuitem'][.//*[text()='{tag}']]"
-            )))
+            .shown(
+                Locator::XPath(&menu_item),
+                &format!("the tag {tag} is in the side menu"),
+            )
             .await
-            .unwrap_or_else(|e| panic!("the tag {tag} is in the side menu: {e}"))
             .click()
             .await
             .expect("open the tag");
         for summary in summaries {
             let item = Locator::XPath(&format!("//*[@role='menuitem']//*[text()=\"{summary}\"]"));
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
+            eventually(WAIT, Duration::from_millis(100), async || {
                 let shown = match browser.find(item).await {
                     Ok(e) => e.is_displayed().await.unwrap_or(false),
                     Err(_) => false,
                 };
                 if shown {
-                    break;
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{summary:?} is not shown under {tag} after {WAIT:?}"
+                    ))
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{summary:?} is not shown under {tag} after {WAIT:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            })
+            .await;
         }
         if first_screenshot.is_none() {
             first_screenshot = Some(browser.screenshot().await.expect("a screenshot"));
@@ -281,8 +316,7 @@ async fn the_api_documentation_page_lists_the_operations() {
     let path = std::env::var("DOCS_SCREENSHOT")
         .unwrap_or_else(|_| concat!(env!("CARGO_TARGET_TMPDIR"), "/docs-page.png").to_owned());
     std::fs::write(&path, &png).expect("screenshot written");
-    browser.close().await.expect("close");
-    let _ = std::fs::remove_dir_all(&profile);
+    browser.close().await;
     api.stop().await;
 }
 
@@ -291,22 +325,11 @@ async fn the_api_documentation_page_lists_the_operations() {
 /// port, is live again within the 5 s the specs allow, with nothing missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
     let vars = [("REALTIME_PAGE_POLL_SECS", "1")];
-    let rt = Realtime::spawn(&stack, &api, &vars).await;
-    let port: u16 = rt
-        .base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let (stack, api, rt) = common::start(&vars).await;
     let ann = stack.token("ann");
-    let driver = Driver::start().await;
-    let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
-    let browser = driver.browser(&profile).await;
-    let page = format!("http://{}/", rt.base);
-    open(&browser, &page, &ann).await;
+    let browser = Browser::start().await;
+    browser.open(&format!("http://{}/", rt.base), &ann).await;
 
     // What a task shows besides its title.
     stack
@@ -318,11 +341,8 @@ async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
         )
         .await;
     let row = browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(&task_titled("file taxes", false)))
-        .await
-        .expect("the task arrives over the socket");
+        .task("file taxes", false, "the task arrives over the socket")
+        .await;
     let meta = row
         .find(Locator::Css(".meta"))
         .await
@@ -334,13 +354,14 @@ async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
         assert!(meta.contains(shown), "{shown:?} not in {meta:?}");
     }
 
+    let port = rt.port();
     rt.stop().await;
     browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#status.polling"))
-        .await
-        .expect("the page falls back to polling");
+        .shown(
+            Locator::Css("#status.polling"),
+            "the page falls back to polling",
+        )
+        .await;
     stack
         .create(
             &api,
@@ -349,14 +370,12 @@ async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
         )
         .await;
     browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(&task_titled(
+        .task(
             "made while the socket was down",
             false,
-        )))
-        .await
-        .expect("a change made over REST appears by polling");
+            "a change made over REST appears by polling",
+        )
+        .await;
 
     // Back on the same port (the page's origin).
     let mut settings = stack.settings();
@@ -380,13 +399,13 @@ async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
         .create(&api, &ann, json!({"title": "after the return"}))
         .await;
     browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(
-            "//div[@id='log']/div[contains(text(), 'task.created') and contains(text(), 'after the return')]",
-        ))
-        .await
-        .expect("the next change arrives over the socket");
+        .shown(
+            Locator::XPath(
+                "//div[@id='log']/div[contains(text(), 'task.created') and contains(text(), 'after the return')]",
+            ),
+            "the next change arrives over the socket",
+        )
+        .await;
     let titles: Vec<String> = {
         let mut out = Vec::new();
         for e in browser
@@ -408,9 +427,7 @@ async fn without_its_socket_the_page_polls_and_then_goes_live_again() {
             "{title:?} missing: {titles:?}"
         );
     }
-    browser.close().await.expect("browser closes");
-    drop(driver);
-    let _ = std::fs::remove_dir_all(&profile);
+    browser.close().await;
     rt.stop().await;
     api.stop().await;
 }
@@ -424,9 +441,7 @@ async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence()
     use todo_notifier::app::{App, ChannelOptions, Options};
     use todo_platform::config::Env;
 
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (stack, api, rt) = common::start(&[]).await;
     let mut consumer = ConsumerConfig::new(todo_notifier::NAME, &[Topic::TaskEvents]);
     consumer.session_timeout = Duration::from_secs(6);
     let notifier = App::with_log_delivery(
@@ -445,10 +460,8 @@ async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence()
     let (stop_notifier, shutdown) = todo_platform::shutdown::channel();
     let notifier = tokio::spawn(notifier.run(shutdown));
     let ann = stack.token("ann");
-    let driver = Driver::start().await;
-    let profile = std::env::temp_dir().join(format!("todo-chromium-{}", uuid::Uuid::new_v4()));
-    let browser = driver.browser(&profile).await;
-    open(&browser, &format!("http://{}/", rt.base), &ann).await;
+    let browser = Browser::start().await;
+    browser.open(&format!("http://{}/", rt.base), &ann).await;
 
     let fires = chrono::Utc::now() + chrono::TimeDelta::seconds(3);
     stack
@@ -461,11 +474,8 @@ async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence()
         )
         .await;
     let row = browser
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::XPath(&task_titled("water the roses", false)))
-        .await
-        .expect("the task arrives over the socket");
+        .task("water the roses", false, "the task arrives over the socket")
+        .await;
     let next = row
         .find(Locator::Css("time.next"))
         .await
@@ -492,9 +502,7 @@ async fn a_reminder_shows_as_it_fires_and_a_recurring_task_its_next_occurrence()
     let text = reminder.text().await.expect("text");
     assert!(text.starts_with('⏰'), "{text}");
 
-    browser.close().await.expect("browser closes");
-    drop(driver);
-    let _ = std::fs::remove_dir_all(&profile);
+    browser.close().await;
     stop_notifier.trigger();
     notifier
         .await

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{Client, Realtime, WAIT};
+use common::{eventually, Client, Realtime, WAIT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -33,11 +33,17 @@ async fn rename(stack: &Stack, api: &Api, token: &str, task: &Value, title: &str
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// The HTTP response that refused the upgrade to `url`.
+async fn refusal(url: &str) -> tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>> {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(WsError::Http(response)) => *response,
+        other => panic!("{url}: expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_every_connection_of_its_user_and_no_one_else() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (stack, api, rt) = common::start(&[]).await;
     let (ann, bob) = (stack.token("ann"), stack.token("bob"));
     let mut ann1 = Client::connect(&rt.url(&ann, None)).await;
     let mut ann2 = Client::connect(&rt.url(&ann, None)).await;
@@ -84,12 +90,9 @@ async fn a_change_reaches_every_connection_of_its_user_and_no_one_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_gets_exactly_what_it_missed_or_a_resync_when_too_old() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[("REALTIME_RESUME_MAX_EVENTS", "25")]).await;
+    let (stack, api, rt) = common::start(&[("REALTIME_RESUME_MAX_EVENTS", "25")]).await;
     let ann = stack.token("ann");
-    let mut client = Client::connect(&rt.url(&ann, None)).await;
-    client.start().await;
+    let mut client = rt.connected(&ann, None).await;
     let task = stack.create(&api, &ann, json!({"title": "v0"})).await;
     let last = sequences(&client.events(1).await)[0];
     client.close().await;
@@ -148,9 +151,7 @@ async fn a_reconnect_gets_exactly_what_it_missed_or_a_resync_when_too_old() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_before_the_upgrade_and_browsers_may_use_the_subprotocol() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (stack, api, rt) = common::start(&[]).await;
     let ann = stack.token("ann");
     let forged = {
         let mut t = ann.clone();
@@ -173,12 +174,7 @@ async fn bad_tokens_are_refused_before_the_upgrade_and_browsers_may_use_the_subp
         ),
     ];
     for url in cases {
-        match tokio_tungstenite::connect_async(&url).await {
-            Err(WsError::Http(response)) => {
-                assert_eq!(response.status(), 401, "{url}");
-            }
-            other => panic!("{url}: expected 401, got {:?}", other.map(|_| ())),
-        }
+        assert_eq!(refusal(&url).await.status(), 401, "{url}");
     }
     let mut request = format!("ws://{}/ws", rt.base)
         .into_client_request()
@@ -212,9 +208,7 @@ async fn bad_tokens_are_refused_before_the_upgrade_and_browsers_may_use_the_subp
 async fn a_thousand_connections_all_receive_their_events() {
     const USERS: usize = 100;
     const PER_USER: usize = 10;
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (stack, api, rt) = common::start(&[]).await;
     let tokens: Vec<String> = (0..USERS).map(|u| stack.token(&format!("u{u}"))).collect();
     let mut clients = Vec::with_capacity(USERS * PER_USER);
     for token in &tokens {
@@ -258,41 +252,25 @@ fn token_with(user: &str, nbf_from_now: i64, exp_from_now: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_hold_more_connections_than_allowed() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[("REALTIME_MAX_CONNECTIONS_PER_USER", "3")]).await;
+    let (stack, api, rt) = common::start(&[("REALTIME_MAX_CONNECTIONS_PER_USER", "3")]).await;
     let (ann, bob) = (stack.token("ann"), stack.token("bob"));
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut c = Client::connect(&rt.url(&ann, None)).await;
-        c.start().await;
-        held.push(c);
+        held.push(rt.connected(&ann, None).await);
     }
-    match tokio_tungstenite::connect_async(&rt.url(&ann, None)).await {
-        Err(WsError::Http(response)) => {
-            assert_eq!(response.status(), 429);
-            assert!(response.headers().contains_key("retry-after"));
-        }
-        other => panic!(
-            "a fourth connection: expected 429, got {:?}",
-            other.map(|_| ())
-        ),
-    }
+    let fourth = refusal(&rt.url(&ann, None)).await;
+    assert_eq!(fourth.status(), 429);
+    assert!(fourth.headers().contains_key("retry-after"));
     // Another user is not affected, and a closed connection frees its slot.
-    let mut bobs = Client::connect(&rt.url(&bob, None)).await;
-    bobs.start().await;
+    let _bobs = rt.connected(&bob, None).await;
     held.pop().expect("held").close().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut again = loop {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&rt.url(&ann, None)).await {
-            break Client { ws };
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut again = eventually(WAIT, Duration::from_millis(50), async || {
+        let attempt = tokio_tungstenite::connect_async(&rt.url(&ann, None)).await;
+        attempt
+            .map(|(ws, _)| Client { ws })
+            .map_err(|_| "the slot never came back".to_owned())
+    })
+    .await;
     again.start().await;
     stack
         .create(&api, &ann, json!({"title": "still live"}))
@@ -306,13 +284,9 @@ async fn one_user_cannot_hold_more_connections_than_allowed() {
 async fn a_connection_ends_when_its_token_does_and_early_tokens_are_refused() {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
-    match tokio_tungstenite::connect_async(&rt.url(&token_with("ann", 3600, 7200), None)).await {
-        Err(WsError::Http(response)) => assert_eq!(response.status(), 401, "nbf in the future"),
-        other => panic!("expected 401, got {:?}", other.map(|_| ())),
-    }
+    let (_stack, api, rt) = common::start(&[]).await;
+    let early = refusal(&rt.url(&token_with("ann", 3600, 7200), None)).await;
+    assert_eq!(early.status(), 401, "nbf in the future");
     let mut short = Client::connect(&rt.url(&token_with("ann", -10, 3), None)).await;
     short.start().await;
     let started = std::time::Instant::now();
@@ -332,38 +306,24 @@ async fn a_connection_ends_when_its_token_does_and_early_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_of_a_type_this_version_does_not_know_is_forwarded_in_order() {
-    use rdkafka::producer::FutureRecord;
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (stack, api, rt) = common::start(&[]).await;
     let ann = stack.token("ann");
-    let mut client = Client::connect(&rt.url(&ann, None)).await;
-    client.start().await;
+    let mut client = rt.connected(&ann, None).await;
     let task = stack.create(&api, &ann, json!({"title": "one"})).await;
     let first = client.events(1).await.remove(0);
     // A newer producer's type, next in ann's sequence, then a change of
     // this version's.
-    let mut newer = stack
-        .task_events()
+    let next_sequence = first["sequence"].as_u64().unwrap_or_default() + 1;
+    let newer = Forger::copying(&stack)
         .await
-        .take(1, WAIT)
-        .await
-        .remove(0)
-        .value;
-    newer["id"] = json!(uuid::Uuid::new_v4());
-    newer["type"] = json!("task.archived");
-    newer["sequence"] = json!(first["sequence"].as_i64().unwrap_or_default() + 1);
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
-    producer
         .send(
-            FutureRecord::to(&stack.topic(todo_contract::envelope::Topic::TaskEvents))
-                .key("ann")
-                .payload(&serde_json::to_vec(&newer).expect("json")),
-            Duration::from_secs(5),
+            &stack,
+            Topic::TaskEvents,
+            "ann",
+            next_sequence,
+            "task.archived",
         )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce");
+        .await;
     let frame = &client.events(1).await[0];
     assert_eq!(frame["type"], "task.archived");
     assert_eq!(frame["id"], newer["id"]);
@@ -390,10 +350,16 @@ struct Forger {
 }
 
 impl Forger {
+    /// Creates a task of ann's for the model.
     async fn new(stack: &Stack, api: &Api) -> Forger {
         stack
             .create(api, &stack.token("ann"), json!({"title": "model"}))
             .await;
+        Self::copying(stack).await
+    }
+
+    /// Takes the first event in `task-events` for the model.
+    async fn copying(stack: &Stack) -> Forger {
         let model = stack
             .task_events()
             .await
@@ -405,7 +371,15 @@ impl Forger {
         Forger { model, producer }
     }
 
-    async fn send(&self, stack: &Stack, topic: Topic, user: &str, sequence: u64, kind: &str) {
+    /// Publishes the copy, and returns it.
+    async fn send(
+        &self,
+        stack: &Stack,
+        topic: Topic,
+        user: &str,
+        sequence: u64,
+        kind: &str,
+    ) -> Value {
         let mut v = self.model.clone();
         v["id"] = json!(uuid::Uuid::new_v4());
         v["userid"] = json!(user);
@@ -421,18 +395,16 @@ impl Forger {
             .await
             .map_err(|(e, _)| e)
             .expect("produce");
+        v
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_event_from_the_other_topic_after_a_later_one_is_a_resync() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (stack, api, rt) = common::start(&[]).await;
     let forger = Forger::new(&stack, &api).await;
     let zed = stack.token("zed");
-    let mut client = Client::connect(&rt.url(&zed, Some(0))).await;
-    client.start().await;
+    let mut client = rt.connected(&zed, Some(0)).await;
     // Zed's reminder event 2 is read first; the task event 1 before it
     // arrives later, from the other topic.
     forger
@@ -453,9 +425,7 @@ async fn an_earlier_event_from_the_other_topic_after_a_later_one_is_a_resync() {
 /// served where the document's relative `$ref`s lead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_asyncapi_document_and_the_schemas_it_references_are_served() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let rt = Realtime::spawn(&stack, &api, &[]).await;
+    let (_stack, api, rt) = common::start(&[]).await;
     let doc: serde_json::Value = reqwest::get(format!("http://{}/asyncapi.json", rt.base))
         .await
         .expect("GET /asyncapi.json")
