@@ -3,7 +3,9 @@
 
 use crate::common;
 
-use common::{by_task, stored_ids, wait_stored, Audit, WAIT};
+use common::{
+    all_stored, audit_command, by_task, each, sorted_ids, stored_ids, wait_stored, Audit, WAIT,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
@@ -58,22 +60,9 @@ async fn random_changes(stack: &Stack, api: &Api, user: &str, n: usize, seed: u6
     }
 }
 
-/// Every event the relay published so far, read back from `task-events`.
-async fn published(stack: &Stack) -> Vec<Received> {
-    stack.outbox_drained(WAIT).await;
-    let total: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
-            .fetch_one(&stack.db.pool)
-            .await
-            .expect("sequences");
-    stack.task_events().await.take(total as usize, WAIT).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_workload_is_stored_once_served_in_order_and_replays_clean() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let users = ["ann", "ben", "cat", "dan"];
     let seed: u64 = rand::random();
     eprintln!("workload seed {seed}");
@@ -83,13 +72,10 @@ async fn a_random_workload_is_stored_once_served_in_order_and_replays_clean() {
         .map(|(i, u)| random_changes(&stack, &api, u, 40, seed + i as u64));
     futures::future::join_all(work).await;
 
-    let events = published(&stack).await;
-    wait_stored(&stack, events.len() as i64).await;
+    let events = all_stored(&stack).await;
 
     // Every published event is stored once, with its envelope as published.
-    let mut published_ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    published_ids.sort();
-    assert_eq!(stored_ids(&stack).await, published_ids);
+    assert_eq!(stored_ids(&stack).await, sorted_ids(&events));
     let envelopes: HashMap<String, Value> =
         sqlx::query_as::<_, (String, Value)>("SELECT event_id::text, envelope FROM audit_events")
             .fetch_all(&stack.db.pool)
@@ -108,14 +94,8 @@ async fn a_random_workload_is_stored_once_served_in_order_and_replays_clean() {
             .get(&stack, &format!("/tasks/{task}/history"), &owner)
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let got: Vec<&str> = body["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .map(|e| e["id"].as_str().unwrap_or_default())
-            .collect();
         let want: Vec<&str> = expected.iter().map(|e| e.id()).collect();
-        assert_eq!(got, want, "history of {task}");
+        assert_eq!(each(&body, "id"), want, "history of {task}");
         for e in body["events"].as_array().expect("events") {
             if e["type"] == "task.updated" {
                 assert!(e["data"]["previous"].is_object(), "{e}");
@@ -169,24 +149,13 @@ async fn a_random_workload_is_stored_once_served_in_order_and_replays_clean() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_reports_a_table_that_drifted_from_the_log_and_the_log_is_append_only() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let token = stack.token("ann");
     let kept = stack.create(&api, &token, json!({"title": "kept"})).await;
     let gone = stack.create(&api, &token, json!({"title": "gone"})).await;
-    let events = published(&stack).await;
-    wait_stored(&stack, events.len() as i64).await;
+    all_stored(&stack).await;
 
-    let replay = |stack: &Stack| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_todo-audit"))
-            .arg("replay")
-            .env("DATABASE_URL", &stack.db.url)
-            .env("JWT_SECRET", todo_testing::JWT_SECRET)
-            .output()
-            .expect("todo-audit replay runs")
-    };
-    let clean = replay(&stack);
+    let clean = audit_command(&stack, &["replay"]);
     assert!(clean.status.success(), "{clean:?}");
     assert!(
         String::from_utf8_lossy(&clean.stdout).contains("0 difference(s)"),
@@ -219,7 +188,7 @@ async fn replay_reports_a_table_that_drifted_from_the_log_and_the_log_is_append_
         .await
         .expect("smuggle");
     }
-    let drifted = replay(&stack);
+    let drifted = audit_command(&stack, &["replay"]);
     let out = String::from_utf8_lossy(&drifted.stdout);
     assert_eq!(drifted.status.code(), Some(1), "{out}");
     assert_eq!(
@@ -251,14 +220,11 @@ async fn replay_reports_a_table_that_drifted_from_the_log_and_the_log_is_append_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_never_sees_another_users_history_or_events() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let (ann, bob) = (stack.token("ann"), stack.token("bob"));
     let task = stack.create(&api, &ann, json!({"title": "ann's"})).await;
     stack.create(&api, &bob, json!({"title": "bob's"})).await;
-    let events = published(&stack).await;
-    wait_stored(&stack, events.len() as i64).await;
+    all_stored(&stack).await;
     let history = format!("/tasks/{}/history", task["id"].as_str().unwrap_or_default());
 
     let (status, body) = audit.get(&stack, &history, &ann).await;
@@ -268,13 +234,7 @@ async fn a_user_never_sees_another_users_history_or_events() {
     assert_eq!(body["type"], "/problems/not-found");
 
     let (_, log) = audit.get(&stack, "/events?since=0", &bob).await;
-    let owners: Vec<&str> = log["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["userid"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(owners, ["bob"]);
+    assert_eq!(each(&log, "userid"), ["bob"]);
 
     // No token, a forged token, nonsense queries.
     let (status, _) = audit.get(&stack, "/events", "not-a-token").await;
@@ -295,9 +255,7 @@ async fn a_user_never_sees_another_users_history_or_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_comes_in_pages_and_early_tokens_are_refused() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let ann = stack.token("ann");
     let task = stack.create(&api, &ann, json!({"title": "v1"})).await;
     let id = task["id"].as_str().unwrap_or_default().to_owned();
@@ -313,8 +271,7 @@ async fn history_comes_in_pages_and_early_tokens_are_refused() {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let events = published(&stack).await;
-    wait_stored(&stack, events.len() as i64).await;
+    all_stored(&stack).await;
 
     // Seven events, three to a page.
     let mut titles = Vec::new();
@@ -422,8 +379,7 @@ async fn history_shows_each_changes_user_agent_and_its_address_only_where_record
         .await
         .expect("PATCH");
     assert_eq!(patched.status(), StatusCode::OK);
-    let events = published(&stack).await;
-    wait_stored(&stack, events.len() as i64).await;
+    all_stored(&stack).await;
 
     let (status, page) = audit
         .get(&stack, &format!("/tasks/{id}/history"), &ann)
@@ -452,9 +408,7 @@ async fn history_shows_each_changes_user_agent_and_its_address_only_where_record
 /// of the instance its completion made shows how it came to be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recurring_tasks_history_shows_its_series_events() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let mut config = todo_consumer::ConsumerConfig::new(
         todo_recurring::NAME,
         &[todo_contract::envelope::Topic::TaskEvents],
@@ -505,26 +459,18 @@ async fn a_recurring_tasks_history_shows_its_series_events() {
         .unwrap_or_default()
         .to_owned();
 
-    let types = |page: &Value| -> Vec<String> {
-        page["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
     let (_, history) = audit
         .get(&stack, &format!("/tasks/{id}/history"), &ann)
         .await;
     assert_eq!(
-        types(&history),
+        each(&history, "type"),
         ["task.created", "recurring.created", "task.completed"]
     );
     let (_, history) = audit
         .get(&stack, &format!("/tasks/{instance}/history"), &ann)
         .await;
     assert_eq!(
-        types(&history),
+        each(&history, "type"),
         ["task.created", "recurring.instance.created"]
     );
     stop_recurring.trigger();
@@ -542,16 +488,9 @@ async fn a_recurring_tasks_history_shows_its_series_events() {
 /// and replaces it; a gap in a user's sequences ends what a snapshot covers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_from_a_snapshot_folds_only_what_came_after_it() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_todo-audit"))
-            .args(args)
-            .env("DATABASE_URL", &stack.db.url)
-            .env("JWT_SECRET", todo_testing::JWT_SECRET)
-            .output()
-            .expect("todo-audit runs");
+        let out = audit_command(&stack, args);
         (
             out.status.code(),
             format!(
@@ -563,8 +502,7 @@ async fn a_replay_from_a_snapshot_folds_only_what_came_after_it() {
     };
     random_changes(&stack, &api, "ann", 40, 7).await;
     random_changes(&stack, &api, "bob", 20, 8).await;
-    let before = published(&stack).await.len() as i64;
-    wait_stored(&stack, before).await;
+    let before = all_stored(&stack).await.len() as i64;
 
     let (code, out) = run(&["snapshot"]);
     assert_eq!(code, Some(0), "{out}");

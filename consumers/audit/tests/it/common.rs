@@ -3,12 +3,13 @@
 
 #![allow(dead_code)]
 
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::process::Child;
+use std::process::{Child, Output};
 use std::time::Duration;
-use todo_api::testing::Stack;
+use todo_api::testing::{Api, Stack};
 use todo_audit::app;
 use todo_consumer::ConsumerConfig;
 use todo_contract::envelope::Topic;
@@ -18,6 +19,32 @@ use todo_testing::Received;
 use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(90);
+
+/// A stack, its todo-api, and todo-audit beside them: where most tests
+/// start.
+pub async fn start() -> (Stack, Api, Audit) {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let audit = Audit::spawn(&stack).await;
+    (stack, api, audit)
+}
+
+/// Polls `check` every `every` until it gives a value; past `within`, fails
+/// with what its last try said was still missing.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(missing) => assert!(tokio::time::Instant::now() < deadline, "{missing}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
 
 pub fn config() -> ConsumerConfig {
     let mut config = ConsumerConfig::new(todo_audit::NAME, &[Topic::TaskEvents, Topic::Reminders]);
@@ -110,6 +137,57 @@ pub fn spawn_binary(stack: &Stack) -> Child {
         .expect("todo-audit binary starts")
 }
 
+/// The `todo-audit` binary's command line, run to its end on the stack's
+/// database.
+pub fn audit_command(stack: &Stack, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_todo-audit"))
+        .args(args)
+        .env("DATABASE_URL", &stack.db.url)
+        .env("JWT_SECRET", todo_testing::JWT_SECRET)
+        .output()
+        .expect("todo-audit runs")
+}
+
+pub fn producer(stack: &Stack) -> FutureProducer {
+    todo_platform::kafka::producer(&stack.kafka).expect("producer")
+}
+
+/// Writes `payload` past todo-api; where it landed (partition, offset).
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> (i32, i64) {
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    (delivery.partition, delivery.offset)
+}
+
+/// Every event the relay has published so far, read back from
+/// `task-events`.
+pub async fn published(stack: &Stack) -> Vec<Received> {
+    stack.outbox_drained(WAIT).await;
+    let total: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("sequences");
+    stack.task_events().await.take(total as usize, WAIT).await
+}
+
+/// Every event published so far, once todo-audit has stored them all.
+pub async fn all_stored(stack: &Stack) -> Vec<Received> {
+    let events = published(stack).await;
+    wait_stored(stack, events.len() as i64).await;
+    events
+}
+
 /// Rows in `audit_events`.
 pub async fn stored(stack: &Stack) -> i64 {
     stack.count("audit_events").await
@@ -117,19 +195,25 @@ pub async fn stored(stack: &Stack) -> i64 {
 
 /// Waits until `audit_events` holds `n` rows (and no more arrive).
 pub async fn wait_stored(stack: &Stack, n: i64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, Duration::from_millis(100), async || {
         let have = stored(stack).await;
         assert!(have <= n, "{have} events stored, only {n} were published");
         if have == n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("only {have} of {n} events stored after {WAIT:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {have} of {n} events stored after {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+}
+
+/// Whether the event `id` is in `audit_events`.
+pub async fn is_stored(stack: &Stack, id: uuid::Uuid) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_events WHERE event_id = $1)")
+        .bind(id)
+        .fetch_one(&stack.db.pool)
+        .await
+        .expect("stored?")
 }
 
 /// Events stored, by event id (each id at most once, by the primary key).
@@ -138,6 +222,23 @@ pub async fn stored_ids(stack: &Stack) -> Vec<String> {
         .fetch_all(&stack.db.pool)
         .await
         .expect("stored ids")
+}
+
+/// Their ids, sorted as `stored_ids` returns the stored ones.
+pub fn sorted_ids(events: &[Received]) -> Vec<String> {
+    let mut ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+/// The `field` of each event of a page of history or of the log.
+pub fn each(page: &Value, field: &str) -> Vec<String> {
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e[field].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// The published events grouped by subject (task id), in sequence order.

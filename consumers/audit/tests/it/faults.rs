@@ -4,7 +4,10 @@
 
 use crate::common;
 
-use common::{spawn_binary, stored_ids, wait_stored, Audit, WAIT};
+use common::{
+    all_stored, eventually, is_stored, produce, published, sorted_ids, spawn_binary, stored_ids,
+    wait_stored, Audit, WAIT,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -16,32 +19,10 @@ use todo_consumer::dlq_topic;
 use todo_contract::envelope::Topic;
 use todo_testing::{EventReader, Received, TcpProxy};
 
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
-    let delivery = producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
-    (delivery.partition, delivery.offset)
-}
-
-/// Every event the relay has published, read back.
-async fn published(stack: &Stack) -> Vec<Received> {
-    stack.outbox_drained(WAIT).await;
-    let total: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
-            .fetch_one(&stack.db.pool)
-            .await
-            .expect("sequences");
-    stack.task_events().await.take(total as usize, WAIT).await
-}
-
-fn sorted_ids(events: &[Received]) -> Vec<String> {
-    let mut ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    ids.sort();
-    ids
+/// The dead letters of todo-audit's `task-events`.
+async fn dead_letters(stack: &Stack) -> EventReader {
+    let topic = dlq_topic(&stack.topic(Topic::TaskEvents));
+    EventReader::new(stack.broker.bootstrap(), &topic).await
 }
 
 /// Changes by several users, spread over roughly `spread`.
@@ -69,17 +50,14 @@ async fn steady_changes(stack: &Stack, api: &Api, per_user: usize, spread: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_delivered_twice_is_stored_once() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let ann = stack.token("ann");
     stack.create(&api, &ann, json!({"title": "once"})).await;
-    let first = published(&stack).await;
-    wait_stored(&stack, 1).await;
+    let first = all_stored(&stack).await;
 
     // The same event produced again, twice (as a producer retry or a
     // replayed topic would).
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
+    let producer = common::producer(&stack);
     let topic = stack.topic(Topic::TaskEvents);
     let raw = serde_json::to_vec(&first[0].value).expect("json");
     produce(&producer, &topic, "ann", &raw).await;
@@ -111,15 +89,12 @@ async fn an_event_delivered_twice_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_persistently_failing_events_are_dead_lettered_and_the_rest_go_on() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let ann = stack.token("ann");
     stack.create(&api, &ann, json!({"title": "first"})).await;
-    let first = published(&stack).await;
-    wait_stored(&stack, 1).await;
+    let first = all_stored(&stack).await;
 
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
+    let producer = common::producer(&stack);
     let topic = stack.topic(Topic::TaskEvents);
     let not_json = b"this is not JSON".to_vec();
     let not_envelope = br#"{"specversion":"1.0","hello":"world"}"#.to_vec();
@@ -140,8 +115,7 @@ async fn poison_and_persistently_failing_events_are_dead_lettered_and_the_rest_g
     stack.outbox_drained(WAIT).await;
     wait_stored(&stack, 3).await;
 
-    let dlq = EventReader::new(stack.broker.bootstrap(), &dlq_topic(&topic)).await;
-    let letters = dlq.take(3, WAIT).await;
+    let letters = dead_letters(&stack).await.take(3, WAIT).await;
     let mut by_offset: Vec<&Received> = letters.iter().collect();
     by_offset.sort_by_key(|l| l.header(header::OFFSET).and_then(|o| o.parse::<i64>().ok()));
     for ((letter, (partition, offset)), payload) in
@@ -224,8 +198,7 @@ async fn the_database_going_away_delays_events_and_loses_none() {
         steady_changes(&stack, &api, 20, Duration::from_secs(6)),
         outage
     );
-    let events = published(&stack).await;
-    wait_stored(&stack, events.len() as i64).await;
+    let events = all_stored(&stack).await;
     assert_eq!(stored_ids(&stack).await, sorted_ids(&events));
     audit.stop().await;
     api.stop().await;
@@ -259,14 +232,14 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let crashes = async {
         for _ in 0..3 {
             let before = common::stored(&stack).await;
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while common::stored(&stack).await < before + 3 {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "todo-audit made no progress"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            eventually(WAIT, Duration::from_millis(20), async || {
+                if common::stored(&stack).await >= before + 3 {
+                    Ok(())
+                } else {
+                    Err("todo-audit made no progress".to_owned())
+                }
+            })
+            .await;
             audit.kill();
             audit = Killed(Some(spawn_binary(&stack)));
         }
@@ -275,8 +248,7 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_stores_nothing_twice() {
         steady_changes(&stack, &api, 60, Duration::from_secs(20)),
         crashes
     );
-    let events = published(&stack).await;
-    wait_stored(&stack, events.len() as i64).await;
+    let events = all_stored(&stack).await;
     assert_eq!(stored_ids(&stack).await, sorted_ids(&events));
     // The dedup record and the store agree: every event applied exactly once.
     assert_eq!(stack.count("processed_events").await, events.len() as i64);
@@ -286,25 +258,14 @@ async fn kill_minus_nine_mid_stream_loses_nothing_and_stores_nothing_twice() {
 
 /// Publishes `value` to `topic`, keyed by its user, past todo-api.
 async fn inject(stack: &Stack, topic: Topic, value: &serde_json::Value) {
-    let producer: FutureProducer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
     let raw = serde_json::to_vec(value).expect("json");
-    producer
-        .send(
-            FutureRecord::to(&stack.topic(topic))
-                .key(value["userid"].as_str().unwrap_or_default())
-                .payload(&raw),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce");
+    let key = value["userid"].as_str().unwrap_or_default();
+    produce(&common::producer(stack), &stack.topic(topic), key, &raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequence_that_never_comes_is_passed_over_and_unknown_types_are_kept() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     // A real event as the model for a user whose log the test writes by
     // hand: 1, 3 and 4 (of a type no version of this code knows), never 2.
     stack
@@ -336,22 +297,18 @@ async fn a_sequence_that_never_comes_is_passed_over_and_unknown_types_are_kept()
     let (status, page) = audit.get(&stack, "/events?since=0", &gappy).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     // Then, once 3 has waited longer than the audit waits, 2 is passed over.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let page = loop {
+    let page = eventually(WAIT, Duration::from_millis(200), async || {
         let (_, page) = audit.get(&stack, "/events?since=0", &gappy).await;
         if page["next_since"] == 4 {
-            break page;
+            return Ok(page);
         }
         assert!(
             page["next_since"].as_i64().unwrap_or_default() <= 1,
             "never past the hole without reporting it: {page}"
         );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stuck at the gap: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        Err(format!("stuck at the gap: {page}"))
+    })
+    .await;
     assert_eq!(page["gaps"], json!([2]), "{page}");
     let sequences: Vec<i64> = page["events"]
         .as_array()
@@ -362,11 +319,7 @@ async fn a_sequence_that_never_comes_is_passed_over_and_unknown_types_are_kept()
     assert_eq!(sequences, [1, 3, 4]);
     assert_eq!(page["events"][2]["type"], "task.archived");
     // Nothing of it was dead-lettered.
-    let dlq = EventReader::new(
-        stack.broker.bootstrap(),
-        &dlq_topic(&stack.topic(Topic::TaskEvents)),
-    )
-    .await;
+    let dlq = dead_letters(&stack).await;
     assert!(dlq.drain(Duration::from_secs(2)).await.is_empty());
     audit.stop().await;
     api.stop().await;
@@ -413,15 +366,13 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
         }
     };
     // It consumes although it could create no topic.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while ready(&stack).await.0 != StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never ready: {:?}",
-            ready(&stack).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(WAIT, Duration::from_millis(200), async || {
+        match ready(&stack).await {
+            (StatusCode::OK, _) => Ok(()),
+            unready => Err(format!("never ready: {unready:?}")),
+        }
+    })
+    .await;
 
     let producer: FutureProducer = todo_platform::kafka::producer(&kafka).expect("producer");
     let send = |payload: Vec<u8>| {
@@ -451,9 +402,8 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
             sum_of(&text, "todo_events_dead_lettered_total"),
         )
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
     let mut saw_unready = false;
-    loop {
+    eventually(WAIT, Duration::from_millis(100), async || {
         let (failures, lettered) = metric(&stack, &base).await;
         let (status, body) = ready(&stack).await;
         if status == StatusCode::SERVICE_UNAVAILABLE && body["checks"]["dead_letters"] == false {
@@ -461,23 +411,19 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
         }
         if lettered >= 1.0 {
             assert!(failures >= 1.0, "the refusals were counted");
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dead letter never went through"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err("the dead letter never went through".to_owned())
+    })
+    .await;
     assert!(saw_unready, "unready while its dead letters were refused");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while ready(&stack).await.0 != StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ready again once through"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(WAIT, Duration::from_millis(100), async || {
+        match ready(&stack).await.0 {
+            StatusCode::OK => Ok(()),
+            _ => Err("ready again once through".to_owned()),
+        }
+    })
+    .await;
 
     // An event that fails for good (it claims a sequence another event of
     // its user holds), then a redelivery of it: set aside once.
@@ -494,25 +440,15 @@ async fn dead_letters_wait_out_a_refusing_broker_and_are_set_aside_once() {
     marker["id"] = json!(uuid::Uuid::new_v4());
     marker["userid"] = json!("y");
     send(serde_json::to_vec(&marker).expect("json")).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let done: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_events WHERE event_id = $1)")
-                .bind(
-                    uuid::Uuid::parse_str(marker["id"].as_str().unwrap_or_default()).expect("uuid"),
-                )
-                .fetch_one(&stack.db.pool)
-                .await
-                .expect("marker");
-        if done {
-            break;
+    let marker_id = uuid::Uuid::parse_str(marker["id"].as_str().unwrap_or_default()).expect("uuid");
+    eventually(WAIT, Duration::from_millis(100), async || {
+        if is_stored(&stack, marker_id).await {
+            Ok(())
+        } else {
+            Err("the marker was never stored".to_owned())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the marker was never stored"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let (_, lettered) = metric(&stack, &base).await;
     assert_eq!(
         lettered, 2.0,

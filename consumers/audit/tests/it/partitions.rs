@@ -2,9 +2,8 @@
 //! AUDIT_RETENTION_MONTHS drops whole months while every month inside it
 //! stays append-only.
 
-use crate::common::{self, Audit, WAIT};
+use crate::common::{self, eventually, is_stored, produce, Audit, WAIT};
 use chrono::{DateTime, Months, Utc};
-use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -26,6 +25,13 @@ async fn months(pool: &PgPool) -> Vec<String> {
     .fetch_all(pool)
     .await
     .expect("partitions")
+}
+
+async fn rows(pool: &PgPool) -> Vec<(Uuid, i64, Value)> {
+    sqlx::query_as("SELECT event_id, sequence, envelope FROM audit_events ORDER BY sequence")
+        .fetch_all(pool)
+        .await
+        .expect("rows")
 }
 
 fn month_name(at: DateTime<Utc>) -> String {
@@ -67,20 +73,13 @@ async fn an_existing_log_is_converted_in_place_into_months() {
         .await
         .expect("an old row");
     }
-    let before_rows: Vec<(Uuid, i64, Value)> =
-        sqlx::query_as("SELECT event_id, sequence, envelope FROM audit_events ORDER BY sequence")
-            .fetch_all(&db.pool)
-            .await
-            .expect("rows before");
-
+    let before_rows = rows(&db.pool).await;
     todo_platform::db::migrate(&db.pool).await.expect("migrate");
-
-    let after_rows: Vec<(Uuid, i64, Value)> =
-        sqlx::query_as("SELECT event_id, sequence, envelope FROM audit_events ORDER BY sequence")
-            .fetch_all(&db.pool)
-            .await
-            .expect("rows after");
-    assert_eq!(after_rows, before_rows, "every row kept as it was");
+    assert_eq!(
+        rows(&db.pool).await,
+        before_rows,
+        "every row kept as it was"
+    );
     // Each in the partition of its UTC month ("+02:00" on the 31st at
     // noon is still January).
     let placed: Vec<String> =
@@ -144,25 +143,10 @@ async fn produce_dated(stack: &Stack, like: &Value, sequence: i64, time: DateTim
     event["id"] = json!(id);
     event["sequence"] = json!(sequence);
     event["time"] = json!(time.to_rfc3339());
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
-    let topic = stack.topic(Topic::TaskEvents);
     let payload = serde_json::to_vec(&event).expect("json");
-    producer
-        .send(
-            FutureRecord::to(&topic).key("ann").payload(&payload),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    let topic = stack.topic(Topic::TaskEvents);
+    produce(&common::producer(stack), &topic, "ann", &payload).await;
     id
-}
-
-async fn stored(pool: &PgPool, id: Uuid) -> bool {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_events WHERE event_id = $1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .expect("stored?")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,16 +184,15 @@ async fn months_past_the_retention_are_dropped_whole_and_their_late_events_not_s
     let audit = Audit::spawn_with_options(&stack, options).await;
 
     // At start the month past the retention goes, as a whole table.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while months(pool).await.contains(&month_name(back(3))) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            months(pool).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let have = months(pool).await;
+    let have = eventually(WAIT, Duration::from_millis(100), async || {
+        let have = months(pool).await;
+        if have.contains(&month_name(back(3))) {
+            Err(format!("{have:?}"))
+        } else {
+            Ok(have)
+        }
+    })
+    .await;
     assert!(have.contains(&month_name(back(1))), "{have:?}");
     assert!(have.contains(&month_name(now)), "{have:?}");
     let old: Vec<i64> =
@@ -235,22 +218,20 @@ async fn months_past_the_retention_are_dropped_whole_and_their_late_events_not_s
     let late = produce_dated(&stack, &first[0].value, 100, back(3)).await;
     let next_year = now.checked_add_months(Months::new(13)).expect("future");
     let future = produce_dated(&stack, &first[0].value, 101, next_year).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !stored(pool, future).await
-        || audit
+    eventually(WAIT, Duration::from_millis(100), async || {
+        let expired = audit
             .metric(&stack, "todo_audit_events_expired_total")
-            .await
-            < 1.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "late events not handled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(stored(pool, first[0].id().parse().expect("uuid")).await);
+            .await;
+        if is_stored(&stack, future).await && expired >= 1.0 {
+            Ok(())
+        } else {
+            Err("late events not handled".to_owned())
+        }
+    })
+    .await;
+    assert!(is_stored(&stack, first[0].id().parse().expect("uuid")).await);
     assert!(
-        !stored(pool, late).await,
+        !is_stored(&stack, late).await,
         "an event past the retention is not stored"
     );
     let have = months(pool).await;

@@ -4,7 +4,7 @@
 use crate::common;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use common::{wait_stored, Audit};
+use common::wait_stored;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -50,9 +50,7 @@ fn counted(stats: &Value, field: &str) -> BTreeMap<NaiveDate, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_a_users_own_days_in_their_zone_and_refuse_bad_ranges() {
-    let stack = Stack::new().await;
-    let api = stack.spawn_api().await;
-    let audit = Audit::spawn(&stack).await;
+    let (stack, api, audit) = common::start().await;
     let (ann, bob) = (stack.token("ann"), stack.token("bob"));
     let hour_ago = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     let plain = stack.create(&api, &ann, json!({"title": "plain"})).await;
