@@ -6,20 +6,17 @@
 //! snapshot taken before the erasure loses the user's tasks too.
 
 use crate::processes::{
-    binary, eventually, metric_lines, scratch_dir, serve, Stack, API, AUDIT, NOTIFIER, REALTIME,
-    RECURRING,
+    binary, create_daily, eventually, metric_lines, platform_env, produce, run_to_success,
+    scratch_dir, serve_post, Stack, API, AUDIT, NOTIFIER, REALTIME, RECURRING,
 };
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
 use futures::StreamExt;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use todo_testing::{self as testing, Broker, TestDatabase};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -46,31 +43,20 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
     let broker = Broker::start();
     let db = TestDatabase::create().await;
     let hooks = Hooks::default();
-    let hook_port = serve(
-        axum::Router::new()
-            .route("/hook/{who}", post(receive_hook))
-            .with_state(hooks.clone()),
-    )
-    .await;
+    let hook_port = serve_post("/hook/{who}", receive_hook, hooks.clone()).await;
     let prefix = testing::unique_prefix();
-    let common: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", db.url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap().to_owned()),
-        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
-        ("KAFKA_TOPIC_PARTITIONS", "2".into()),
-        ("RUST_LOG", "warn".into()),
+    let mut common = platform_env(&db, &broker, &prefix);
+    common.extend([
         ("JWT_SECRET", testing::JWT_SECRET.to_owned()),
         ("WEBHOOK_SECRET_KEY", testing::WEBHOOK_SECRET_KEY.to_owned()),
         ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true".into()),
-    ];
+    ]);
     let mut stack = Stack::new(scratch_dir());
     for name in [API, RECURRING, NOTIFIER, AUDIT, REALTIME] {
         stack.start(name, &common, &[]);
     }
     let http = reqwest::Client::new();
-    for name in [API, RECURRING, NOTIFIER, AUDIT, REALTIME] {
-        stack.wait_ready(&http, name).await;
-    }
+    stack.wait_all_ready(&http).await;
     let api = format!("http://127.0.0.1:{}", stack.port(API));
 
     let alice = Person::new("erase", &stack, &api);
@@ -147,24 +133,13 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
 
     // Late events: one already processed (a redelivery) and one no consumer
     // has seen (as from the other topic, after the erasure).
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
     for (topic, envelope) in [
         ("task-events", late_task_event.clone()),
         ("task-events", with_new_id(&late_task_event)),
         ("reminders", with_new_id(&late_reminder_event)),
     ] {
-        producer
-            .send(
-                FutureRecord::to(&format!("{prefix}{topic}"))
-                    .key(&alice.id)
-                    .payload(&envelope.to_string()),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("late event sent");
+        let topic = format!("{prefix}{topic}");
+        produce(broker.bootstrap(), &topic, &alice.id, &envelope.to_string()).await;
     }
     for (service, skipped) in [(RECURRING, 1), (NOTIFIER, 1), (AUDIT, 2)] {
         let port = stack.port(service);
@@ -233,15 +208,11 @@ async fn an_erased_user_leaves_nothing_in_any_table_and_stays_erased() {
             >= 3
     })
     .await;
-    let out = Command::new(binary(API))
-        .args(["erase-user", "--user", &carol.id])
-        .envs(common.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("todo-api erase-user");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_to_success(
+        "todo-api erase-user",
+        Command::new(binary(API))
+            .args(["erase-user", "--user", &carol.id])
+            .envs(common.iter().map(|(k, v)| (*k, v.as_str()))),
     );
     erasure_handled(&http, &stack, &db.pool, &carol, 2).await;
     assert_forgotten(&db.pool, &carol).await;
@@ -314,19 +285,8 @@ impl Person {
             "{:?}",
             created.text().await
         );
-        let series: Value = self
-            .request(http, reqwest::Method::POST, "/tasks")
-            .json(&json!({
-                "title": format!("stand-up {m}"),
-                "due_at": due,
-                "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "on_completion"},
-            }))
-            .send()
-            .await
-            .expect("POST /tasks (recurring)")
-            .json()
-            .await
-            .expect("recurring task");
+        let create = self.request(http, reqwest::Method::POST, "/tasks");
+        let series = create_daily(create, format!("stand-up {m}"), due).await;
         let id = series["id"].as_str().expect("id");
         let done = self
             .request(

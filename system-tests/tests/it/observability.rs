@@ -12,20 +12,18 @@
 //!   read fires the dead-letter alert.
 
 use crate::processes::{
-    eventually, free_port, metric_lines, scratch_dir, serve, which, Stack, API, AUDIT, NOTIFIER,
-    PATIENCE, REALTIME, RECURRING,
+    create_daily, eventually, free_port, metric_lines, platform_env, produce, scratch_dir,
+    serve_post, which, Stack, API, AUDIT, NOTIFIER, PATIENCE, REALTIME, RECURRING,
 };
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::post;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,32 +51,18 @@ async fn one_change_is_one_trace_across_every_service_and_the_dashboard_and_aler
     let db = TestDatabase::create().await;
     let work = scratch_dir();
     let spans = Spans::default();
-    let otlp = serve(
-        axum::Router::new()
-            .route("/v1/traces", post(receive_traces))
-            .with_state(spans.clone()),
-    )
-    .await;
+    let otlp = serve_post("/v1/traces", receive_traces, spans.clone()).await;
     let hooks = Arc::new(Mutex::new(0usize));
-    let hook = serve(
-        axum::Router::new()
-            .route("/hook", post(receive_hook))
-            .with_state(hooks.clone()),
-    )
-    .await;
+    let hook = serve_post("/hook", receive_hook, hooks.clone()).await;
 
     let prefix = testing::unique_prefix();
     let otlp_endpoint = format!("http://127.0.0.1:{otlp}");
-    let common: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", db.url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap().to_owned()),
-        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
-        ("KAFKA_TOPIC_PARTITIONS", "2".into()),
-        ("RUST_LOG", "warn".into()),
+    let mut common = platform_env(&db, &broker, &prefix);
+    common.extend([
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint),
         // Spans leave every 200 ms instead of every 5 s.
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-    ];
+    ]);
     let secret = ("JWT_SECRET", testing::JWT_SECRET.to_owned());
     let webhook_key = ("WEBHOOK_SECRET_KEY", testing::WEBHOOK_SECRET_KEY.to_owned());
     let mut stack = Stack::new(work.clone());
@@ -95,9 +79,7 @@ async fn one_change_is_one_trace_across_every_service_and_the_dashboard_and_aler
     stack.start(AUDIT, &common, std::slice::from_ref(&secret));
     stack.start(REALTIME, &common, &[secret]);
     let http = reqwest::Client::new();
-    for name in [API, RECURRING, NOTIFIER, AUDIT, REALTIME] {
-        stack.wait_ready(&http, name).await;
-    }
+    stack.wait_all_ready(&http).await;
     let prom = Prometheus::start(&prometheus, &work, &stack);
 
     // A user with a webhook, a page open, a task with a reminder (traced
@@ -156,20 +138,9 @@ async fn one_change_is_one_trace_across_every_service_and_the_dashboard_and_aler
         .expect("created task");
     assert!(created["id"].is_string(), "{created}");
 
-    let series: Value = http
-        .post(format!("{api}/tasks"))
-        .bearer_auth(&token)
-        .json(&json!({
-            "title": "stand-up",
-            "due_at": (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339(),
-            "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "on_completion"},
-        }))
-        .send()
-        .await
-        .expect("POST /tasks (recurring)")
-        .json()
-        .await
-        .expect("recurring task");
+    let create = http.post(format!("{api}/tasks")).bearer_auth(&token);
+    let due_at = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let series = create_daily(create, "stand-up".into(), due_at).await;
     let completion_trace = random_hex(32);
     let completed = http
         .post(format!(
@@ -201,19 +172,8 @@ async fn one_change_is_one_trace_across_every_service_and_the_dashboard_and_aler
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     // What no consumer can read: each sets it aside.
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
-    producer
-        .send(
-            FutureRecord::to(&format!("{prefix}task-events"))
-                .key("mallory")
-                .payload("not an event"),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("poison message sent");
+    let topic = format!("{prefix}task-events");
+    produce(broker.bootstrap(), &topic, "mallory", "not an event").await;
 
     // One trace: the caller's, through every service.
     let deadline = Instant::now() + PATIENCE;

@@ -1,12 +1,14 @@
 //! The platform's services as processes of a test: each binary cargo built,
 //! on a free port, logging to a file the failure messages quote.
 
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use todo_testing as testing;
+use todo_testing::{self as testing, Broker, TestDatabase};
 
 /// How long anything may take to show up on a busy 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(90);
@@ -90,19 +92,23 @@ impl Stack {
         }
     }
 
+    /// Waits for every service started so far, in the order they started.
+    pub async fn wait_all_ready(&mut self, http: &reqwest::Client) {
+        let names: Vec<&'static str> = self.ports().map(|(name, _)| name).collect();
+        for name in names {
+            self.wait_ready(http, name).await;
+        }
+    }
+
     /// A token minted by todo-api's own command.
     pub fn token(&self, user: &str) -> String {
-        let out = Command::new(binary(API))
-            .args(["token", "--user", user])
-            .env("JWT_SECRET", testing::JWT_SECRET)
-            .env("DATABASE_URL", "postgres://unused")
-            .env("KAFKA_BOOTSTRAP_SERVERS", "unused:9092")
-            .output()
-            .expect("todo-api token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_to_success(
+            "todo-api token",
+            Command::new(binary(API))
+                .args(["token", "--user", user])
+                .env("JWT_SECRET", testing::JWT_SECRET)
+                .env("DATABASE_URL", "postgres://unused")
+                .env("KAFKA_BOOTSTRAP_SERVERS", "unused:9092"),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -131,6 +137,17 @@ impl Drop for Stack {
     }
 }
 
+/// Runs `command` to its end; panics with its stderr unless it succeeded.
+pub fn run_to_success(what: &str, command: &mut Command) -> std::process::Output {
+    let out = command.output().expect(what);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The binaries cargo built beside this test (`target/<profile>/`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -146,6 +163,37 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// What every service of a test's platform is given: its database, its
+/// broker and topics, and logs quiet but for warnings.
+pub fn platform_env(
+    db: &TestDatabase,
+    broker: &Broker,
+    prefix: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap().to_owned()),
+        ("KAFKA_TOPIC_PREFIX", prefix.to_owned()),
+        ("KAFKA_TOPIC_PARTITIONS", "2".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+}
+
+/// Serves POSTs to `path` with `handler` on a free port; returns the port.
+pub async fn serve_post<H, T, S>(path: &str, handler: H, state: S) -> u16
+where
+    H: axum::handler::Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    serve(
+        axum::Router::new()
+            .route(path, axum::routing::post(handler))
+            .with_state(state),
+    )
+    .await
 }
 
 pub async fn serve(router: axum::Router) -> u16 {
@@ -183,6 +231,42 @@ where
         assert!(Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Creates, with `request` (a POST to /tasks), a task due at `due_at`
+/// that recurs daily once completed; returns it.
+pub async fn create_daily(
+    request: reqwest::RequestBuilder,
+    title: String,
+    due_at: String,
+) -> Value {
+    request
+        .json(&json!({
+            "title": title,
+            "due_at": due_at,
+            "recurrence": {"rule": "FREQ=DAILY", "timezone": "UTC", "mode": "on_completion"},
+        }))
+        .send()
+        .await
+        .expect("POST /tasks (recurring)")
+        .json()
+        .await
+        .expect("recurring task")
+}
+
+/// Puts `payload` on a topic as a producer other than the services would.
+pub async fn produce(bootstrap: &str, topic: &str, key: &str, payload: &str) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("not sent to {topic}: {e}"));
 }
 
 pub fn free_port() -> u16 {
