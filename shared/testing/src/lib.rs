@@ -21,6 +21,7 @@ pub use database::TestDatabase;
 pub use events::{EventReader, Received};
 pub use proxy::TcpProxy;
 
+use std::time::Duration;
 use todo_platform::config::KafkaSettings;
 
 /// A topic prefix no other test uses.
@@ -46,4 +47,21 @@ pub fn init_logging() {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Polls `check` every `every` until it gives a value; past `within`, fails
+/// with what its last try said was still missing.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(missing) => assert!(tokio::time::Instant::now() < deadline, "{missing}"),
+        }
+        tokio::time::sleep(every).await;
+    }
 }

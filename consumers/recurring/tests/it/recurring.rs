@@ -225,14 +225,7 @@ async fn eventually<T, F>(mut check: impl FnMut() -> F) -> T
 where
     F: Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match check().await {
-            Ok(done) => return done,
-            Err(why) => assert!(tokio::time::Instant::now() < deadline, "{why}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    todo_testing::eventually(WAIT, Duration::from_millis(50), async || check().await).await
 }
 
 /// The instances of a series other than `origin`, oldest due first.

@@ -26,22 +26,7 @@ pub async fn start(vars: &[(&str, &str)]) -> (Stack, Api, Realtime) {
     (stack, api, rt)
 }
 
-/// Polls `check` every `every` until it gives a value; past `within`, fails
-/// with what its last try said was still missing.
-pub async fn eventually<T>(
-    within: Duration,
-    every: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(missing) => assert!(tokio::time::Instant::now() < deadline, "{missing}"),
-        }
-        tokio::time::sleep(every).await;
-    }
-}
+pub use todo_testing::eventually;
 
 pub struct Realtime {
     pub base: String,
