@@ -4,7 +4,6 @@ use crate::harness::{
     at, free_port, options, read_until, reminders, rfc3339, wait_for, Notifier, WAIT,
 };
 use chrono::{DateTime, TimeDelta, Utc};
-use rdkafka::producer::FutureRecord;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -175,23 +174,6 @@ async fn set_aside(stack: &Stack, window: Duration) -> Vec<Received> {
     .await
 }
 
-/// Publishes `envelope` to task-events as if a producer had written it,
-/// past todo-api's checks.
-async fn inject(stack: &Stack, user: &str, envelope: &Value) {
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
-    let raw = serde_json::to_vec(envelope).expect("json");
-    producer
-        .send(
-            FutureRecord::to(&stack.topic(Topic::TaskEvents))
-                .key(user)
-                .payload(&raw),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce");
-}
-
 fn count<'a>(events: impl IntoIterator<Item = &'a Received>, kind: &str) -> usize {
     events
         .into_iter()
@@ -349,7 +331,7 @@ async fn redelivered_task_events_schedule_nothing_twice() {
         .await;
     let created = t.stack.task_events().await.take(1, WAIT).await;
     for _ in 0..2 {
-        inject(&t.stack, "ann", &created[0].value).await;
+        t.stack.inject("ann", &created[0].value).await;
     }
     // A later change of the same user: once its reminder is scheduled, the
     // copies before it have been read.
@@ -574,7 +556,7 @@ async fn one_users_impossible_reminder_stops_no_one_and_the_extremes_the_api_acc
         event["id"] = json!(uuid::Uuid::new_v4());
         event["data"]["task"]["due_at"] = due;
         event["data"]["task"]["reminders"] = reminders;
-        inject(&t.stack, "mallory", &event).await;
+        t.stack.inject("mallory", &event).await;
         poison.push(event);
     }
 

@@ -1,7 +1,6 @@
 //! todo-recurring end to end: through todo-api and a real broker.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use rdkafka::producer::FutureRecord;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -285,23 +284,6 @@ async fn event_of(stack: &Stack, kind: &str, task_id: &str) -> Received {
     }
 }
 
-/// Publishes `envelope` to task-events as if a producer had written it,
-/// past todo-api's checks.
-async fn inject(stack: &Stack, user: &str, envelope: &Value) {
-    let producer = todo_platform::kafka::producer(&stack.kafka).expect("producer");
-    let raw = serde_json::to_vec(envelope).expect("json");
-    producer
-        .send(
-            FutureRecord::to(&stack.topic(Topic::TaskEvents))
-                .key(user)
-                .payload(&raw),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce");
-}
-
 /// `event` as another event: a fresh id, `edit` applied to its task.
 fn forged(event: &Received, kind: &str, edit: impl FnOnce(&mut Value)) -> Value {
     let mut v = event.value.clone();
@@ -455,7 +437,7 @@ async fn redelivered_and_repeated_completions_create_one_instance() {
 
     // The completion event delivered twice more ...
     for _ in 0..2 {
-        inject(&t.stack, "ann", &completion.value).await;
+        t.stack.inject("ann", &completion.value).await;
     }
     // ... and the instance reopened and completed again (a new event).
     t.reopen(ann, &id).await;
@@ -580,7 +562,7 @@ async fn one_users_impossible_task_does_not_stop_recurrence_for_anyone_else() {
         }),
     ];
     for event in &poison {
-        inject(&t.stack, "mallory", event).await;
+        t.stack.inject("mallory", event).await;
     }
 
     // The next user's series carries on.
@@ -659,7 +641,9 @@ async fn an_event_type_this_version_does_not_know_is_skipped_not_dead_lettered()
         .await;
     let created = t.event_of("task.created", &id).await;
     // A newer producer's event type, in the middle of ann's stream.
-    inject(&t.stack, "ann", &forged(&created, "task.archived", |_| {})).await;
+    t.stack
+        .inject("ann", &forged(&created, "task.archived", |_| {}))
+        .await;
     t.complete(&t.ann, &id).await;
     t.wait_instances(&id, 1).await;
     assert!(
@@ -698,14 +682,14 @@ async fn only_the_latest_instance_advances_its_series() {
     let completion = t.event_of("task.completed", &id).await;
     let late =
         (next[0].1 + TimeDelta::days(8)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    inject(
-        &t.stack,
-        "ann",
-        &forged(&completion, "task.completed", |task| {
-            task["completed_at"] = json!(late)
-        }),
-    )
-    .await;
+    t.stack
+        .inject(
+            "ann",
+            &forged(&completion, "task.completed", |task| {
+                task["completed_at"] = json!(late)
+            }),
+        )
+        .await;
     t.caught_up(&[GROUP]).await;
     let all = t.instances(&id).await;
     assert_eq!(all.len(), 1, "one open instance, not two: {all:?}");
