@@ -42,7 +42,11 @@ pub struct Scheduler {
 
 /// `todo_recurring_scheduler_rounds_total`.
 pub fn rounds_metric(registry: &Registry) -> prometheus::Result<IntCounter> {
-    let rounds = counter(registry, "todo_recurring_scheduler_rounds_total", "Rounds of the schedule-mode scheduler (each creates what is due and computes its next sleep)")?;
+    let rounds = counter(
+        registry,
+        "todo_recurring_scheduler_rounds_total",
+        "Rounds of the schedule-mode scheduler (each creates what is due and computes its next sleep)",
+    )?;
     Ok(rounds)
 }
 

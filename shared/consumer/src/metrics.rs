@@ -33,14 +33,24 @@ impl ConsumerMetrics {
             "Redelivered events recognised as already processed",
             &["consumer"],
         )?;
-        let failed = counter_vec(registry, "todo_events_failed_total", "Failed attempts to process an event, by consumer and type (unparsable: type=\"unknown\")", &["consumer", "type"])?;
+        let failed = counter_vec(
+            registry,
+            "todo_events_failed_total",
+            "Failed attempts to process an event, by consumer and type (unparsable: type=\"unknown\")",
+            &["consumer", "type"],
+        )?;
         let dead_lettered = counter_vec(
             registry,
             "todo_events_dead_lettered_total",
             "Events sent to a dead-letter topic, by consumer and origin topic",
             &["consumer", "topic"],
         )?;
-        let dead_letter_failures = counter_vec(registry, "todo_dead_letter_failures_total", "Attempts to write a dead letter that the broker refused (the consumer waits meanwhile)", &["consumer"])?;
+        let dead_letter_failures = counter_vec(
+            registry,
+            "todo_dead_letter_failures_total",
+            "Attempts to write a dead letter that the broker refused (the consumer waits meanwhile)",
+            &["consumer"],
+        )?;
         let unknown_types = counter_vec(
             registry,
             "todo_events_unknown_type_total",

@@ -63,7 +63,11 @@ impl RelayMetrics {
             "todo_outbox_relay_leader",
             "1 while this process's relay leads",
         )?;
-        let stalls = counter(registry, "todo_outbox_stalls_total", "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced")?;
+        let stalls = counter(
+            registry,
+            "todo_outbox_stalls_total",
+            "Times rows in flight went unacknowledged for the stall timeout and the producer was replaced",
+        )?;
         // Every type's series exists from the start at 0: a first failure
         // is then an increase that rate() and the alert rules can see, and
         // the dashboard shows 0 instead of no data.

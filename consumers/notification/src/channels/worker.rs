@@ -67,7 +67,12 @@ impl ChannelMetrics {
             "Attempts running now, by channel",
             &["channel"],
         )?;
-        let attempts = counter_vec(registry, "todo_reminder_channel_attempts_total", "Delivery attempts by channel and outcome (sent, retry, failed; held: failed while the channel's breaker was open, not counted against the reminder)", &["channel", "outcome"])?;
+        let attempts = counter_vec(
+            registry,
+            "todo_reminder_channel_attempts_total",
+            "Delivery attempts by channel and outcome (sent, retry, failed; held: failed while the channel's breaker was open, not counted against the reminder)",
+            &["channel", "outcome"],
+        )?;
         let attempt_seconds = histogram_vec(
             registry,
             "todo_reminder_channel_attempt_duration_seconds",
@@ -82,7 +87,12 @@ impl ChannelMetrics {
             prometheus::exponential_buckets(0.01, 2.0, 16)?,
             &["channel"],
         )?;
-        let breaker_state = gauge_vec(registry, "todo_reminder_channel_breaker_state", "The channel's circuit breaker in this process: 0 closed, 1 open (attempts paused), 2 half-open (one probe in flight)", &["channel"])?;
+        let breaker_state = gauge_vec(
+            registry,
+            "todo_reminder_channel_breaker_state",
+            "The channel's circuit breaker in this process: 0 closed, 1 open (attempts paused), 2 half-open (one probe in flight)",
+            &["channel"],
+        )?;
         let breaker_opened = counter_vec(
             registry,
             "todo_reminder_channel_breaker_opened_total",
