@@ -7,12 +7,16 @@
 use std::time::Duration;
 
 /// How long to sleep when the next due row is `seconds` away (`None`:
-/// nothing is due), at most `cap`.
+/// nothing is due), at most `cap`; a row already due wakes the loop at once.
 pub fn after(seconds: Option<f64>, cap: Duration) -> Duration {
-    seconds
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .unwrap_or(cap)
-        .min(cap)
+    match seconds {
+        // No duration at all: the cap, rather than a loop that never sleeps.
+        Some(s) if s.is_nan() => cap,
+        Some(s) => Duration::try_from_secs_f64(s.max(0.0))
+            .unwrap_or(cap)
+            .min(cap),
+        None => cap,
+    }
 }
 
 #[cfg(test)]
@@ -26,9 +30,10 @@ mod tests {
         assert_eq!(after(Some(0.0), cap), Duration::ZERO);
         assert_eq!(after(Some(90.0), cap), cap);
         assert_eq!(after(None, cap), cap);
+        // Overdue: at once.
+        assert_eq!(after(Some(-1.0), cap), Duration::ZERO);
         // What no Duration holds: the cap, never a panic.
         assert_eq!(after(Some(f64::NAN), cap), cap);
-        assert_eq!(after(Some(-1.0), cap), cap);
         assert_eq!(after(Some(f64::INFINITY), cap), cap);
     }
 }
