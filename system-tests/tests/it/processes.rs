@@ -221,16 +221,20 @@ pub async fn metric_lines(http: &reqwest::Client, port: u16) -> Vec<String> {
         .collect()
 }
 
+/// Polls `check` until it holds; after [`PATIENCE`] fails naming `what`.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    testing::eventually(PATIENCE, Duration::from_millis(250), async || {
+        if check().await {
+            Ok(())
+        } else {
+            Err(format!("never happened: {what}"))
+        }
+    })
+    .await
 }
 
 /// Creates, with `request` (a POST to /tasks), a task due at `due_at`
