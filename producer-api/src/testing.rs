@@ -165,6 +165,15 @@ impl Stack {
         EventReader::new(self.broker.bootstrap(), &self.topic(Topic::TaskEvents)).await
     }
 
+    /// How many events have been written to the outbox in all (every
+    /// user's last sequence, summed), published or not.
+    pub async fn events_written(&self) -> i64 {
+        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("sequences")
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.db.pool)

@@ -1,7 +1,9 @@
 //! The REST API against a real PostgreSQL and a real broker: each route, its
 //! event as a separate consumer reads it, and every refusal.
 
-use crate::common::{get_anonymously, published, send_with_header, started, task_with_every_field};
+use crate::common::{
+    get_anonymously, published_count, send_with_header, started, task_with_every_field,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -510,7 +512,7 @@ async fn an_idempotency_key_retry_returns_the_first_result() {
     let events = stack.task_events().await.take(4, WAIT).await;
     assert_per_user_order(&events);
     assert_eq!(
-        published(&stack).await,
+        published_count(&stack).await,
         4,
         "three creations and one completion, nothing twice"
     );

@@ -75,16 +75,11 @@ pub async fn get_anonymously(stack: &Stack, api: &Api, path: &str) -> Response {
 /// Tasks, and events ever appended (the relay empties the outbox meanwhile,
 /// but a user's sequence only grows).
 pub async fn writes(stack: &Stack) -> (i64, i64) {
-    let events: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
-            .fetch_one(&stack.db.pool)
-            .await
-            .expect("sequences");
-    (stack.count("tasks").await, events)
+    (stack.count("tasks").await, stack.events_written().await)
 }
 
 /// Events on the task topic so far.
-pub async fn published(stack: &Stack) -> usize {
+pub async fn published_count(stack: &Stack) -> usize {
     stack
         .task_events()
         .await

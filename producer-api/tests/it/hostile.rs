@@ -3,7 +3,7 @@
 //! values, every write route and every list parameter. Each is refused with
 //! a 4xx naming what is wrong, and nothing is written or published.
 
-use crate::common::{published, started, started_with_write_burst, writes};
+use crate::common::{published_count, started, started_with_write_burst, writes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
@@ -206,7 +206,7 @@ async fn values_postgresql_or_the_calendar_refuse_answer_422_naming_the_field() 
     assert_eq!(now, task, "the task is as it was");
     stack.outbox_drained(WAIT).await;
     assert_eq!(
-        published(&stack).await,
+        published_count(&stack).await,
         1,
         "only the valid create was published"
     );

@@ -158,11 +158,7 @@ pub async fn produce(
 /// `task-events`.
 pub async fn published(stack: &Stack) -> Vec<Received> {
     stack.outbox_drained(WAIT).await;
-    let total: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(last_sequence), 0)::bigint FROM event_sequences")
-            .fetch_one(&stack.db.pool)
-            .await
-            .expect("sequences");
+    let total = stack.events_written().await;
     stack.task_events().await.take(total as usize, WAIT).await
 }
 

@@ -2,14 +2,13 @@
 //! AUDIT_RETENTION_MONTHS drops whole months while every month inside it
 //! stays append-only.
 
-use crate::common::{self, eventually, is_stored, produce, Audit, WAIT};
+use crate::common::{self, eventually, is_stored, Audit, WAIT};
 use chrono::{DateTime, Months, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
 use todo_api::testing::Stack;
 use todo_audit::partitions::Retention;
-use todo_contract::envelope::Topic;
 use todo_testing::TestDatabase;
 use uuid::Uuid;
 
@@ -143,9 +142,7 @@ async fn produce_dated(stack: &Stack, like: &Value, sequence: i64, time: DateTim
     event["id"] = json!(id);
     event["sequence"] = json!(sequence);
     event["time"] = json!(time.to_rfc3339());
-    let payload = serde_json::to_vec(&event).expect("json");
-    let topic = stack.topic(Topic::TaskEvents);
-    produce(&common::producer(stack), &topic, "ann", &payload).await;
+    stack.inject("ann", &event).await;
     id
 }
 
