@@ -23,7 +23,7 @@ use sqlx::{PgConnection, PgPool};
 use todo_contract::domain::UserId;
 use todo_contract::envelope::{EventDraft, EventType, Origin};
 use todo_platform::http::AuthUser;
-use todo_store::outbox::{self, OutboxError};
+use todo_store::writes::{self, OutboxError};
 use uuid::Uuid;
 
 pub const SOURCE: &str = "todo-api";
@@ -102,7 +102,7 @@ pub async fn erase(pool: &PgPool, user: &UserId, correlation: &str) -> Result<Er
     // The user.erased event takes the sequence row, which waits for every
     // transaction writing events of theirs, so each delete below sees what
     // those committed.
-    let event = outbox::append(
+    let event = writes::append(
         &mut tx,
         EventDraft {
             event_type: EventType::UserErased,

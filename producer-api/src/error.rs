@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use todo_contract::domain::FieldError;
 use todo_platform::http::Problem;
-use todo_store::tasks::StoreError;
+use todo_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -179,7 +179,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Db(db) => db.into(),
-            StoreError::Outbox(todo_store::outbox::OutboxError::Db(db)) => db.into(),
+            StoreError::Outbox(todo_store::writes::OutboxError::Db(db)) => db.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }

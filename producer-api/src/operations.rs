@@ -16,7 +16,8 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use todo_contract::domain::{Task, TaskSpec, UserId};
 use todo_contract::envelope::Origin;
 use todo_platform::db;
-use todo_store::tasks::{self, Actor, ListQuery};
+use todo_store::tasks::{self, ListQuery};
+use todo_store::writes::{self, Actor};
 use uuid::Uuid;
 
 const SOURCE: &str = "todo-api";
@@ -170,7 +171,7 @@ pub async fn create(
         Begun::Fresh(keyed) => keyed,
         Begun::Replay(answer) => return Ok(answer),
     };
-    let (task, _event) = tasks::create(keyed.conn(), &caller.actor(), spec, None).await?;
+    let (task, _event) = writes::create(keyed.conn(), &caller.actor(), spec, None).await?;
     keyed.commit(state, StatusCode::CREATED, task, true).await
 }
 
@@ -223,7 +224,7 @@ pub async fn patch(
     state.writes.check(caller.user)?;
     let id = parse_id(id)?;
     update_with(state, caller, id, expected_version, move |current| {
-        let spec = tasks::spec_of(current).map_err(ApiError::Internal)?;
+        let spec = writes::spec_of(current).map_err(ApiError::Internal)?;
         patch.apply(spec)
     })
     .await
@@ -244,7 +245,7 @@ async fn update_with(
     check_version(expected_version, current.version)?;
     let spec = new_spec(&current)?;
     let unchanged = current.clone();
-    match tasks::update(&mut tx, &caller.actor(), current, spec).await? {
+    match writes::update(&mut tx, &caller.actor(), current, spec).await? {
         Some((task, _event)) => {
             tx.commit().await?;
             state.signal.committed();
@@ -281,8 +282,8 @@ pub async fn change_state(
     let unchanged = current.clone();
     let actor = caller.actor();
     let changed = match change {
-        StateChange::Complete => tasks::complete(keyed.conn(), &actor, current).await?,
-        StateChange::Reopen => tasks::reopen(keyed.conn(), &actor, current).await?,
+        StateChange::Complete => writes::complete(keyed.conn(), &actor, current).await?,
+        StateChange::Reopen => writes::reopen(keyed.conn(), &actor, current).await?,
     };
     match changed {
         Some((task, _event)) => keyed.commit(state, StatusCode::OK, task, true).await,
@@ -304,7 +305,7 @@ pub async fn delete(
         .await?
         .ok_or(ApiError::NotFound)?;
     check_version(expected_version, current.version)?;
-    let event = tasks::delete(&mut tx, &caller.actor(), current).await?;
+    let event = writes::delete(&mut tx, &caller.actor(), current).await?;
     tx.commit().await?;
     state.signal.committed();
     Ok(event.data.task)

@@ -140,7 +140,7 @@ async fn replace(
     };
     let mut tx = todo_platform::db::begin(&state.pool).await?;
     // The user's sequence row first, as every writer of their events takes it.
-    todo_store::outbox::lock_sequence(&mut tx, user.as_str()).await?;
+    todo_store::writes::lock_sequence(&mut tx, user.as_str()).await?;
     let before = stored(&mut tx, &user, true).await?;
     let (preferences, fresh_secret) = input.resolve(&before);
     if preferences != before {
@@ -153,7 +153,7 @@ async fn replace(
         .bind(Jsonb(&preferences))
         .execute(&mut *tx)
         .await?;
-        todo_store::outbox::append(
+        todo_store::writes::append(
             &mut tx,
             EventDraft {
                 event_type: EventType::UserNotificationsUpdated,
@@ -168,7 +168,7 @@ async fn replace(
         )
         .await
         .map_err(|e| match e {
-            todo_store::outbox::OutboxError::Db(db) => ApiError::from(db),
+            todo_store::writes::OutboxError::Db(db) => ApiError::from(db),
             other => ApiError::Internal(other.to_string()),
         })?;
         tx.commit().await?;

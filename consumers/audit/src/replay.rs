@@ -21,7 +21,8 @@ use std::pin::Pin;
 use std::sync::LazyLock;
 use todo_contract::domain::Task;
 use todo_contract::envelope::{EventType, TaskEventData};
-use todo_store::tasks::{self, StoreError};
+use todo_store::tasks;
+use todo_store::StoreError;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

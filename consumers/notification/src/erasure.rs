@@ -3,7 +3,7 @@
 //! when a clock or a channel worker meets the user before that event came.
 
 use sqlx::{PgConnection, PgPool};
-use todo_store::outbox;
+use todo_store::writes;
 
 /// Deletes every row this service keeps of `user`.
 pub async fn forget(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Error> {
@@ -30,7 +30,7 @@ pub async fn forget(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Err
 /// spoiled, and what is kept of them is forgotten on another connection,
 /// so that this work (and the rest of a round) goes no further.
 pub async fn lock_user(tx: &mut PgConnection, pool: &PgPool, user: &str) -> anyhow::Result<bool> {
-    if outbox::lock_unless_erased(tx, user).await? {
+    if writes::lock_unless_erased(tx, user).await? {
         return Ok(true);
     }
     forget(&mut *pool.acquire().await?, user).await?;

@@ -43,7 +43,7 @@ pub struct Schedule {
     pub retention: Retention,
 }
 
-pub use todo_store::outbox::Cause;
+pub use todo_store::writes::Cause;
 
 /// Appends a reminder event to the outbox; its subject is the reminder.
 pub async fn publish(
@@ -103,7 +103,7 @@ impl Handler for Schedule {
         };
         // The user's sequence row before their reminder rows, as the clock
         // takes them.
-        todo_store::outbox::lock_sequence(conn, &env.userid).await?;
+        todo_store::writes::lock_sequence(conn, &env.userid).await?;
         let stored: Vec<Stored> = sqlx::query_as(
             "SELECT reminder_id, remind_at, state FROM reminders WHERE task_id = $1 FOR UPDATE",
         )

@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use todo_consumer::HandlerError;
 use todo_contract::envelope::{EventType, RecurringEventData};
 
-pub use todo_store::outbox::Cause;
+pub use todo_store::writes::Cause;
 
 /// Appends a series event to the outbox; its subject is the task it is
 /// about, so that the task's history shows it.

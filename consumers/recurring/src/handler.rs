@@ -43,7 +43,7 @@ impl Handler for Recurring {
         let data = event.task_data()?;
         // The user's sequence row before the series row, as the scheduler
         // takes them.
-        todo_store::outbox::lock_sequence(conn, &event.envelope.userid).await?;
+        todo_store::writes::lock_sequence(conn, &event.envelope.userid).await?;
         // What this event causes continues its correlation.
         let cause = Cause {
             user: &event.envelope.userid,

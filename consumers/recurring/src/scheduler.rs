@@ -22,7 +22,8 @@ use todo_platform::metrics::counter;
 use todo_platform::retry::run_rounds;
 use todo_platform::shutdown::Shutdown;
 use todo_platform::telemetry::{self, TraceParent};
-use todo_store::outbox::{self, OutboxSignal};
+use todo_store::outbox::OutboxSignal;
+use todo_store::writes;
 use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -97,7 +98,7 @@ impl Scheduler {
     /// occurrence, in one transaction; how many instances it created.
     async fn advance(&self, series_id: Uuid, user: &str) -> anyhow::Result<usize> {
         let mut tx = todo_platform::db::begin(&self.pool).await?;
-        if !outbox::lock_unless_erased(&mut tx, user).await? {
+        if !writes::lock_unless_erased(&mut tx, user).await? {
             // Erased before the handler got to user.erased: forget the
             // series now (as that handler will) instead of meeting it in
             // every round.

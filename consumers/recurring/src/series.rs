@@ -9,7 +9,7 @@ use todo_contract::domain::{Recurrence, RecurrenceMode, Reminder, Task, Timestam
 use todo_contract::envelope::{EventType, InstanceCause, Origin, RecurringEventData, SeriesEnd};
 use todo_contract::recurrence::Series as Rule;
 use todo_platform::telemetry::TraceParent;
-use todo_store::tasks::{self, Actor};
+use todo_store::writes::{self, Actor};
 use uuid::Uuid;
 
 pub const SOURCE: &str = "todo-recurring";
@@ -211,7 +211,7 @@ pub async fn create_instance(
     why: InstanceCause,
 ) -> Result<Option<Task>, HandlerError> {
     let template = &series.template.0;
-    let mut spec = tasks::spec_of(template).map_err(HandlerError::rejected)?;
+    let mut spec = writes::spec_of(template).map_err(HandlerError::rejected)?;
     let shift = template
         .due_at
         .map(|due| occurrence.signed_duration_since(due))
@@ -253,11 +253,11 @@ pub async fn create_instance(
         source: SOURCE,
         origin: Origin::none(),
     };
-    let link = tasks::SeriesLink {
+    let link = writes::SeriesLink {
         id: series.series_id,
         start: series.dtstart,
     };
-    let (task, _event) = tasks::create(conn, &actor, spec, Some(link)).await?;
+    let (task, _event) = writes::create(conn, &actor, spec, Some(link)).await?;
     sqlx::query(
         "UPDATE recurring_instances SET task_id = $3 WHERE series_id = $1 AND occurrence_at = $2",
     )

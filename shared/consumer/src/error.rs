@@ -47,18 +47,18 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
-impl From<todo_store::outbox::OutboxError> for HandlerError {
-    fn from(e: todo_store::outbox::OutboxError) -> Self {
+impl From<todo_store::writes::OutboxError> for HandlerError {
+    fn from(e: todo_store::writes::OutboxError) -> Self {
         match e {
-            todo_store::outbox::OutboxError::Db(db) => db.into(),
+            todo_store::writes::OutboxError::Db(db) => db.into(),
             other => HandlerError::Failed(other.into()),
         }
     }
 }
 
-impl From<todo_store::tasks::StoreError> for HandlerError {
-    fn from(e: todo_store::tasks::StoreError) -> Self {
-        use todo_store::tasks::StoreError;
+impl From<todo_store::StoreError> for HandlerError {
+    fn from(e: todo_store::StoreError) -> Self {
+        use todo_store::StoreError;
         match e {
             StoreError::Db(db) => db.into(),
             StoreError::Outbox(outbox) => outbox.into(),

@@ -15,7 +15,8 @@ use todo_contract::envelope::{EventDraft, EventType};
 use todo_platform::config::KafkaSettings;
 use todo_platform::shutdown::{self, ShutdownTrigger};
 use todo_relay::{Relay, RelayConfig, RelayMetrics};
-use todo_store::outbox::{self, OutboxSignal};
+use todo_store::outbox::OutboxSignal;
+use todo_store::writes;
 use todo_testing::{self as testing, TestDatabase};
 use tokio::task::JoinHandle;
 
@@ -45,7 +46,7 @@ async fn setup() -> Setup {
 /// Appends an event of `user` carrying `data`; returns its id.
 async fn append(db: &TestDatabase, user: &str, data: serde_json::Value) -> String {
     let mut conn = db.pool.acquire().await.expect("connection");
-    outbox::append(
+    writes::append(
         &mut conn,
         EventDraft {
             event_type: EventType::TaskCreated,

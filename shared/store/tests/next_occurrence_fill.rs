@@ -4,7 +4,8 @@
 
 use todo_contract::domain::{TaskSpec, UserId};
 use todo_contract::envelope::Origin;
-use todo_store::tasks::{self, Actor};
+use todo_store::tasks;
+use todo_store::writes::{self, Actor};
 use todo_testing::{self as testing, TestDatabase};
 
 /// A task's writable fields: a bare task with `due_at` and `recurrence`
@@ -23,7 +24,7 @@ fn spec(body: serde_json::Value) -> TaskSpec {
     if let Some(rec) = body.get("recurrence") {
         task.recurrence = serde_json::from_value(rec.clone()).expect("recurrence");
     }
-    tasks::spec_of(&task).expect("spec")
+    writes::spec_of(&task).expect("spec")
 }
 
 #[tokio::test]
@@ -41,15 +42,15 @@ async fn recurring_tasks_stored_without_a_next_occurrence_get_theirs() {
     let mut conn = db.pool.acquire().await.expect("connection");
     let weekly = serde_json::json!({"due_at": "2030-01-07T08:00:00Z",
         "recurrence": {"rule": "FREQ=WEEKLY", "timezone": "Europe/Berlin", "mode": "on_completion"}});
-    let (recurring, _) = tasks::create(&mut conn, &actor, spec(weekly), None)
+    let (recurring, _) = writes::create(&mut conn, &actor, spec(weekly), None)
         .await
         .expect("create");
-    let (plain, _) = tasks::create(&mut conn, &actor, spec(serde_json::json!({})), None)
+    let (plain, _) = writes::create(&mut conn, &actor, spec(serde_json::json!({})), None)
         .await
         .expect("create");
     let ended = serde_json::json!({"due_at": "2030-01-07T08:00:00Z",
         "recurrence": {"rule": "FREQ=WEEKLY;COUNT=1", "timezone": "Europe/Berlin", "mode": "on_completion"}});
-    let (single, _) = tasks::create(&mut conn, &actor, spec(ended), None)
+    let (single, _) = writes::create(&mut conn, &actor, spec(ended), None)
         .await
         .expect("create");
     let expected = recurring.next_occurrence.expect("computed on create");

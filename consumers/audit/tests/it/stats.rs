@@ -76,7 +76,7 @@ async fn stats_count_a_users_own_days_in_their_zone_and_refuse_bad_ranges() {
     // A delivered reminder, through the outbox as todo-notifier writes it.
     let task_id = plain["id"].as_str().expect("id").to_owned();
     let mut tx = stack.db.pool.begin().await.expect("tx");
-    todo_store::outbox::append(
+    todo_store::writes::append(
         &mut tx,
         EventDraft {
             event_type: EventType::ReminderSent,
