@@ -26,7 +26,7 @@ use todo_platform::preferences::WebhookKey;
 use todo_platform::server::HttpLimits;
 use todo_platform::shutdown::Shutdown;
 use todo_platform::{db, kafka, telemetry};
-use todo_relay::{Relay, RelayConfig, RelayMetrics};
+use todo_relay::{Publishing, Relay, RelayConfig, RelayMetrics};
 use todo_store::outbox::OutboxSignal;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -101,7 +101,7 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
     state: AppState,
-    relay: Option<Relay>,
+    publishing: Publishing,
     limits: HttpLimits,
 }
 
@@ -145,7 +145,7 @@ impl Application {
             listener,
             router,
             state,
-            relay,
+            publishing: Publishing::new(relay, signal, pool),
             limits: settings.http.clone(),
         })
     }
@@ -158,13 +158,7 @@ impl Application {
     /// the relay (letting its batch in flight be acknowledged) and returns.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
-        todo_relay::spawn_publishing(
-            &tasks,
-            self.relay,
-            self.state.signal.clone(),
-            self.state.pool.clone(),
-            shutdown.clone(),
-        );
+        self.publishing.spawn(&tasks, shutdown.clone());
         tasks.spawn(housekeeping(self.state.clone(), shutdown.clone()));
         tracing::info!(
             port = self.listener.local_addr()?.port(),

@@ -10,7 +10,7 @@ use crate::channels::worker::{ChannelMetrics, Worker, WorkerConfig};
 use crate::channels::{Channel, ChannelKind, Unconfigured};
 use crate::clock::{Clock, ClockMetrics};
 use crate::delivery::{Delivery, LogDelivery};
-use crate::retention::{self, Retention};
+use crate::retention::{self, Pruning, Retention};
 use crate::schedule::Schedule;
 use aide::axum::ApiRouter;
 use lettre::message::Mailbox;
@@ -26,22 +26,18 @@ use todo_platform::db;
 use todo_platform::openapi::Docs;
 use todo_platform::preferences::WebhookKey;
 use todo_platform::shutdown::Shutdown;
-use todo_relay::Relay;
-use todo_store::outbox::OutboxSignal;
+use todo_relay::Publishing;
 use tokio::sync::Notify;
 
 pub struct App {
     service: ConsumerService<Schedule>,
-    retention: Retention,
-    pruned: prometheus::IntCounterVec,
+    pruning: Pruning,
     clock: Clock,
     /// One per channel, each with its own pool.
     workers: Vec<Worker>,
-    signal: OutboxSignal,
-    pool: sqlx::PgPool,
     /// A standby relay: the outbox rows this service writes are published
     /// even while no todo-api runs.
-    relay: Option<Relay>,
+    publishing: Publishing,
 }
 
 /// The notifier's own knobs.
@@ -269,12 +265,12 @@ impl App {
     ) -> anyhow::Result<App> {
         let pool = db::service_pool(&settings.database).await?;
         let changed = Arc::new(Notify::new());
-        let signal = OutboxSignal::new();
         let registry = Registry::new();
-        let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
+        let publishing = Publishing::for_service(settings, pool.clone(), &registry)?;
+        let signal = publishing.signal();
         let clock_metrics = ClockMetrics::register(&registry)?;
         let channel_metrics = ChannelMetrics::register(&registry)?;
-        let pruned = retention::pruned_metric(&registry)?;
+        let pruning = Pruning::new(pool.clone(), options.retention, &registry)?;
         let workers: Vec<Worker> = options
             .channels
             .build()?
@@ -322,13 +318,10 @@ impl App {
         };
         Ok(App {
             service,
-            retention: options.retention,
-            pruned,
+            pruning,
             clock,
             workers,
-            signal,
-            pool,
-            relay,
+            publishing,
         })
     }
 
@@ -347,22 +340,11 @@ impl App {
         self.service
             .run_beside(shutdown, move |tasks, shutdown| {
                 tasks.spawn(self.clock.run(shutdown.clone()));
-                tasks.spawn(retention::prune_forever(
-                    self.pool.clone(),
-                    self.retention,
-                    self.pruned,
-                    shutdown.clone(),
-                ));
+                tasks.spawn(self.pruning.run(shutdown.clone()));
                 for worker in self.workers {
                     tasks.spawn(worker.run(shutdown.clone()));
                 }
-                todo_relay::spawn_publishing(
-                    tasks,
-                    self.relay,
-                    self.signal,
-                    self.pool.clone(),
-                    shutdown,
-                );
+                self.publishing.spawn(tasks, shutdown);
             })
             .await
     }

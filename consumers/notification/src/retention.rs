@@ -95,43 +95,56 @@ pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, 
     })
 }
 
-/// `todo_reminders_pruned_total{table}`.
-pub fn pruned_metric(registry: &Registry) -> prometheus::Result<IntCounterVec> {
-    let pruned = counter_vec(
-        registry,
-        "todo_reminders_pruned_total",
-        "Done reminders and deliveries deleted after REMINDER_RETENTION_DAYS, by table",
-        &["table"],
-    )?;
-    Ok(pruned)
+/// The loop that deletes done reminders and deliveries past their
+/// retention, counting them in `todo_reminders_pruned_total{table}`.
+pub struct Pruning {
+    pool: PgPool,
+    keep: Duration,
+    pruned: IntCounterVec,
 }
 
-/// Prunes at start and then hourly, until `shutdown`.
-pub async fn prune_forever(
-    pool: PgPool,
-    retention: Retention,
-    pruned: IntCounterVec,
-    shutdown: todo_platform::shutdown::Shutdown,
-) {
-    shutdown
-        .every(todo_platform::db::prune_every(retention.keep), || async {
-            match prune(&pool, retention.keep, BATCH).await {
-                Ok(n) if n == Pruned::default() => {}
-                Ok(n) => {
-                    pruned.with_label_values(&["reminders"]).inc_by(n.reminders);
-                    pruned
-                        .with_label_values(&["reminder_deliveries"])
-                        .inc_by(n.deliveries);
-                    tracing::info!(
-                        reminders = n.reminders,
-                        deliveries = n.deliveries,
-                        "deleted done reminders past their retention"
-                    );
-                }
-                Err(e) => tracing::warn!(error = %e, "pruning done reminders failed"),
-            }
+impl Pruning {
+    pub fn new(
+        pool: PgPool,
+        retention: Retention,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
+        let pruned = counter_vec(
+            registry,
+            "todo_reminders_pruned_total",
+            "Done reminders and deliveries deleted after REMINDER_RETENTION_DAYS, by table",
+            &["table"],
+        )?;
+        Ok(Self {
+            pool,
+            keep: retention.keep,
+            pruned,
         })
-        .await
+    }
+
+    /// Prunes at start and then hourly, until `shutdown`.
+    pub async fn run(self, shutdown: todo_platform::shutdown::Shutdown) {
+        let Self { pool, keep, pruned } = self;
+        shutdown
+            .every(todo_platform::db::prune_every(keep), || async {
+                match prune(&pool, keep, BATCH).await {
+                    Ok(n) if n == Pruned::default() => {}
+                    Ok(n) => {
+                        pruned.with_label_values(&["reminders"]).inc_by(n.reminders);
+                        pruned
+                            .with_label_values(&["reminder_deliveries"])
+                            .inc_by(n.deliveries);
+                        tracing::info!(
+                            reminders = n.reminders,
+                            deliveries = n.deliveries,
+                            "deleted done reminders past their retention"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pruning done reminders failed"),
+                }
+            })
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! same way for `main` and the tests.
 
 use crate::handler::Recurring;
+use crate::retention::Pruning;
 use crate::scheduler::Scheduler;
 use aide::axum::ApiRouter;
 use prometheus::Registry;
@@ -14,21 +15,16 @@ use todo_platform::config::{ConfigError, Env, Settings};
 use todo_platform::db;
 use todo_platform::openapi::Docs;
 use todo_platform::shutdown::Shutdown;
-use todo_relay::Relay;
-use todo_store::outbox::OutboxSignal;
+use todo_relay::Publishing;
 use tokio::sync::Notify;
 
 pub struct App {
     service: ConsumerService<Recurring>,
     scheduler: Scheduler,
-    signal: OutboxSignal,
-    pool: sqlx::PgPool,
-    /// How long ended series are kept.
-    retention: Duration,
-    pruned: crate::retention::PrunedMetrics,
+    pruning: Pruning,
     /// A standby relay: the outbox rows this service writes are published
     /// even while no todo-api runs.
-    relay: Option<Relay>,
+    publishing: Publishing,
 }
 
 pub fn consumer_config() -> Result<ConsumerConfig, ConfigError> {
@@ -39,15 +35,14 @@ impl App {
     pub async fn build(settings: &Settings, config: ConsumerConfig) -> anyhow::Result<App> {
         let pool = db::service_pool(&settings.database).await?;
         let changed = Arc::new(Notify::new());
-        let signal = OutboxSignal::new();
+        let registry = Registry::new();
+        let publishing = Publishing::for_service(settings, pool.clone(), &registry)?;
         let handler = Recurring {
             schedule_changed: changed.clone(),
-            signal: signal.clone(),
+            signal: publishing.signal().clone(),
         };
-        let registry = Registry::new();
-        let relay = Relay::for_service(settings, pool.clone(), signal.clone(), &registry)?;
         let rounds = crate::scheduler::rounds_metric(&registry)?;
-        let pruned = crate::retention::PrunedMetrics::register(&registry)?;
+        let pruning = Pruning::new(pool.clone(), &registry)?;
         let service = ConsumerService::build(
             settings,
             config,
@@ -66,22 +61,21 @@ impl App {
             scheduler: Scheduler {
                 pool: pool.clone(),
                 changed,
-                signal: signal.clone(),
+                signal: publishing.signal().clone(),
                 rounds,
             },
-            signal,
-            pool,
-            retention: Duration::from_secs(crate::retention::DEFAULT_DAYS * 86_400),
-            pruned,
-            relay,
+            pruning,
+            publishing,
         })
     }
 
     /// Keeps ended series this long (from
     /// `RECURRING_RETENTION_DAYS` in `main`).
-    pub fn with_retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
+    pub fn with_retention(self, retention: Duration) -> Self {
+        Self {
+            pruning: self.pruning.keeping(retention),
+            ..self
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -94,19 +88,8 @@ impl App {
         self.service
             .run_beside(shutdown, move |tasks, shutdown| {
                 tasks.spawn(self.scheduler.run(shutdown.clone()));
-                tasks.spawn(crate::retention::prune_forever(
-                    self.pool.clone(),
-                    self.retention,
-                    self.pruned,
-                    shutdown.clone(),
-                ));
-                todo_relay::spawn_publishing(
-                    tasks,
-                    self.relay,
-                    self.signal,
-                    self.pool.clone(),
-                    shutdown,
-                );
+                tasks.spawn(self.pruning.run(shutdown.clone()));
+                self.publishing.spawn(tasks, shutdown);
             })
             .await
     }

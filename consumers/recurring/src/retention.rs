@@ -69,16 +69,19 @@ pub async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<Pruned, 
     Ok(Pruned { instances, series })
 }
 
-/// `todo_recurring_instances_pruned_total` and
+/// The loop that deletes ended series past their retention, counting
+/// what it deleted in `todo_recurring_instances_pruned_total` and
 /// `todo_recurring_series_pruned_total`.
-#[derive(Clone)]
-pub struct PrunedMetrics {
+pub struct Pruning {
+    pool: PgPool,
+    keep: Duration,
     instances: IntCounter,
     series: IntCounter,
 }
 
-impl PrunedMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+impl Pruning {
+    /// Keeps ended series [`DEFAULT_DAYS`] until [`Pruning::keeping`].
+    pub fn new(pool: PgPool, registry: &Registry) -> prometheus::Result<Self> {
         let instances = counter(
             registry,
             "todo_recurring_instances_pruned_total",
@@ -89,37 +92,49 @@ impl PrunedMetrics {
             "todo_recurring_series_pruned_total",
             "Ended series deleted after RECURRING_RETENTION_DAYS",
         )?;
-        Ok(Self { instances, series })
-    }
-}
-
-/// Prunes at start and then every `db::prune_every(keep)`, until `shutdown`.
-pub async fn prune_forever(
-    pool: PgPool,
-    keep: Duration,
-    metrics: PrunedMetrics,
-    shutdown: Shutdown,
-) {
-    shutdown
-        .every(todo_platform::db::prune_every(keep), || async {
-            match prune(&pool, keep, BATCH).await {
-                Ok(Pruned {
-                    instances: 0,
-                    series: 0,
-                }) => {}
-                Ok(p) => {
-                    metrics.instances.inc_by(p.instances);
-                    metrics.series.inc_by(p.series);
-                    tracing::info!(
-                        instances = p.instances,
-                        series = p.series,
-                        "deleted ended series"
-                    );
-                }
-                Err(e) => tracing::warn!(error = %e, "pruning ended series failed"),
-            }
+        Ok(Self {
+            pool,
+            keep: Duration::from_secs(DEFAULT_DAYS * 86_400),
+            instances,
+            series,
         })
-        .await
+    }
+
+    /// Keeps ended series for `keep` instead.
+    pub fn keeping(self, keep: Duration) -> Self {
+        Self { keep, ..self }
+    }
+
+    /// Prunes at start and then every `db::prune_every(keep)`, until
+    /// `shutdown`.
+    pub async fn run(self, shutdown: Shutdown) {
+        let Self {
+            pool,
+            keep,
+            instances,
+            series,
+        } = self;
+        shutdown
+            .every(todo_platform::db::prune_every(keep), || async {
+                match prune(&pool, keep, BATCH).await {
+                    Ok(Pruned {
+                        instances: 0,
+                        series: 0,
+                    }) => {}
+                    Ok(p) => {
+                        instances.inc_by(p.instances);
+                        series.inc_by(p.series);
+                        tracing::info!(
+                            instances = p.instances,
+                            series = p.series,
+                            "deleted ended series"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pruning ended series failed"),
+                }
+            })
+            .await
+    }
 }
 
 #[cfg(test)]

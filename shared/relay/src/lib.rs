@@ -130,17 +130,47 @@ pub fn enabled_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<bool,
 /// (todo-api, todo-recurring, todo-notifier): its relay, when it runs one,
 /// and the forwarder that wakes the relay leading in another process after
 /// this one's commits.
-pub fn spawn_publishing(
-    tasks: &TaskTracker,
+pub struct Publishing {
     relay: Option<Relay>,
     signal: OutboxSignal,
     pool: PgPool,
-    shutdown: Shutdown,
-) {
-    if let Some(relay) = relay {
-        tasks.spawn(relay.run(shutdown.clone()));
+}
+
+impl Publishing {
+    /// `relay` must have been built with `signal`: it is woken by the
+    /// commits signalled there.
+    pub fn new(relay: Option<Relay>, signal: OutboxSignal, pool: PgPool) -> Self {
+        Self {
+            relay,
+            signal,
+            pool,
+        }
     }
-    tasks.spawn(signal.forward_to_other_processes(pool, shutdown));
+
+    /// A consumer service's publishing, from `OUTBOX_*`: a standby relay
+    /// (none where `OUTBOX_RELAY_ENABLED=false`) and a signal of its own.
+    pub fn for_service(
+        settings: &todo_platform::config::Settings,
+        pool: PgPool,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let signal = OutboxSignal::new();
+        let relay = Relay::for_service(settings, pool.clone(), signal.clone(), registry)?;
+        Ok(Self::new(relay, signal, pool))
+    }
+
+    /// What the service's writers signal after each commit.
+    pub fn signal(&self) -> &OutboxSignal {
+        &self.signal
+    }
+
+    /// Runs the relay and the forwarder on `tasks` until `shutdown`.
+    pub fn spawn(self, tasks: &TaskTracker, shutdown: Shutdown) {
+        if let Some(relay) = self.relay {
+            tasks.spawn(relay.run(shutdown.clone()));
+        }
+        tasks.spawn(self.signal.forward_to_other_processes(self.pool, shutdown));
+    }
 }
 
 pub struct Relay {
