@@ -17,7 +17,6 @@ cd "$(dirname "$0")/.."
 rounds="${1:-10}"
 messages="${MESSAGES:-100000}"
 out=target/bench/broker-log
-mkdir -p "$out"
 cargo build -q --release --bin todo-kafka-baseline
 db=todo_broker_log broker_port=19094
 # shellcheck source=benches/common.sh

@@ -1,7 +1,10 @@
 # Sourced by the benchmark scripts: a local nisshi broker, a fresh database
-# and the release binaries, started and stopped the same way. Set `db`,
-# `broker_port` and `out` before sourcing.
+# and the release binaries, started and stopped the same way. Set `db` and
+# `broker_port` before sourcing, and `out` where the reports should not go
+# to target/bench.
 # shellcheck shell=bash
+out="${out:-target/bench}"
+mkdir -p "$out"
 bin=target/release
 nisshi="${NISSHI_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-platform/nisshi-0.8.1/bin/nisshi}"
 pg="${BENCH_PG:-postgres://postgres@127.0.0.1:5432}"

@@ -39,8 +39,6 @@ cd "$(dirname "$0")/.."
 rate="${1:-1000}"
 seconds="${2:-20}"
 steps=" ${STEPS:-0 1 2 3 4 5 6 7} "
-out=target/bench
-mkdir -p "$out"
 cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring \
   --bin todo-notifier --bin todo-load --bin todo-kafka-baseline
 want() { [[ "$steps" == *" $1 "* ]]; }

@@ -12,8 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events="${EVENTS:-1000000}"
 label="${1:-replay}"
-out=target/bench
-mkdir -p "$out"
 db=todo_replay broker_port=19193
 # shellcheck source=benches/common.sh
 source benches/common.sh

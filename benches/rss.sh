@@ -9,8 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 idle="${IDLE:-5}"
-out=target/bench
-mkdir -p "$out"
 cargo build -q --release --bin todo-api --bin todo-recurring --bin todo-notifier --bin todo-audit
 db=todo_rss broker_port=19192
 # shellcheck source=benches/common.sh

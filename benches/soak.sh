@@ -29,7 +29,6 @@ seconds="${2:-3600}"
 sample="${SAMPLE_SECS:-30}"
 minutes="${RETENTION_MINUTES:-3}"
 out=target/bench/soak
-mkdir -p "$out"
 cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring \
   --bin todo-notifier --bin todo-realtime --bin todo-load --bin todo-sink
 db=todo_soak broker_port=19093

@@ -8,8 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
 hold="${2:-5}"
-out=target/bench
-mkdir -p "$out"
 cargo build -q --release --bin todo-api --bin todo-realtime --bin todo-load
 db=todo_ws_memory broker_port=19292
 port=18284
