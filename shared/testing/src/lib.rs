@@ -49,6 +49,24 @@ pub fn init_logging() {
     let _ = fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
+/// [`eventually`] for a yes-or-no condition: past `within`, fails saying
+/// `what` never came to hold.
+pub async fn until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    every: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    eventually(within, every, async || {
+        if check().await {
+            Ok(())
+        } else {
+            Err(format!("never happened: {what}"))
+        }
+    })
+    .await
+}
+
 /// Polls `check` every `every` until it gives a value; past `within`, fails
 /// with what its last try said was still missing.
 pub async fn eventually<T>(

@@ -222,19 +222,12 @@ pub async fn metric_lines(http: &reqwest::Client, port: u16) -> Vec<String> {
 }
 
 /// Polls `check` until it holds; after [`PATIENCE`] fails naming `what`.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    testing::eventually(PATIENCE, Duration::from_millis(250), async || {
-        if check().await {
-            Ok(())
-        } else {
-            Err(format!("never happened: {what}"))
-        }
-    })
-    .await
+    testing::until(PATIENCE, Duration::from_millis(250), what, check).await
 }
 
 /// Creates, with `request` (a POST to /tasks), a task due at `due_at`

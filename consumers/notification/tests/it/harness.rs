@@ -116,11 +116,7 @@ pub async fn read_until(reader: &EventReader, done: impl Fn(&[Received]) -> bool
 
 /// Waits until `check` holds, polling (a condition, not a fixed sleep).
 pub async fn wait_for<F: Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    todo_testing::until(WAIT, Duration::from_millis(100), what, check).await
 }
 
 /// A port nothing listens on (until a test starts something there).
