@@ -199,35 +199,39 @@ pub async fn list(state: &AppState, user: &UserId, q: &ListQuery) -> Result<Page
     })
 }
 
-/// Replaces every writable field (`task.updated`).
-pub async fn replace(
-    state: &AppState,
-    caller: Caller<'_>,
-    id: &str,
-    expected_version: Option<i64>,
-    body: TaskBody,
-) -> Result<Task, ApiError> {
-    state.writes.check(caller.user)?;
-    let id = parse_id(id)?;
-    let spec = body.into_spec()?;
-    update_with(state, caller, id, expected_version, |_| Ok(spec)).await
+/// What an update of a task writes.
+pub enum Update {
+    /// Every writable field (`PUT`).
+    Replace(TaskBody),
+    /// The fields the patch names (`PATCH`, MCP's `update_task`).
+    Patch(TaskPatch),
 }
 
-/// Changes the fields the patch names (`task.updated`).
-pub async fn patch(
+/// Changes a task (`task.updated`). A replacement that cannot be a task
+/// is refused before the task is looked up; a patch can only be checked
+/// against the task it changes.
+pub async fn update(
     state: &AppState,
     caller: Caller<'_>,
     id: &str,
     expected_version: Option<i64>,
-    patch: TaskPatch,
+    update: Update,
 ) -> Result<Task, ApiError> {
     state.writes.check(caller.user)?;
     let id = parse_id(id)?;
-    update_with(state, caller, id, expected_version, move |current| {
-        let spec = writes::spec_of(current).map_err(ApiError::Internal)?;
-        patch.apply(spec)
-    })
-    .await
+    match update {
+        Update::Replace(body) => {
+            let spec = body.into_spec()?;
+            update_with(state, caller, id, expected_version, |_| Ok(spec)).await
+        }
+        Update::Patch(patch) => {
+            update_with(state, caller, id, expected_version, move |current| {
+                let spec = writes::spec_of(current).map_err(ApiError::Internal)?;
+                patch.apply(spec)
+            })
+            .await
+        }
+    }
 }
 
 /// A change that leaves every field as it was writes and publishes nothing.

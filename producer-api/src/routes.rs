@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::extract::{CorrelationId, IdempotencyKey, IfMatch, JsonBody};
 use crate::idempotency;
 use crate::input::{self, ListParams, TaskBody, TaskPatch};
-use crate::operations::{self, Answer, Caller, Idempotency, Page, StateChange};
+use crate::operations::{self, Answer, Caller, Idempotency, Page, StateChange, Update};
 use crate::origin::ClientOrigin;
 use crate::state::AppState;
 use aide::axum::routing::{get_with, post_with};
@@ -258,7 +258,8 @@ async fn replace_task(
     body: JsonBody<TaskBody>,
 ) -> Result<Response, ApiError> {
     let caller = asker.caller();
-    let task = operations::replace(&state, caller, &id, expected, body.value).await?;
+    let task =
+        operations::update(&state, caller, &id, expected, Update::Replace(body.value)).await?;
     Ok(task_response(StatusCode::OK, &task))
 }
 
@@ -270,7 +271,7 @@ async fn patch_task(
     body: JsonBody<TaskPatch>,
 ) -> Result<Response, ApiError> {
     let caller = asker.caller();
-    let task = operations::patch(&state, caller, &id, expected, body.value).await?;
+    let task = operations::update(&state, caller, &id, expected, Update::Patch(body.value)).await?;
     Ok(task_response(StatusCode::OK, &task))
 }
 

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::extract::{parse_value, CorrelationId};
 use crate::idempotency;
 use crate::input::{self, TaskBody, TaskPatch};
-use crate::operations::{self, Answer, Caller, Idempotency, StateChange};
+use crate::operations::{self, Answer, Caller, Idempotency, StateChange, Update};
 use crate::state::AppState;
 use axum::http::request::Parts;
 use rmcp::model::{
@@ -239,12 +239,12 @@ impl TodoMcp {
                 let target: Target = take(&mut args)?;
                 let expected: Expected = take(&mut args)?;
                 let patch: TaskPatch = parse_value(Value::Object(args))?;
-                let task = operations::patch(
+                let task = operations::update(
                     state,
                     caller,
                     &target.task_id,
                     expected.expected_version,
-                    patch,
+                    Update::Patch(patch),
                 )
                 .await?;
                 Reply::task("Updated", &task)
