@@ -231,6 +231,83 @@ pub async fn delete(
     Ok(pending.into_envelope(sequence))
 }
 
+/// Appends `draft` to the outbox inside the caller's transaction (or as a
+/// statement of its own) and returns the envelope as it will be published.
+pub async fn append<D: Serialize>(
+    conn: &mut PgConnection,
+    draft: EventDraft<D>,
+) -> Result<Envelope<D>, OutboxError> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| statement_after(None));
+    let pending = Pending::new(draft)?;
+    let sequence = pending
+        .bind(sqlx::query_scalar(STATEMENT.as_str()))
+        .fetch_one(conn)
+        .await?;
+    Ok(pending.into_envelope(sequence))
+}
+
+/// Whose event a service's own change publishes, and what it continues:
+/// the event that caused it, or a correlation of the service's own (a
+/// clock's, a worker's) with no cause.
+#[derive(Debug, Clone)]
+pub struct Cause<'a> {
+    pub user: &'a str,
+    pub correlation_id: Cow<'a, str>,
+    pub causation_id: Option<String>,
+}
+
+impl Cause<'_> {
+    /// [`append`]s an event of `source` about `subject`; a service's own
+    /// event came through no client, so it has no origin.
+    pub async fn append<D: Serialize>(
+        &self,
+        conn: &mut PgConnection,
+        source: &'static str,
+        event_type: EventType,
+        subject: String,
+        data: D,
+    ) -> Result<Envelope<D>, OutboxError> {
+        let draft = EventDraft {
+            event_type,
+            source,
+            subject,
+            userid: self.user.to_owned(),
+            correlationid: self.correlation_id.clone().into_owned(),
+            causationid: self.causation_id.clone(),
+            origin: Default::default(),
+            data,
+        };
+        append(conn, draft).await
+    }
+}
+
+/// Locks `user`'s sequence row until the transaction ends (creating it if
+/// the user has no event yet). Every transaction that appends a user's
+/// events and locks rows of theirs takes this lock first: one lock order
+/// everywhere, so a consumer and a clock working on the same user wait for
+/// each other instead of deadlocking.
+pub async fn lock_sequence(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO event_sequences (user_id, last_sequence) VALUES ($1, 0)
+         ON CONFLICT (user_id) DO UPDATE SET last_sequence = event_sequences.last_sequence",
+    )
+    .bind(user)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// [`lock_sequence`] for work that belongs to a user who may have been
+/// erased meanwhile (a clock's, a channel worker's): false, instead of an
+/// error, when their row is a tombstone. The transaction is spoiled then.
+pub async fn lock_unless_erased(conn: &mut PgConnection, user: &str) -> Result<bool, sqlx::Error> {
+    match lock_sequence(conn, user).await {
+        Ok(()) => Ok(true),
+        Err(e) if todo_platform::db::is_user_erased(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn apply_spec(task: &mut Task, spec: TaskSpec) {
     task.title = spec.title.into();
     task.description = spec.description.map(String::from);
@@ -393,83 +470,6 @@ fn bind_written<'q>(query: TaskWrite<'q>, task: &'q Task) -> TaskWrite<'q> {
     Written::ALL
         .iter()
         .fold(query.bind(task.id), |q, w| w.bind(q, task))
-}
-
-/// Appends `draft` to the outbox inside the caller's transaction (or as a
-/// statement of its own) and returns the envelope as it will be published.
-pub async fn append<D: Serialize>(
-    conn: &mut PgConnection,
-    draft: EventDraft<D>,
-) -> Result<Envelope<D>, OutboxError> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| statement_after(None));
-    let pending = Pending::new(draft)?;
-    let sequence = pending
-        .bind(sqlx::query_scalar(STATEMENT.as_str()))
-        .fetch_one(conn)
-        .await?;
-    Ok(pending.into_envelope(sequence))
-}
-
-/// Whose event a service's own change publishes, and what it continues:
-/// the event that caused it, or a correlation of the service's own (a
-/// clock's, a worker's) with no cause.
-#[derive(Debug, Clone)]
-pub struct Cause<'a> {
-    pub user: &'a str,
-    pub correlation_id: Cow<'a, str>,
-    pub causation_id: Option<String>,
-}
-
-impl Cause<'_> {
-    /// [`append`]s an event of `source` about `subject`; a service's own
-    /// event came through no client, so it has no origin.
-    pub async fn append<D: Serialize>(
-        &self,
-        conn: &mut PgConnection,
-        source: &'static str,
-        event_type: EventType,
-        subject: String,
-        data: D,
-    ) -> Result<Envelope<D>, OutboxError> {
-        let draft = EventDraft {
-            event_type,
-            source,
-            subject,
-            userid: self.user.to_owned(),
-            correlationid: self.correlation_id.clone().into_owned(),
-            causationid: self.causation_id.clone(),
-            origin: Default::default(),
-            data,
-        };
-        append(conn, draft).await
-    }
-}
-
-/// Locks `user`'s sequence row until the transaction ends (creating it if
-/// the user has no event yet). Every transaction that appends a user's
-/// events and locks rows of theirs takes this lock first: one lock order
-/// everywhere, so a consumer and a clock working on the same user wait for
-/// each other instead of deadlocking.
-pub async fn lock_sequence(conn: &mut PgConnection, user: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO event_sequences (user_id, last_sequence) VALUES ($1, 0)
-         ON CONFLICT (user_id) DO UPDATE SET last_sequence = event_sequences.last_sequence",
-    )
-    .bind(user)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// [`lock_sequence`] for work that belongs to a user who may have been
-/// erased meanwhile (a clock's, a channel worker's): false, instead of an
-/// error, when their row is a tombstone. The transaction is spoiled then.
-pub async fn lock_unless_erased(conn: &mut PgConnection, user: &str) -> Result<bool, sqlx::Error> {
-    match lock_sequence(conn, user).await {
-        Ok(()) => Ok(true),
-        Err(e) if todo_platform::db::is_user_erased(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// How many parameters the outbox statement itself takes ([`Pending::bind`]
