@@ -74,6 +74,42 @@ fresh_db
 rm -f "$out/.baseline-this-run"
 start_nisshi "$out/nisshi.log"
 
+# ms_quantiles COL: SQL for COL's p50, p99 and max (milliseconds, one
+# decimal) as a JSON object.
+ms_quantiles() {
+  local q="round(percentile_cont(%s) WITHIN GROUP (ORDER BY $1)::numeric, 1)"
+  # shellcheck disable=SC2059
+  printf "json_build_object('p50', $q, 'p99', $q, 'max', round(max($1)::numeric, 1))" 0.5 0.99
+}
+# load_reminders NAME [todo-load options]: $n creates, each with a reminder
+# due from $lead s on, spread over REMINDERS_WINDOW s; reported in
+# $out/NAME-load.json. Sets first (the first reminder's time), window and
+# created.
+load_reminders() {
+  local name=$1
+  shift
+  "$bin/todo-load" --url $api --concurrency 32 --requests "$n" --warmup 0 --seconds 600 \
+    --reminders-in "$lead" --reminders-window "${REMINDERS_WINDOW:-60}" \
+    "$@" --report "$out/$name-load.json"
+  read -r first window created < <(python3 -c "
+import json; r = json.load(open('$out/$name-load.json'))
+print(r['reminders']['first_at'], r['reminders']['window_s'], r['latency']['count'])")
+}
+# wait_count WHAT TARGET SLACK QUERY: polls QUERY (a count) until it reaches
+# TARGET, or SLACK s after the last reminder was due; then says how far it got.
+wait_count() {
+  local what=$1 target=$2 slack=$3 query=$4 got
+  local deadline=$(( $(date +%s) + ${lead%.*} + ${window%.*} + slack ))
+  while :; do
+    got=$(sql "$query")
+    [ "$got" -ge "$target" ] && return 0
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "only $got of $target $what in time" >&2; return 0
+    fi
+    sleep 1
+  done
+}
+
 if want 0; then
   echo "== 0. the broker alone: librdkafka with the platform's settings, ${BASELINE_MESSAGES:-100000} messages of ~1 KB"
   "$bin/todo-kafka-baseline" --messages "${BASELINE_MESSAGES:-100000}" \
@@ -234,34 +270,16 @@ SQL
   running[todo-notifier]=$!
   wait_http http://127.0.0.1:18082/ready
   caught_up http://127.0.0.1:18082
-  "$bin/todo-load" --url $api --concurrency 32 --requests "$n" --warmup 0 --seconds 600 \
-    --reminders-in "$lead" --reminders-window "${REMINDERS_WINDOW:-60}" \
-    --report "$out/reminders-load.json"
-  read -r first window created < <(python3 -c "
-import json; r = json.load(open('$out/reminders-load.json'))
-print(r['reminders']['first_at'], r['reminders']['window_s'], r['latency']['count'])")
+  load_reminders reminders
   echo "waiting for $created reminders (due from $first, over ${window} s) to fire"
-  deadline=$(( $(date +%s) + ${lead%.*} + ${window%.*} + 180 ))
-  while :; do
-    fired=$(sql "SELECT count(*) FROM bench_reminder_fired WHERE remind_at >= timestamptz '$first'")
-    [ "$fired" -ge "$created" ] && break
-    if [ "$(date +%s)" -gt "$deadline" ]; then
-      echo "only $fired of $created reminders fired in time" >&2; break
-    fi
-    sleep 1
-  done
+  wait_count "reminders fired" "$created" 180 \
+    "SELECT count(*) FROM bench_reminder_fired WHERE remind_at >= timestamptz '$first'"
   sql "SELECT json_build_object(
               'reminders', count(*),
               'created', $created,
               'window_s', $window,
-              'committed_minus_remind_at_ms', json_build_object(
-                  'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY c)::numeric, 1),
-                  'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY c)::numeric, 1),
-                  'max', round(max(c)::numeric, 1)),
-              'fired_at_minus_remind_at_ms', json_build_object(
-                  'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric, 1),
-                  'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric, 1),
-                  'max', round(max(f)::numeric, 1)))
+              'committed_minus_remind_at_ms', $(ms_quantiles c),
+              'fired_at_minus_remind_at_ms', $(ms_quantiles f))
          FROM (SELECT extract(epoch FROM committed_at - remind_at) * 1000 AS c,
                       extract(epoch FROM fired_at - remind_at) * 1000 AS f
                  FROM bench_reminder_fired WHERE remind_at >= timestamptz '$first') x" \
@@ -305,35 +323,17 @@ if want 10; then
   running[todo-notifier]=$!
   wait_http http://127.0.0.1:18082/ready
   caught_up http://127.0.0.1:18082
-  "$bin/todo-load" --url $api --concurrency 32 --requests "$n" --warmup 0 --seconds 600 \
-    --reminders-in "$lead" --reminders-window "${REMINDERS_WINDOW:-60}" \
-    --channels http://127.0.0.1:18099 --report "$out/channels-load.json"
-  read -r first window created < <(python3 -c "
-import json; r = json.load(open('$out/channels-load.json'))
-print(r['reminders']['first_at'], r['reminders']['window_s'], r['latency']['count'])")
+  load_reminders channels --channels http://127.0.0.1:18099
   echo "waiting for $created reminders x 3 channels (due from $first, over ${window} s) to be delivered"
-  deadline=$(( $(date +%s) + ${lead%.*} + ${window%.*} + 300 ))
-  while :; do
-    done_n=$(sql "SELECT count(*) FROM reminder_deliveries WHERE state <> 'pending'")
-    [ "$done_n" -ge $(( created * 3 )) ] && break
-    if [ "$(date +%s)" -gt "$deadline" ]; then
-      echo "only $done_n of $(( created * 3 )) deliveries done in time" >&2; break
-    fi
-    sleep 1
-  done
+  wait_count "deliveries done" $(( created * 3 )) 300 \
+    "SELECT count(*) FROM reminder_deliveries WHERE state <> 'pending'"
   sql "SELECT json_object_agg(channel, j) FROM (
          SELECT channel, json_build_object(
                   'deliveries', count(*),
                   'sent', count(*) FILTER (WHERE state = 'sent'),
                   'attempts_max', max(attempts),
-                  'first_attempt_minus_remind_at_ms', json_build_object(
-                      'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY f)::numeric, 1),
-                      'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY f)::numeric, 1),
-                      'max', round(max(f)::numeric, 1)),
-                  'delivered_minus_remind_at_ms', json_build_object(
-                      'p50', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY d)::numeric, 1),
-                      'p99', round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d)::numeric, 1),
-                      'max', round(max(d)::numeric, 1))) AS j
+                  'first_attempt_minus_remind_at_ms', $(ms_quantiles f),
+                  'delivered_minus_remind_at_ms', $(ms_quantiles d)) AS j
            FROM (SELECT channel, state, attempts,
                         extract(epoch FROM first_attempt_at - (reminder->>'remind_at')::timestamptz) * 1000 AS f,
                         extract(epoch FROM done_at - (reminder->>'remind_at')::timestamptz) * 1000 AS d
