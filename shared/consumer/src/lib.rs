@@ -7,6 +7,7 @@
 //!   in **one database transaction** together with the record
 //!   "(consumer, event id) processed" ([`dedup`]), and only then stores and
 //!   commits the offsets: at-least-once delivery, effectively-once effects.
+//!   The next batch is read and parsed while the database works on this one.
 //! - A dependency that is down ([`HandlerError::Unavailable`]) is waited out
 //!   with exponential backoff and jitter; the batch is retried as a whole, so
 //!   a partition's order is kept.
@@ -252,6 +253,28 @@ enum Applied {
     Failed(HandlerError),
 }
 
+/// A batch as it was read: its messages (whose offsets are stored once it
+/// is applied) and what parsing made of them, by index.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<OwnedMessage>,
+    /// The events to apply, in the order read, each once.
+    events: Vec<(Event, usize)>,
+    seen: HashSet<Uuid>,
+    /// Messages that are not events, and why.
+    poison: Vec<(usize, String)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
 impl<H: Handler> Runtime<H> {
     /// Consumes until `shutdown`; returns an error only if the consumer
     /// cannot be set up.
@@ -313,34 +336,94 @@ impl<H: Handler> Runtime<H> {
         dead_letters: &DeadLetters,
         shutdown: &mut Shutdown,
     ) {
+        let mut ahead = Batch::default();
         loop {
-            let first = tokio::select! {
-                _ = shutdown.recv() => return,
-                m = consumer.recv() => m,
-            };
-            let mut batch = match first {
-                Ok(m) => vec![m.detach()],
-                Err(e) => {
-                    tracing::warn!(consumer = %self.config.name, error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+            // Read ahead is never a reason to go on: a backlog would keep
+            // the consumer from ever seeing its shutdown.
+            if shutdown.is_triggered() {
+                return;
+            }
+            let mut batch = std::mem::take(&mut ahead);
+            if batch.is_empty() {
+                let first = tokio::select! {
+                    _ = shutdown.recv() => return,
+                    m = consumer.recv() => m,
+                };
+                match first {
+                    Ok(m) => self.read(&mut batch, m.detach()),
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.config.name, error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
                 }
-            };
+            }
             // Whatever else librdkafka already holds, without waiting.
             while batch.len() < self.config.batch_size {
                 match consumer.recv().now_or_never() {
-                    Some(Ok(m)) => batch.push(m.detach()),
+                    Some(Ok(m)) => self.read(&mut batch, m.detach()),
                     Some(Err(_)) | None => break,
                 }
             }
-            if self.process(&batch, dead_letters, shutdown).await.is_err() {
+            // While this batch's transaction is in the database, the next
+            // one is read and parsed: the consumer's own work overlaps
+            // PostgreSQL's instead of following it. Its offsets are stored
+            // only once it has been applied in turn.
+            let work = self.process(&batch, dead_letters, shutdown);
+            tokio::pin!(work);
+            let mut reading = true;
+            let flow = loop {
+                tokio::select! {
+                    biased;
+                    flow = &mut work => break flow,
+                    m = consumer.recv(), if reading && ahead.len() < self.config.batch_size => match m {
+                        Ok(m) => self.read(&mut ahead, m.detach()),
+                        // Looked at again once this batch is done.
+                        Err(_) => reading = false,
+                    },
+                }
+            };
+            if flow.is_err() {
                 return;
             }
-            self.store_offsets(consumer, &batch);
+            self.store_offsets(consumer, &batch.messages);
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
                 tracing::debug!(consumer = %self.config.name, error = %e, "commit");
             }
         }
+    }
+
+    /// Parses `msg` into `batch`: an event the handler wants (once per id),
+    /// or a message that cannot be an event (dead-lettered when the batch
+    /// is applied); types the handler does not want are only kept for
+    /// their offset.
+    fn read(&self, batch: &mut Batch, msg: OwnedMessage) {
+        let at = batch.messages.len();
+        match parse(&self.config.name, &msg) {
+            Ok(event) if !self.handler.wants(&event.envelope.event_type) => {
+                if let EventKind::Unknown(name) = &event.envelope.event_type {
+                    self.skip_unknown(name, &event);
+                }
+            }
+            Ok(event) => {
+                if batch.seen.insert(event.envelope.id) {
+                    batch.events.push((event, at));
+                } else {
+                    self.metrics
+                        .duplicates
+                        .with_label_values(&[&self.config.name])
+                        .inc();
+                }
+            }
+            Err(reason) => {
+                self.metrics
+                    .failed
+                    .with_label_values(&[&self.config.name, "unknown"])
+                    .inc();
+                batch.poison.push((at, reason));
+            }
+        }
+        batch.messages.push(msg);
     }
 
     fn store_offsets(&self, consumer: &StreamConsumer<RuntimeContext>, batch: &[OwnedMessage]) {
@@ -360,41 +443,16 @@ impl<H: Handler> Runtime<H> {
 
     async fn process(
         &self,
-        batch: &[OwnedMessage],
+        batch: &Batch,
         dead_letters: &DeadLetters,
         shutdown: &mut Shutdown,
     ) -> Flow {
         let started = Instant::now();
-        let mut events: Vec<(Event, &OwnedMessage)> = Vec::with_capacity(batch.len());
-        let mut poison: Vec<(&OwnedMessage, String)> = Vec::new();
-        let mut seen: HashSet<Uuid> = HashSet::with_capacity(batch.len());
-        for msg in batch {
-            match parse(&self.config.name, msg) {
-                Ok(event) if !self.handler.wants(&event.envelope.event_type) => {
-                    if let EventKind::Unknown(name) = &event.envelope.event_type {
-                        self.skip_unknown(name, &event);
-                    }
-                }
-                Ok(event) => {
-                    if seen.insert(event.envelope.id) {
-                        events.push((event, msg));
-                    } else {
-                        self.metrics
-                            .duplicates
-                            .with_label_values(&[&self.config.name])
-                            .inc();
-                    }
-                }
-                Err(reason) => {
-                    self.metrics
-                        .failed
-                        .with_label_values(&[&self.config.name, "unknown"])
-                        .inc();
-                    poison.push((msg, reason));
-                }
-            }
-        }
-
+        let events: Vec<(&Event, &OwnedMessage)> = batch
+            .events
+            .iter()
+            .map(|(event, at)| (event, &batch.messages[*at]))
+            .collect();
         for group in self.transactions(&events) {
             let all: Vec<&Event> = group.iter().map(|(e, _)| *e).collect();
             if let Applied::Failed(e) = self.apply_waiting(&all, shutdown).await? {
@@ -404,7 +462,8 @@ impl<H: Handler> Runtime<H> {
                 }
             }
         }
-        for (msg, reason) in poison {
+        for (at, reason) in &batch.poison {
+            let msg = &batch.messages[*at];
             let id = letter_id(msg, None);
             if dedup::is_processed(&self.pool, &self.config.name, id)
                 .await
@@ -419,7 +478,7 @@ impl<H: Handler> Runtime<H> {
             );
             let letter = DeadLetter {
                 message: msg,
-                error: &reason,
+                error: reason,
                 attempts: 1,
             };
             self.dead_letter(&letter, id, dead_letters, shutdown)
@@ -437,13 +496,13 @@ impl<H: Handler> Runtime<H> {
     /// keep their order).
     fn transactions<'e>(
         &self,
-        events: &'e [(Event, &'e OwnedMessage)],
+        events: &[(&'e Event, &'e OwnedMessage)],
     ) -> Vec<Vec<(&'e Event, &'e OwnedMessage)>> {
         if events.is_empty() {
             return Vec::new();
         }
         if !self.handler.per_user_transactions() {
-            return vec![events.iter().map(|(e, m)| (e, *m)).collect()];
+            return vec![events.to_vec()];
         }
         let mut groups: Vec<Vec<(&Event, &OwnedMessage)>> = Vec::new();
         let mut index: std::collections::HashMap<&str, usize> = Default::default();
@@ -453,7 +512,7 @@ impl<H: Handler> Runtime<H> {
                 groups.push(Vec::new());
                 groups.len() - 1
             });
-            groups[at].push((event, *msg));
+            groups[at].push((*event, *msg));
         }
         groups
     }

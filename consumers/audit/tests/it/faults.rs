@@ -201,6 +201,52 @@ async fn the_database_going_away_delays_events_and_loses_none() {
     api.stop().await;
 }
 
+/// The runtime reads the next batch while the database applies this one:
+/// a backlog must not keep it from ever seeing its shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_mid_backlog_it_stops_soon_and_the_next_start_takes_the_rest() {
+    let stack = Stack::new().await;
+    let api = stack.spawn_api().await;
+    let writers = ["ann", "ben", "cat", "dan"].map(|user| {
+        let (stack, api) = (&stack, &api);
+        async move {
+            let token = stack.token(user);
+            for i in 0..100 {
+                let body = json!({"title": format!("{user} {i}")});
+                stack.create(api, &token, body).await;
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+    let events = published(&stack).await;
+
+    let mut options = common::options();
+    options.consumer.batch_size = 5;
+    let audit = Audit::spawn_with_options(&stack, options.clone()).await;
+    eventually(WAIT, Duration::from_millis(5), async || {
+        if common::stored(&stack).await > 0 {
+            Ok(())
+        } else {
+            Err("todo-audit stored nothing".to_owned())
+        }
+    })
+    .await;
+    audit.stop().await;
+    let at_stop = common::stored(&stack).await;
+    assert!(
+        at_stop < events.len() as i64,
+        "todo-audit went on through the whole backlog of {} events after its shutdown",
+        events.len()
+    );
+
+    let audit = Audit::spawn_with_options(&stack, options).await;
+    wait_stored(&stack, events.len() as i64).await;
+    assert_eq!(stored_ids(&stack).await, sorted_ids(&events));
+    assert_eq!(stack.count("processed_events").await, events.len() as i64);
+    audit.stop().await;
+    api.stop().await;
+}
+
 /// Kills the child when the test ends, however it ends.
 struct Killed(Option<Child>);
 
