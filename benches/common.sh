@@ -30,11 +30,13 @@ wait_http() {
   for _ in $(seq 1 300); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done
   echo "no answer from $1" >&2; exit 1
 }
-# start NAME PORT [VAR=value ...]: runs target/release/NAME on PORT, waits
-# for its /ready.
+# start NAME PORT [VAR=value ...]: runs target/release/NAME (or the build
+# named in exe[NAME], e.g. an earlier commit's for a before/after) on PORT,
+# waits for its /ready.
+declare -A exe=()
 start() {
   local name=$1 port=$2; shift 2
-  env PORT="$port" "$@" "$bin/$name" &
+  env PORT="$port" "$@" "${exe[$name]:-$bin/$name}" &
   running[$name]=$!
   wait_http "http://127.0.0.1:$port/ready"
 }
