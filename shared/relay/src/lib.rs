@@ -426,17 +426,25 @@ impl Leading<'_> {
     /// the read was full (more may be waiting).
     async fn send_round(&mut self, publisher: &mut Publisher) -> anyhow::Result<bool> {
         let started = Instant::now();
-        let limit = self.relay.config.batch_size + self.sent.len() as i64;
+        let limit = self.relay.config.batch_size;
+        // Rows in flight stay in the table until acknowledged, and a read
+        // starts from the oldest row (a row can commit after a younger one
+        // was read): they are left out in the query, not after it, or every
+        // round would fetch their payloads again (~6 reads per row at
+        // 2,000 creates/s, each over the connection's TLS).
+        let in_flight: Vec<i64> = self.sent.keys().copied().collect();
         // Only while the lease is ours: a leader that wakes up after losing
         // it reads nothing new.
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, topic, key, event_type, payload, created_at, traceparent FROM outbox
               WHERE EXISTS (SELECT 1 FROM outbox_relay_lease
                              WHERE id = 1 AND holder = $1 AND expires_at > now())
+                AND NOT (id = ANY($3))
               ORDER BY id LIMIT $2",
         )
         .bind(self.me)
         .bind(limit)
+        .bind(&in_flight)
         .fetch_all(&mut self.conn)
         .await?;
         let full = rows.len() as i64 == limit;
@@ -454,9 +462,6 @@ impl Leading<'_> {
             value: Some(CONTENT_TYPE),
         });
         for row in rows {
-            if self.sent.contains_key(&row.id) {
-                continue;
-            }
             if self.sent.len() >= self.relay.config.max_in_flight {
                 break;
             }
