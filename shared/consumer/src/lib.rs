@@ -378,8 +378,11 @@ impl<H: Handler> Runtime<H> {
                     flow = &mut work => break flow,
                     m = consumer.recv(), if reading && ahead.len() < self.config.batch_size => match m {
                         Ok(m) => self.read(&mut ahead, m.detach()),
-                        // Looked at again once this batch is done.
-                        Err(_) => reading = false,
+                        // Reading resumes once this batch is done.
+                        Err(e) => {
+                            tracing::warn!(consumer = %self.config.name, error = %e, "consumer error");
+                            reading = false;
+                        }
                     },
                 }
             };
