@@ -430,8 +430,9 @@ impl Leading<'_> {
         // Rows in flight stay in the table until acknowledged, and a read
         // starts from the oldest row (a row can commit after a younger one
         // was read): they are left out in the query, not after it, or every
-        // round would fetch their payloads again (~6 reads per row at
-        // 2,000 creates/s, each over the connection's TLS).
+        // round would send their payloads over the connection again
+        // (todo-api's instructions per create fell from ~330 k to ~270 k
+        // under benches/callgrind.sh).
         let in_flight: Vec<i64> = self.sent.keys().copied().collect();
         // Only while the lease is ours: a leader that wakes up after losing
         // it reads nothing new.
