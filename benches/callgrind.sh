@@ -14,7 +14,6 @@ cargo build -q --release --bin todo-api --bin todo-load
 db=todo_callgrind broker_port=19094
 # shellcheck source=benches/common.sh
 source benches/common.sh
-api_bin="${API_BIN:-$bin/todo-api}"
 port=18095
 start_nisshi "$out/callgrind-nisshi.log"
 
@@ -22,10 +21,11 @@ start_nisshi "$out/callgrind-nisshi.log"
 total() {
   fresh_db
   local file="$out/callgrind.$1.out"
-  PORT=$port valgrind --tool=callgrind --callgrind-out-file="$file" "$api_bin" \
+  PORT=$port valgrind --tool=callgrind --callgrind-out-file="$file" "$(binary todo-api)" \
     >"$out/callgrind.$1.log" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$port/ready" >/dev/null && break; sleep 0.2; done
+  # Under valgrind the start takes far longer.
+  wait_http "http://127.0.0.1:$port/ready" 120
   "$bin/todo-load" --url "http://127.0.0.1:$port" --concurrency 4 --warmup 0 \
     --seconds 600 --requests "$1" >/dev/null
   # Every event published before the count ends.

@@ -26,17 +26,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# wait_http URL [seconds]: until URL answers (30 s unless told).
 wait_http() {
-  for _ in $(seq 1 300); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq 1 $(( ${2:-30} * 10 ))); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done
   echo "no answer from $1" >&2; exit 1
 }
-# start NAME PORT [VAR=value ...]: runs target/release/NAME (or the build
-# named in exe[NAME], e.g. an earlier commit's for a before/after) on PORT,
-# waits for its /ready.
-declare -A exe=()
+# The build of a service a script runs: target/release/NAME, or for a
+# before/after in turns another build (an earlier commit's) named by
+# API_BIN or AUDIT_BIN.
+binary() {
+  case $1 in
+    todo-api) echo "${API_BIN:-$bin/$1}" ;;
+    todo-audit) echo "${AUDIT_BIN:-$bin/$1}" ;;
+    *) echo "$bin/$1" ;;
+  esac
+}
+# start NAME PORT [VAR=value ...]: runs `binary NAME` on PORT, waits for its
+# /ready.
 start() {
   local name=$1 port=$2; shift 2
-  env PORT="$port" "$@" "${exe[$name]:-$bin/$name}" &
+  env PORT="$port" "$@" "$(binary "$name")" &
   running[$name]=$!
   wait_http "http://127.0.0.1:$port/ready"
 }

@@ -23,8 +23,6 @@ cargo build -q --release --bin todo-api --bin todo-load
 db=todo_cpu broker_port=19093
 # shellcheck source=benches/common.sh
 source benches/common.sh
-# API_BIN=path measures that build of todo-api (an earlier commit's).
-if [ -n "${API_BIN:-}" ]; then exe[todo-api]=$API_BIN; fi
 api=http://127.0.0.1:18090
 report="$out/cpu.json"
 : >"$out/cpu.lines"
@@ -59,13 +57,11 @@ label, n0, n1, before, after, hz, seconds = sys.argv[1:]
 n = int(n1) - int(n0)
 before, after = json.loads(before), json.loads(after)
 hz, seconds = int(hz), float(seconds)
-names = {'postgres': 'postgres', 'todo-api': 'todo-api', 'todo-load': 'todo-load',
-         'nisshi': 'nisshi', 'pgbench': 'pgbench'}
 ms = {}
-for proc, key in names.items():
+for proc in ('postgres', 'todo-api', 'todo-load', 'nisshi', 'pgbench'):
     used = (after.get(proc, 0) - before.get(proc, 0)) / hz
     if used > 0:
-        ms[key] = {'cores': round(used / seconds, 2), 'ms_per_create': round(used * 1000 / n, 3)}
+        ms[proc] = {'cores': round(used / seconds, 2), 'ms_per_create': round(used * 1000 / n, 3)}
 print(json.dumps({'variant': label, 'creates_per_s': round(n / seconds), 'cpu': ms}))
 EOF
 }

@@ -31,8 +31,8 @@
 # Reports (JSON, and SVG plots of todo-load's latencies) land in target/bench/.
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
 #   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (60 s),
-#   REMINDERS_WINDOW (60 s); AUDIT_BIN=path runs that build of todo-audit
-#   instead (an earlier commit's, for a before/after in turns)
+#   REMINDERS_WINDOW (60 s); API_BIN, AUDIT_BIN (benches/common.sh: another
+#   build, for a before/after in turns)
 # (later steps run on what earlier ones left: nisshi's memory log slows down
 # as it grows, so run a step alone for figures on a fresh broker.)
 set -euo pipefail
@@ -47,7 +47,6 @@ if want 8; then cargo build -q --release --bin todo-realtime; fi
 db=todo_bench broker_port=19092
 # shellcheck source=benches/common.sh
 source benches/common.sh
-if [ -n "${AUDIT_BIN:-}" ]; then exe[todo-audit]=$AUDIT_BIN; fi
 sql() { psql -qtA "$DATABASE_URL" -c "$1"; }
 now() { date +%s.%N; }
 # Waits until a consumer has partitions and no known lag (its /metrics; lag is
