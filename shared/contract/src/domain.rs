@@ -728,24 +728,28 @@ pub struct Task {
     pub priority: Priority,
     pub tags: Vec<String>,
     pub completed: bool,
+    #[serde(serialize_with = "crate::rfc3339::optional")]
     pub completed_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::rfc3339::optional")]
     pub due_at: Option<DateTime<Utc>>,
     pub recurrence: Option<Recurrence>,
     pub reminders: Vec<Reminder>,
     pub series_id: Option<Uuid>,
     /// When the task's series began: its first occurrence, the rule's
     /// DTSTART (COUNT counts from it). Null when the task is not recurring.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::rfc3339::optional")]
     pub series_start: Option<DateTime<Utc>>,
     /// The due time the series produces after this task, in the task's zone
     /// by the rules todo-recurring applies (`schedule`: the occurrence after
     /// due_at; `on_completion`: after the later of due_at and completed_at,
     /// or due_at while open). Null when not recurring or when COUNT or
     /// UNTIL ended the series.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::rfc3339::optional")]
     pub next_occurrence: Option<DateTime<Utc>>,
     pub version: i64,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

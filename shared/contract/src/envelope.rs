@@ -270,6 +270,7 @@ pub struct Envelope<D = serde_json::Value> {
     #[serde(rename = "type")]
     pub event_type: EventKind,
     pub source: String,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub time: DateTime<Utc>,
     pub subject: String,
     pub datacontenttype: String,
@@ -335,16 +336,26 @@ pub struct TaskEventData {
 pub struct ReminderEventData {
     pub task_id: Uuid,
     pub reminder_id: Uuid,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub remind_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::optional")]
     pub due_at: Option<DateTime<Utc>>,
     pub title: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::rfc3339::optional"
+    )]
     pub fired_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::rfc3339::optional"
+    )]
     pub sent_at: Option<DateTime<Utc>>,
     /// The channel a `reminder.sent` / `reminder.failed` is about (`email`,
     /// `webhook`, `webpush`); absent for the platform's own delivery (the
@@ -368,11 +379,17 @@ pub struct RecurringEventData {
     /// The series' rule (for `recurring.cancelled`, its last).
     pub recurrence: Recurrence,
     /// The series' DTSTART.
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub series_start: DateTime<Utc>,
     /// The due time the series produces next; null when nothing follows.
+    #[serde(serialize_with = "crate::rfc3339::optional")]
     pub next_occurrence: Option<DateTime<Utc>>,
     /// `recurring.instance.created`: the instance's occurrence (its due time).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::rfc3339::optional"
+    )]
     pub occurrence: Option<DateTime<Utc>>,
     /// `recurring.instance.created`: what made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,3 +8,4 @@ pub mod domain;
 pub mod envelope;
 pub mod panics;
 pub mod recurrence;
+pub mod rfc3339;
