@@ -3,10 +3,15 @@
 use crate::config::JwtSettings;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use quick_cache::sync::Cache;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use todo_contract::domain::UserId;
+
+/// Seconds a token's `exp` and `nbf` may be off (clock skew).
+const LEEWAY_SECS: i64 = 5;
 
 /// What a verified token tells; every other claim is checked by the
 /// validation (`exp`, `nbf`, `iss`, `aud`) or ignored.
@@ -58,13 +63,20 @@ pub struct JwtKeys {
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Tokens verified before, by their exact text: a client sends the same
+    /// token with every request until it expires, and checking its HMAC and
+    /// decoding its claims each time was the largest single cost callgrind
+    /// found in a create (benches/README.md). Only tokens that passed the
+    /// whole check are kept, so a hit is the same bytes already verified;
+    /// `exp` is still checked on every use.
+    verified: Option<Arc<Cache<String, Verified>>>,
 }
 
 impl JwtKeys {
     pub fn new(settings: &JwtSettings) -> Self {
         let bytes = settings.secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS.unsigned_abs();
         validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         if let Some(iss) = &settings.issuer {
@@ -86,10 +98,35 @@ impl JwtKeys {
             validation,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
+            verified: (settings.verified_cache > 0)
+                .then(|| Arc::new(Cache::new(settings.verified_cache))),
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        self.verify_at(token, Utc::now().timestamp())
+    }
+
+    /// [`Self::verify`] with `now` (Unix seconds) for the expiry of a token
+    /// verified before; a token seen first is checked against the clock.
+    fn verify_at(&self, token: &str, now: i64) -> Result<Verified, AuthError> {
+        let Some(cache) = &self.verified else {
+            return self.check(token);
+        };
+        if let Some(known) = cache.get(token) {
+            if known.expires_at.timestamp().saturating_add(LEEWAY_SECS) < now {
+                cache.remove(token);
+                return Err(AuthError::Expired);
+            }
+            return Ok(known);
+        }
+        let verified = self.check(token)?;
+        cache.insert(token.to_owned(), verified.clone());
+        Ok(verified)
+    }
+
+    /// The whole check: signature, algorithm, claims.
+    fn check(&self, token: &str) -> Result<Verified, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         let data =
             decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
@@ -251,6 +288,54 @@ mod tests {
             json!({"sub": "alice", "exp": exp, "iss": "https://auth.example", "aud": ["x", "todo"]}),
         );
         assert!(k.verify(&good).is_ok());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let k = keys(SECRET);
+        let t = k.mint(&user("alice"), Duration::from_secs(60));
+        assert_eq!(k.verify(&t).unwrap().user, user("alice"));
+        let exp = now() + 60;
+        // Remembered now; its expiry is checked against the clock it is
+        // asked with, not skipped.
+        assert_eq!(k.verify_at(&t, exp).unwrap().user, user("alice"));
+        assert_eq!(
+            k.verify_at(&t, exp + LEEWAY_SECS + 2),
+            Err(AuthError::Expired)
+        );
+        // Forgotten once expired: asked again it is checked in full (and
+        // holds, by the real clock).
+        assert!(k.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn only_the_exact_token_verified_is_remembered() {
+        let k = keys(SECRET);
+        let t = k.mint(&user("alice"), Duration::from_secs(60));
+        assert!(k.verify(&t).is_ok());
+        // The same claims with another signature, or a changed payload.
+        let (body, sig) = t.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+        let resigned = format!("{body}.{flipped}{}", &sig[1..]);
+        assert!(matches!(k.verify(&resigned), Err(AuthError::Invalid(_))));
+        let other = keys("ffffffffffffffffffffffffffffffff");
+        let forged = other.mint(&user("alice"), Duration::from_secs(60));
+        assert!(matches!(k.verify(&forged), Err(AuthError::Invalid(_))));
+        // A refused token is not remembered either.
+        assert!(matches!(k.verify(&forged), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn without_a_cache_every_token_is_checked_in_full() {
+        let k = JwtKeys::new(&JwtSettings {
+            verified_cache: 0,
+            ..JwtSettings::with_secret(SECRET)
+        });
+        let t = k.mint(&user("alice"), Duration::from_secs(60));
+        assert!(k.verify(&t).is_ok());
+        assert!(k.verify(&t).is_ok());
+        let expired = k.mint_expired(&user("alice"), Duration::from_secs(3600));
+        assert_eq!(k.verify(&expired), Err(AuthError::Expired));
     }
 
     #[test]

@@ -182,7 +182,13 @@ pub struct JwtSettings {
     pub issuer: Option<String>,
     /// `JWT_AUDIENCE`: when set, a token's `aud` must include this.
     pub audience: Option<String>,
+    /// `JWT_VERIFIED_CACHE`: how many verified tokens are remembered until
+    /// they expire (0: every request checks its token in full).
+    pub verified_cache: usize,
 }
+
+/// Verified tokens remembered by default: each is a few hundred bytes.
+pub const DEFAULT_VERIFIED_CACHE: usize = 10_000;
 
 impl JwtSettings {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -201,6 +207,7 @@ impl JwtSettings {
             secret: SecretString::from(secret),
             issuer: env.get("JWT_ISSUER"),
             audience: env.get("JWT_AUDIENCE"),
+            verified_cache: env.parse_or("JWT_VERIFIED_CACHE", DEFAULT_VERIFIED_CACHE)?,
         })
     }
 
@@ -210,6 +217,7 @@ impl JwtSettings {
             secret: SecretString::from(secret.to_owned()),
             issuer: None,
             audience: None,
+            verified_cache: DEFAULT_VERIFIED_CACHE,
         }
     }
 }

@@ -547,10 +547,9 @@ impl<D: Serialize> Pending<D> {
         let mut head = serde_json::to_vec(&envelope)?;
         // The first `"sequence":` is the envelope's own: it comes before
         // `data`, and a JSON string cannot hold an unescaped `":`.
-        let at = head
-            .windows(MARKER.len())
-            .position(|w| w == MARKER)
-            .ok_or(OutboxError::NoSequence)?;
+        // memmem, not a byte-by-byte window compare: that search was ~2.8 k
+        // instructions per create under callgrind.
+        let at = memchr::memmem::find(&head, MARKER).ok_or(OutboxError::NoSequence)?;
         let tail = head.split_off(at + MARKER.len());
         head.truncate(at + KEY.len());
         Ok(Self {
