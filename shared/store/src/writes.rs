@@ -53,48 +53,113 @@ pub async fn create(
     spec: TaskSpec,
     series: Option<SeriesLink>,
 ) -> Result<(Task, TaskEvent), StoreError> {
-    let now = domain::now();
-    let mut task = Task {
-        id: Uuid::now_v7(),
-        title: String::new(),
-        description: None,
-        priority: Priority::Medium,
-        tags: Vec::new(),
-        completed: false,
-        completed_at: None,
-        due_at: None,
-        recurrence: None,
-        reminders: Vec::new(),
-        series_id: series.map(|s| s.id),
-        series_start: series.map(|s| s.start),
-        next_occurrence: None,
-        version: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    apply_spec(&mut task, spec);
-    if task.recurrence.is_some() && task.series_id.is_none() {
-        // The first task of a series names it and starts it.
-        task.series_id = Some(task.id);
-        task.series_start = task.due_at;
+    let new = NewTask::new(actor, spec, series)?;
+    let sequence = new.write(conn).await?;
+    Ok(new.into_written(sequence))
+}
+
+/// A task to create and its `task.created` event, ids and payload chosen
+/// before anything is sent. [`NewTask::write`] is one statement, atomic on
+/// its own: sent again as it is after a connection broke, it either writes
+/// the task (the first try never committed) or fails on the task's id (it
+/// did; [`NewTask::written_by`] tells which).
+pub struct NewTask {
+    task: Task,
+    pending: Pending<TaskEventData>,
+}
+
+impl NewTask {
+    pub fn new(
+        actor: &Actor<'_>,
+        spec: TaskSpec,
+        series: Option<SeriesLink>,
+    ) -> Result<Self, StoreError> {
+        let now = domain::now();
+        let mut task = Task {
+            id: Uuid::now_v7(),
+            title: String::new(),
+            description: None,
+            priority: Priority::Medium,
+            tags: Vec::new(),
+            completed: false,
+            completed_at: None,
+            due_at: None,
+            recurrence: None,
+            reminders: Vec::new(),
+            series_id: series.map(|s| s.id),
+            series_start: series.map(|s| s.start),
+            next_occurrence: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        apply_spec(&mut task, spec);
+        if task.recurrence.is_some() && task.series_id.is_none() {
+            // The first task of a series names it and starts it.
+            task.series_id = Some(task.id);
+            task.series_start = task.due_at;
+        }
+        task.next_occurrence = recurrence::next_occurrence(&task);
+        let pending = Pending::new(draft(
+            actor,
+            EventType::TaskCreated,
+            TaskEventData {
+                task: task.clone(),
+                previous: None,
+                changed: None,
+            },
+        ))?;
+        Ok(Self { task, pending })
     }
-    task.next_occurrence = recurrence::next_occurrence(&task);
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| statement_after(Some(&insert_change())));
-    let pending = Pending::new(draft(
-        actor,
-        EventType::TaskCreated,
-        TaskEventData {
-            task: task.clone(),
-            previous: None,
-            changed: None,
-        },
-    ))?;
-    let sequence = bind_written(pending.bind(sqlx::query_scalar(STATEMENT.as_str())), &task)
-        .bind(task.created_at)
+
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// Writes the task and its outbox row; returns the event's sequence.
+    pub async fn write(&self, conn: &mut PgConnection) -> Result<i64, StoreError> {
+        static STATEMENT: LazyLock<String> =
+            LazyLock::new(|| statement_after(Some(&insert_change())));
+        let sequence = bind_written(
+            self.pending.bind(sqlx::query_scalar(STATEMENT.as_str())),
+            &self.task,
+        )
+        .bind(self.task.created_at)
         .fetch_one(&mut *conn)
         .await?;
-    let event = pending.into_envelope(sequence);
-    Ok((task, event))
+        Ok(sequence)
+    }
+
+    /// Whether `error`, from a [`NewTask::write`] sent again, says that an
+    /// earlier try committed: its task id is taken, by this user's task.
+    pub async fn written_by(
+        &self,
+        error: &StoreError,
+        conn: &mut PgConnection,
+    ) -> Result<bool, StoreError> {
+        let StoreError::Db(e) = error else {
+            return Ok(false);
+        };
+        if !todo_platform::db::is_unique_violation(e) {
+            return Ok(false);
+        }
+        let mine: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND user_id = $2)",
+        )
+        .bind(self.task.id)
+        .bind(&self.pending.envelope.userid)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(mine)
+    }
+
+    pub fn into_task(self) -> Task {
+        self.task
+    }
+
+    fn into_written(self, sequence: i64) -> (Task, TaskEvent) {
+        (self.task, self.pending.into_envelope(sequence))
+    }
 }
 
 /// Writes `after` over `before` (version + 1) and records the event. Returns
@@ -622,6 +687,47 @@ mod tests {
             origin: Default::default(),
             data,
         }
+    }
+
+    /// A create sent again after its first try committed (the connection
+    /// broke before the answer) is recognised by its task id, and the
+    /// repeat wrote nothing: one task, one event, one sequence taken.
+    #[tokio::test]
+    async fn a_create_sent_again_after_it_committed_is_recognised_and_writes_nothing() {
+        let db = todo_testing::TestDatabase::create().await;
+        let user = UserId::try_from("ann".to_owned()).expect("user");
+        let actor = Actor {
+            user: &user,
+            correlation_id: "c",
+            causation_id: None,
+            source: "test",
+            origin: Origin::none(),
+        };
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "id": Uuid::nil(), "title": "t", "description": null, "priority": "medium",
+            "tags": [], "completed": false, "completed_at": null, "due_at": null,
+            "recurrence": null, "reminders": [], "series_id": null, "version": 1,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        }))
+        .expect("task");
+        let new = NewTask::new(&actor, spec_of(&task).expect("spec"), None).expect("new");
+        let mut conn = db.pool.acquire().await.expect("connection");
+        let sequence = new.write(&mut conn).await.expect("the first try");
+        let again = new.write(&mut conn).await.expect_err("the same task twice");
+        assert!(new.written_by(&again, &mut conn).await.expect("check"));
+        let counts: (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM outbox),
+                    (SELECT last_sequence FROM event_sequences WHERE user_id = 'ann')",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .expect("counts");
+        assert_eq!(counts, (1, 1, sequence));
+        // Another create's conflict, or another error, is not this one's.
+        let other = NewTask::new(&actor, spec_of(&task).expect("spec"), None).expect("new");
+        assert!(!other.written_by(&again, &mut conn).await.expect("check"));
+        let gone = StoreError::Db(sqlx::Error::PoolTimedOut);
+        assert!(!new.written_by(&gone, &mut conn).await.expect("check"));
     }
 
     #[test]
