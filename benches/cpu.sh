@@ -6,8 +6,10 @@
 #                sqlx's default `prefer` gets it from a server with ssl on);
 #   api-norelay  the relay off: what its reads, deletes and vacuum cost;
 #   api-notls    `sslmode=disable`: what TLS on loopback costs;
-#   pgbench      PostgreSQL alone, the same commit in one statement (TLS as
-#                libpq's `prefer` gets it), and pgbench-notls without it.
+#   pgbench      PostgreSQL alone, the same commit in one statement, sent
+#                as todo-api sends a create without an Idempotency-Key (no
+#                BEGIN/COMMIT; PGBENCH_SCRIPT picks another; TLS as libpq's
+#                `prefer` gets it), and pgbench-notls without TLS.
 # Each variant: a closed loop (32 workers, or 16 pgbench clients) for
 # SECONDS after a warm-up; CPU from /proc/<pid>/stat (user + system) of
 # every process by name over the measured seconds, divided by the creates
@@ -93,7 +95,7 @@ for variant in $variants; do
       ;;
     pgbench*)
       pgbench "$url" -n -M prepared -c 16 -j 2 -T $((seconds + 5)) -D users=200 \
-        -f benches/pgbench/create_task_one_statement.sql >/dev/null 2>&1 &
+        -f "${PGBENCH_SCRIPT:-benches/pgbench/create_task_statement_alone.sql}" >/dev/null 2>&1 &
       load=$!
       sleep 3
       measure "$variant"

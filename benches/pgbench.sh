@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # PostgreSQL's own commit rate for what one `POST /tasks` commits (task +
 # event sequence + outbox row in one transaction): the ceiling todo-api is
-# measured against. Two shapes of the same commit: the statements one by one
-# (create_task.sql) and as todo-api sends them, one statement between BEGIN
-# and COMMIT (create_task_one_statement.sql); the faster is the ceiling.
+# measured against. Three shapes of the same commit: the statements one by
+# one (create_task.sql), one statement between BEGIN and COMMIT
+# (create_task_one_statement.sql, as todo-api sends a create with an
+# Idempotency-Key), and that statement alone (create_task_statement_alone.sql,
+# as todo-api sends one without); the fastest is the ceiling.
 # Usage: benches/pgbench.sh [clients] [seconds] [script...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +13,8 @@ clients="${1:-16}"
 seconds="${2:-20}"
 shift $(( $# < 2 ? $# : 2 ))
 scripts=("$@")
-[ ${#scripts[@]} -gt 0 ] || scripts=(benches/pgbench/create_task.sql benches/pgbench/create_task_one_statement.sql)
+[ ${#scripts[@]} -gt 0 ] || scripts=(benches/pgbench/create_task.sql benches/pgbench/create_task_one_statement.sql
+  benches/pgbench/create_task_statement_alone.sql)
 pg="${PGBENCH_URL:-postgres://postgres@127.0.0.1:5432}"
 db="todo_pgbench"
 psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
