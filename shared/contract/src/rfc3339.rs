@@ -1,9 +1,10 @@
 //! Timestamps serialized as one string.
 //!
 //! chrono's `Serialize` hands serde a `Display` that writes a timestamp a
-//! digit or two at a time, and serde_json escapes every piece on its own:
-//! callgrind counted that at ~9 k instructions per create in todo-api
-//! (benches/README.md, "instructions per create"). These functions write the
+//! digit or two at a time, and serde_json escapes every piece on its own.
+//! Writing the string first cut ~13 k instructions per create in todo-api
+//! under callgrind (benches/README.md, "instructions per create"). These
+//! functions write the
 //! same text first (chrono's `Serialize` calls the very formatting of
 //! `to_rfc3339_opts(AutoSi, true)`: `Z`, and 0, 3, 6 or 9 fraction digits),
 //! then give serde the whole string. Use with `#[serde(serialize_with)]`;
