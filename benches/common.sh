@@ -62,6 +62,18 @@ start_nisshi() {
   running[nisshi]=$!
   for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/"$broker_port") 2>/dev/null && break; sleep 0.1; done
 }
+# nisshi keeps every batch, and a fetch lists all of its partition's batches:
+# past a few seconds at hundreds of events/s, the broker's history is what a
+# benchmark measures (src/broker_retention.rs). start_broker_retention KEEP
+# [GROUP ...] gives it a time-based retention of KEEP seconds (0: none),
+# never past what the named consumer groups have committed.
+start_broker_retention() {
+  local keep=$1 args=(); shift
+  [ "$keep" != 0 ] || return 0
+  for g in "$@"; do args+=(--group "$g"); done
+  "$bin/todo-broker-retention" --keep "$keep" "${args[@]}" >>"$out/broker-retention.log" 2>&1 &
+  running[todo-broker-retention]=$!
+}
 fresh_db() {
   [ -x "$nisshi" ] || { echo "no nisshi at $nisshi (scripts/install-broker.sh installs it)" >&2; exit 1; }
   psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"

@@ -32,7 +32,8 @@
 # Usage: [STEPS="5 6"] [KEEP_DB=1] benches/pipeline.sh [rate] [seconds]
 #   BASELINE_MESSAGES (100000), REMINDERS (10000), REMINDERS_IN (60 s),
 #   REMINDERS_WINDOW (60 s); API_BIN, AUDIT_BIN (benches/common.sh: another
-#   build, for a before/after in turns)
+#   build, for a before/after in turns); BROKER_RETENTION_S (step 8's broker
+#   retention, 2 s; 0 keeps everything, as nisshi does on its own)
 # (later steps run on what earlier ones left: nisshi's memory log slows down
 # as it grows, so run a step alone for figures on a fresh broker.)
 set -euo pipefail
@@ -43,7 +44,7 @@ steps=" ${STEPS:-0 1 2 3 4 5 6 7} "
 cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring \
   --bin todo-notifier --bin todo-load --bin todo-kafka-baseline
 want() { [[ "$steps" == *" $1 "* ]]; }
-if want 8; then cargo build -q --release --bin todo-realtime; fi
+if want 8; then cargo build -q --release --bin todo-realtime --bin todo-broker-retention; fi
 db=todo_bench broker_port=19092
 # shellcheck source=benches/common.sh
 source benches/common.sh
@@ -301,10 +302,14 @@ if want 8; then
   [ -n "${running[todo-api]:-}" ] || start todo-api 18080
   ulimit -n "$(ulimit -Hn)"
   start todo-realtime 18084
+  # The broker keeps BROKER_RETENTION_S (2) seconds: todo-realtime reads
+  # milliseconds behind, and has no group to wait for.
+  start_broker_retention "${BROKER_RETENTION_S:-2}"
   "$bin/todo-load" --url $api --rate "$rate" --concurrency 256 --users 200 \
     --mix create=1 --seconds "$seconds" \
     --ws-clients 200 --ws-url ws://127.0.0.1:18084/ws --report "$out/websocket.json"
   stop todo-realtime
+  stop todo-broker-retention
 fi
 
 if want 10; then

@@ -5,7 +5,10 @@
 # count and size sampled every SAMPLE_SECS. Answers: does anything grow
 # that should not?
 #
-# Usage: [SAMPLE_SECS=30] [RETENTION_MINUTES=3] [WS_GRACE=300] benches/soak.sh [rate] [seconds]
+# Usage: [SAMPLE_SECS=30] [RETENTION_MINUTES=3] [WS_GRACE=300] [BROKER_RETENTION_S=30]
+#        benches/soak.sh [rate] [seconds]
+# BROKER_RETENTION_S: how long the broker keeps what every consumer group
+# has committed (benches/common.sh; 0 keeps everything).
 # WS_GRACE: seconds the WebSocket clients wait after the load for events
 # still on their way (the consumers may be minutes behind by then), before
 # what has not come counts as missing.
@@ -30,7 +33,7 @@ sample="${SAMPLE_SECS:-30}"
 minutes="${RETENTION_MINUTES:-3}"
 out=target/bench/soak
 cargo build -q --release --bin todo-api --bin todo-audit --bin todo-recurring \
-  --bin todo-notifier --bin todo-realtime --bin todo-load --bin todo-sink
+  --bin todo-notifier --bin todo-realtime --bin todo-load --bin todo-sink --bin todo-broker-retention
 db=todo_soak broker_port=19093
 # shellcheck source=benches/common.sh
 source benches/common.sh
@@ -64,6 +67,10 @@ start todo-recurring 18081 RECURRING_RETENTION_DAYS="$days" >"$out/todo-recurrin
 start todo-notifier 18082 REMINDER_RETENTION_DAYS="$days" SMTP_URL="smtp://127.0.0.1:$smtp_port" \
   VAPID_PRIVATE_KEY="$vapid_private" WEBHOOK_ALLOW_PRIVATE_NETWORKS=true >"$out/todo-notifier.log" 2>&1
 start todo-realtime 18084 >"$out/todo-realtime.log" 2>&1
+# The broker keeps BROKER_RETENTION_S (30) seconds (benches/common.sh),
+# never past what a consumer group has committed; todo-realtime, which has
+# no group, must stay within it.
+start_broker_retention "${BROKER_RETENTION_S:-30}" todo-audit todo-recurring todo-notifier
 
 # Every table (a partitioned one as the sum of its partitions), exactly.
 sample_tables() {
