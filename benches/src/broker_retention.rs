@@ -7,7 +7,7 @@
 //! one asked for (nisshi-storage-dynostore 0.8.1's `fetch` over
 //! object_store's `InMemory::list`, which builds a record per batch). A
 //! fetch therefore costs more the more batches the partition holds: at
-//! 1,000 creates/s (one or two events per batch) nisshi's CPU rose from 36 %
+//! 1,000 creates/s (mostly one event per batch) nisshi's CPU rose from 36 %
 //! to 80 % of a core over one minute, and the WebSocket p99 from ~90 ms over
 //! 20 s to 800 ms over 60 s (benches/README.md). Kafka and Redpanda index
 //! their segments and drop old ones by `retention.ms`; this does the second
@@ -25,8 +25,9 @@ use clap::Parser;
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use todo_platform::config::{Env, KafkaSettings, Settings};
+use todo_platform::config::KafkaSettings;
 
 #[derive(Parser, Debug)]
 #[command(name = "todo-broker-retention", version)]
@@ -57,9 +58,7 @@ async fn main() -> anyhow::Result<()> {
             "--keep must be 0 to 31536000 seconds and --every more than 0, at most 86400"
         );
     }
-    let kafka = Settings::from_lookup(&Env::process(), 0)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .kafka;
+    let kafka = todo_bench::kafka_settings()?;
     let probe: BaseConsumer =
         todo_platform::kafka::consumer_config(&kafka, "todo-broker-retention")
             .create()
@@ -85,17 +84,20 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         match round(&kafka, &probe, &groups, keep) {
-            Ok(cuts) if cuts.count() > 0 => {
+            Ok(cuts) if cuts.list.count() > 0 => {
                 match admin.delete_records(&cuts.list, &AdminOptions::new()).await {
                     Ok(result) => {
-                        deleted_total = deleted_total.saturating_add(cuts.records);
                         for p in result.elements() {
-                            if let Err(e) = p.error() {
-                                eprintln!(
+                            match p.error() {
+                                Ok(()) => {
+                                    deleted_total = deleted_total
+                                        .saturating_add(cuts.dropped(p.topic(), p.partition()))
+                                }
+                                Err(e) => eprintln!(
                                     "todo-broker-retention: {} [{}] not trimmed: {e}",
                                     p.topic(),
                                     p.partition()
-                                );
+                                ),
                             }
                         }
                     }
@@ -118,16 +120,28 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// What one round deletes: each partition's new start, and how many records
-/// that drops.
+/// What one round deletes: each partition's new start, and where it started
+/// before.
 struct Cuts {
     list: TopicPartitionList,
-    records: i64,
+    /// (topic, partition) → its low watermark before the cut.
+    lows: HashMap<(String, i32), i64>,
 }
 
 impl Cuts {
-    fn count(&self) -> usize {
-        self.list.count()
+    /// Records the cut of this partition drops (0 for one not cut).
+    fn dropped(&self, topic: &str, partition: i32) -> i64 {
+        let Some(low) = self.lows.get(&(topic.to_owned(), partition)) else {
+            return 0;
+        };
+        match self
+            .list
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(cut)) => cut.saturating_sub(*low),
+            _ => 0,
+        }
     }
 }
 
@@ -164,7 +178,7 @@ fn round(
     }
     let mut cuts = Cuts {
         list: TopicPartitionList::new(),
-        records: 0,
+        lows: HashMap::new(),
     };
     for p in first_kept.elements() {
         let (low, high) = probe.fetch_watermarks(p.topic(), p.partition(), TIMEOUT)?;
@@ -186,7 +200,7 @@ fn round(
         if cut > low {
             cuts.list
                 .add_partition_offset(p.topic(), p.partition(), Offset::Offset(cut))?;
-            cuts.records = cuts.records.saturating_add(cut.saturating_sub(low));
+            cuts.lows.insert((p.topic().to_owned(), p.partition()), low);
         }
     }
     Ok(cuts)

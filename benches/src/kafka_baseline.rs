@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use todo_consumer::ConsumerConfig;
 use todo_contract::envelope::{Topic, CONTENT_TYPE};
-use todo_platform::config::{Env, KafkaSettings, Settings};
+use todo_platform::config::{Env, KafkaSettings};
 
 #[derive(Parser, Debug)]
 #[command(name = "todo-kafka-baseline", version)]
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("--messages and --users must be at least 1");
     }
     let env = Env::process();
-    let kafka = kafka_settings()?;
+    let kafka = todo_bench::kafka_settings()?;
     // The consumer runtime's settings (fetch wait, session timeout).
     let runtime = ConsumerConfig::new("todo-kafka-baseline", &[Topic::TaskEvents])
         .with_env(&env)
@@ -220,13 +220,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The platform's Kafka settings from the environment.
-fn kafka_settings() -> anyhow::Result<KafkaSettings> {
-    Ok(Settings::from_lookup(&Env::process(), 0)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .kafka)
 }
 
 async fn create_topic(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<()> {

@@ -2,19 +2,20 @@
 //! than `--keep`, keeps what is younger, and never deletes past what a named
 //! consumer group has committed.
 
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::process::Command;
 use std::time::Duration;
+use todo_contract::envelope::{Topic, TopicNames};
 use todo_platform::config::KafkaSettings;
 use todo_testing::{kafka_settings, Broker};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One round of the tool, against `kafka`'s broker and prefix.
-fn one_round(kafka: &KafkaSettings, args: &[&str]) {
+/// One round of the tool, against `kafka`'s broker and prefix; what it
+/// printed.
+fn one_round(kafka: &KafkaSettings, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_todo-broker-retention"))
         .args(["--rounds", "1"])
         .args(args)
@@ -27,6 +28,7 @@ fn one_round(kafka: &KafkaSettings, args: &[&str]) {
         "todo-broker-retention failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn low_watermark(probe: &BaseConsumer, topic: &str) -> i64 {
@@ -50,16 +52,10 @@ fn commit(kafka: &KafkaSettings, group: &str, topic: &str, offset: i64) {
 async fn deletes_what_is_old_and_never_what_a_group_has_not_committed() {
     let broker = Broker::start();
     let kafka = kafka_settings(&broker);
-    let topic = format!("{}task-events", kafka.topic_prefix);
-    let admin = todo_platform::kafka::admin(&kafka).expect("admin");
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-        )
+    todo_platform::kafka::ensure_topics(&kafka)
         .await
-        .expect("create topic");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+        .expect("the platform's topics");
+    let topic = TopicNames::new(kafka.topic_prefix.clone()).name(Topic::TaskEvents);
 
     // Offsets 0-5 written a minute ago, 6-9 now; one batch each (awaited
     // one by one), as the relay's are at low rates.
@@ -89,7 +85,8 @@ async fn deletes_what_is_old_and_never_what_a_group_has_not_committed() {
 
     // A group that has read up to offset 3 holds the cut there.
     commit(&kafka, "slow", &topic, 3);
-    one_round(&kafka, &["--keep", "30", "--group", "slow"]);
+    let said = one_round(&kafka, &["--keep", "30", "--group", "slow"]);
+    assert!(said.contains(" 3 records deleted"), "{said}");
     assert_eq!(
         low_watermark(&probe, &topic),
         3,
@@ -97,16 +94,18 @@ async fn deletes_what_is_old_and_never_what_a_group_has_not_committed() {
     );
 
     // A group with no commit for the partition keeps all of it.
-    one_round(
+    let said = one_round(
         &kafka,
         &["--keep", "30", "--group", "slow", "--group", "new"],
     );
+    assert!(said.contains(" 0 records deleted"), "{said}");
     assert_eq!(low_watermark(&probe, &topic), 3);
 
     // Once the group has read everything, time is the bound: the records
     // younger than 30 s stay.
     commit(&kafka, "slow", &topic, 10);
-    one_round(&kafka, &["--keep", "30", "--group", "slow"]);
+    let said = one_round(&kafka, &["--keep", "30", "--group", "slow"]);
+    assert!(said.contains(" 3 records deleted"), "{said}");
     assert_eq!(
         low_watermark(&probe, &topic),
         6,
