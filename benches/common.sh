@@ -69,7 +69,9 @@ start_nisshi() {
 # never past what the named consumer groups have committed.
 start_broker_retention() {
   local keep=$1 args=(); shift
-  [ "$keep" != 0 ] || return 0
+  # "0.0" is off too, not a retention of nothing at all; anything else
+  # goes to the tool, which refuses what is not a number.
+  [[ ! "$keep" =~ ^0*\.?0*$ ]] || return 0
   for g in "$@"; do args+=(--group "$g"); done
   "$bin/todo-broker-retention" --keep "$keep" "${args[@]}" >>"$out/broker-retention.log" 2>&1 &
   running[todo-broker-retention]=$!
